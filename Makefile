@@ -1,0 +1,33 @@
+# The two commands in the README are the contract: `make train` and `make test`
+# work on a fresh machine with Python 3.11 and nothing else installed.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: train test install bench plots clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+train: $(STAMP)
+	$(BIN)/python -m reled_jax.train
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.env_throughput
+
+plots: $(STAMP)
+	$(BIN)/python -m sim.plot_networks
+
+clean:
+	rm -rf $(VENV) .pytest_cache

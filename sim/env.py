@@ -1,0 +1,455 @@
+"""Pure-JAX multi-agent route-choice environment on a macroscopic traffic simulator.
+
+Third stage of the data flow (network arrays -> env params -> rollouts). The
+model follows the paper's Section IV-A:
+
+* Every vehicle (agent or background) lives on a directed edge. Edge speed
+  falls with density by Greenshields, v = v_free * max(1 - n / n_jam, v_min),
+  where n_jam is the edge's storage (lanes * length / 7.5 m).
+* A vehicle that reaches the stop line waits there until (a) its approach is
+  green, (b) the edge's discharge rate allows another departure (saturation
+  flow per lane, at most one vehicle per edge per second), and (c) its next
+  edge has free storage. A full edge accepts nobody, so queues spill back.
+* One tick is one simulator second (dt = 1 s). Episodes last at most
+  T_max = 2400 ticks and end early when every agent has arrived.
+* Agents decide at junctions: an agent reaching the stop line of an edge whose
+  end is not its destination becomes *awaiting* and the environment returns
+  control. `step` consumes the actions of awaiting agents (one *interaction
+  step* each, paper IV-A1) and then runs ticks until some agent is awaiting
+  again or the episode ends, so no compute is spent on empty decisions.
+* Background vehicles follow free-flow shortest-time routes between origin-
+  destination pairs of the scenario's predefined set and are re-injected at a
+  new origin when they arrive, so demand stays steady. Re-injection draws from
+  a counter-based integer hash seeded by the step key, so ticks need no PRNG.
+
+Observation per agent (paper Table I), shape 2*m_out + 2: current junction,
+destination junction, then per outgoing edge its score (free-flow time over
+estimated current time, in (0, 1]) and end junction; -1 where no edge exists.
+Reward per decision (Eq. 32): -(t_k - t_{k-1}) + w_d * (d_{k-1} - d_k) with the
+Euclidean distance to the destination, plus 0.1 * T_max on arrival.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import chex
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from sim.network import RoadNetwork
+
+
+@struct.dataclass
+class EnvParams:
+    """Everything static about one scenario, as device arrays; passed into every call."""
+
+    node_xy: jax.Array  # [N, 2]
+    edge_to: jax.Array  # [E]
+    edge_length: jax.Array  # [E]
+    edge_speed: jax.Array  # [E] free speed m/s
+    edge_storage: jax.Array  # [E] float vehicles at jam density
+    edge_discharge: jax.Array  # [E] vehicles per second that may leave (saturation flow * lanes)
+    edge_free_time: jax.Array  # [E]
+    edge_signal: jax.Array  # [E, 4] int: cycle, green start, green duration, offset
+    out_edges: jax.Array  # [N, M]
+    next_slot_time: jax.Array  # [N, N]
+    agent_origin: jax.Array  # [A]
+    agent_dest: jax.Array  # [A]
+    agent_depart: jax.Array  # [A] int seconds
+    od_origin: jax.Array  # [K] background origin junctions
+    od_dest: jax.Array  # [K]
+    od_cum_weight: jax.Array  # [K] cumulative sampling weights in (0, 1]
+    slot_edge: jax.Array  # [S] initial-placement slots: edge of each slot
+    slot_pos: jax.Array  # [S] position of each slot along its edge
+    slot_logw: jax.Array  # [S] log sampling weight (placement in proportion to edge length)
+    t_max: int = struct.field(pytree_node=False, default=2400)
+    omega_d: float = struct.field(pytree_node=False, default=1.0)
+    terminal_bonus: float = struct.field(pytree_node=False, default=240.0)
+    min_speed_frac: float = struct.field(pytree_node=False, default=0.05)
+
+
+@struct.dataclass
+class EnvState:
+    t: jax.Array  # [] int32 simulator second
+    veh_edge: jax.Array  # [V] current edge, -1 when waiting at an origin (depot) or arrived
+    veh_pos: jax.Array  # [V] metres along the edge
+    veh_node: jax.Array  # [V] junction the vehicle is approaching (or waiting at)
+    veh_dest: jax.Array  # [V]
+    veh_next: jax.Array  # [V] chosen next edge, -1 if none yet
+    veh_enter: jax.Array  # [V] second the vehicle entered its edge/depot (FIFO order)
+    veh_trips: jax.Array  # [V] completed trips (background re-injection counter)
+    salt: jax.Array  # [] uint32 re-injection hash seed
+    discharge_credit: jax.Array  # [E] departures the edge may still release
+    agent_awaiting: jax.Array  # [A] bool: must choose an outgoing edge now
+    agent_arrived: jax.Array  # [A] bool
+    agent_last_t: jax.Array  # [A] float time of the previous decision (t_{k-1})
+    agent_last_d: jax.Array  # [A] float distance at the previous decision (d_{k-1})
+    agent_decisions: jax.Array  # [A] int decisions taken this episode
+    agent_travel_time: jax.Array  # [A] float, set on arrival
+    agent_reward: jax.Array  # [A] Eq. 32 reward realized since the last step
+
+
+@struct.dataclass
+class Observation:
+    features: jax.Array  # [A, 2M+2] float32, paper Table I
+    action_mask: jax.Array  # [A, M] bool: outgoing edge exists
+    awaiting: jax.Array  # [A] bool: this agent's action will be consumed by the next step
+
+
+def _hash_uniform(salt, a, b):
+    """Counter-based uniform in [0, 1) from uint32 inputs (murmur3 finalizer)."""
+    x = salt ^ (a.astype(jnp.uint32) * jnp.uint32(0x9E3779B9)) ^ (b.astype(jnp.uint32) * jnp.uint32(0x85EBCA6B))
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0x846CA68B)
+    x = x ^ (x >> 16)
+    return (x >> 8).astype(jnp.float32) / jnp.float32(1 << 24)
+
+
+@dataclasses.dataclass(frozen=True)
+class RouteChoiceEnv:
+    """Static sizes of the environment; all arrays live in EnvParams / EnvState."""
+
+    n_agents: int
+    n_background: int
+    n_nodes: int
+    n_edges: int
+    m_out: int
+
+    @property
+    def n_vehicles(self) -> int:
+        return self.n_agents + self.n_background
+
+    @property
+    def obs_dim(self) -> int:
+        return 2 * self.m_out + 2
+
+    # ------------------------------------------------------------------ reset
+    def reset(self, key: chex.PRNGKey, params: EnvParams) -> tuple[Observation, EnvState]:
+        k_place, k_dest, k_salt = jax.random.split(key, 3)
+        n_bg, n_ag = self.n_background, self.n_agents
+        # Background vehicles: distinct storage slots, drawn in proportion to edge
+        # length (Gumbel top-k = sampling without replacement), so no edge starts over storage.
+        gumbel = jax.random.gumbel(k_place, params.slot_logw.shape) + params.slot_logw
+        slots = jax.lax.top_k(gumbel, n_bg)[1]
+        bg_edge = params.slot_edge[slots]
+        bg_pos = params.slot_pos[slots]
+        od = jnp.searchsorted(params.od_cum_weight, jax.random.uniform(k_dest, (n_bg,)), side="right")
+        bg_dest = params.od_dest[jnp.minimum(od, params.od_dest.shape[0] - 1)]
+        bg_node = params.edge_to[bg_edge]
+
+        veh_edge = jnp.concatenate([jnp.full((n_ag,), -1, jnp.int32), bg_edge])
+        veh_node = jnp.concatenate([params.agent_origin, bg_node])
+        veh_dest = jnp.concatenate([params.agent_dest, bg_dest])
+        veh_next = jnp.concatenate([jnp.full((n_ag,), -1, jnp.int32), _route_next(params, bg_node, bg_dest)])
+        # Vehicles further along their edge leave first.
+        veh_enter = jnp.concatenate([params.agent_depart, -bg_pos.astype(jnp.int32)])
+        dist0 = self._dist_to_dest(params, params.agent_origin, params.agent_dest)
+        state = EnvState(
+            t=jnp.int32(0),
+            veh_edge=veh_edge,
+            veh_pos=jnp.concatenate([jnp.zeros((n_ag,), jnp.float32), bg_pos]),
+            veh_node=veh_node,
+            veh_dest=veh_dest,
+            veh_next=veh_next,
+            veh_enter=veh_enter,
+            veh_trips=jnp.zeros((self.n_vehicles,), jnp.int32),
+            salt=jax.random.bits(k_salt, (), jnp.uint32),
+            discharge_credit=jnp.ones((self.n_edges,), jnp.float32),
+            agent_awaiting=params.agent_depart <= 0,
+            agent_arrived=jnp.zeros((n_ag,), bool),
+            agent_last_t=params.agent_depart.astype(jnp.float32),
+            agent_last_d=dist0,
+            agent_decisions=jnp.zeros((n_ag,), jnp.int32),
+            agent_travel_time=jnp.zeros((n_ag,), jnp.float32),
+            agent_reward=jnp.zeros((n_ag,), jnp.float32),
+        )
+        return self.get_obs(state, params), state
+
+    # ------------------------------------------------------------------- step
+    def step(
+        self, key: chex.PRNGKey, state: EnvState, actions: jax.Array, params: EnvParams
+    ) -> tuple[Observation, EnvState, jax.Array, jax.Array, dict]:
+        """Step with auto-reset: when the episode ends, the returned obs/state are a fresh reset."""
+        k_step, k_reset = jax.random.split(key)
+        obs_st, state_st, reward, done, info = self.step_env(k_step, state, actions, params)
+        obs_re, state_re = self.reset(k_reset, params)
+        episode_done = info["episode_done"]
+        state = jax.tree.map(lambda a, b: jax.lax.select(episode_done, a, b), state_re, state_st)
+        obs = jax.tree.map(lambda a, b: jax.lax.select(episode_done, a, b), obs_re, obs_st)
+        return obs, state, reward, done, info
+
+    def step_env(
+        self, key: chex.PRNGKey, state: EnvState, actions: jax.Array, params: EnvParams
+    ) -> tuple[Observation, EnvState, jax.Array, jax.Array, dict]:
+        """Apply awaiting agents' actions, then run ticks until a decision or the end.
+
+        Returns per-agent reward [A] (Eq. 32 for each decision that completed in
+        this step), per-agent done [A] (arrived or episode over), and info.
+        """
+        chex.assert_shape(actions, (self.n_agents,))
+        n_ag = self.n_agents
+        decided = state.agent_awaiting
+        node = state.veh_node[:n_ag]
+        slot_edges = params.out_edges[node]  # [A, M]
+        chosen = jnp.take_along_axis(slot_edges, jnp.clip(actions, 0, self.m_out - 1)[:, None], axis=1)[:, 0]
+        valid = (actions >= 0) & (actions < self.m_out) & (chosen >= 0)
+        # An invalid action falls back to the first existing edge (and is counted).
+        chosen = jnp.where(valid, chosen, slot_edges[:, 0])
+        veh_next = state.veh_next.at[:n_ag].set(jnp.where(decided, chosen, state.veh_next[:n_ag]))
+        state = state.replace(
+            veh_next=veh_next,
+            agent_awaiting=jnp.zeros_like(decided),
+            agent_decisions=state.agent_decisions + decided,
+            agent_reward=jnp.zeros((n_ag,), jnp.float32),
+            salt=jax.random.bits(key, (), jnp.uint32),
+        )
+        t_start = state.t
+
+        def running(s):
+            return (~jnp.any(s.agent_awaiting)) & (~jnp.all(s.agent_arrived)) & (s.t < params.t_max)
+
+        state = jax.lax.while_loop(running, lambda s: self.tick(s, params), state)
+
+        episode_done = jnp.all(state.agent_arrived) | (state.t >= params.t_max)
+        # Truncation: agents still driving get the Eq. 32 reward of their last, unfinished decision.
+        cut = episode_done & ~state.agent_arrived & (state.agent_decisions > 0)
+        d_now = self._dist_to_dest(params, state.veh_node[:n_ag], state.veh_dest[:n_ag])
+        trunc_reward = -(state.t.astype(jnp.float32) - state.agent_last_t) + params.omega_d * (state.agent_last_d - d_now)
+        reward = state.agent_reward + jnp.where(cut, trunc_reward, 0.0)
+        travel_time = jnp.where(state.agent_arrived, state.agent_travel_time, state.t.astype(jnp.float32) - params.agent_depart)
+        state = state.replace(agent_reward=jnp.zeros_like(reward))
+        info = {
+            "decided": decided,
+            "n_decisions": jnp.sum(decided).astype(jnp.int32),
+            "invalid_actions": jnp.sum(decided & ~valid).astype(jnp.int32),
+            "ticks": state.t - t_start,
+            "sim_time": state.t,
+            "arrived": state.agent_arrived,
+            "travel_time": travel_time,
+            "episode_done": episode_done,
+        }
+        done = state.agent_arrived | episode_done
+        return self.get_obs(state, params), state, reward, done, info
+
+    # ------------------------------------------------------------------- tick
+    def tick(self, state: EnvState, params: EnvParams) -> EnvState:
+        """Advance the traffic simulation by one second (pure; jittable; vmappable)."""
+        n_ag, n_veh, n_edges = self.n_agents, self.n_vehicles, self.n_edges
+        idx = jnp.arange(n_veh, dtype=jnp.int32)
+        is_agent = idx < n_ag
+        t = state.t
+        on_edge = state.veh_edge >= 0
+        edge = jnp.maximum(state.veh_edge, 0)
+        arrived_agent = jnp.concatenate([state.agent_arrived, jnp.zeros((self.n_background,), bool)])
+        depart = jnp.concatenate([params.agent_depart, jnp.zeros((self.n_background,), jnp.int32)])
+        in_depot = (~on_edge) & (~arrived_agent) & (t >= depart)
+
+        count = jnp.zeros((n_edges,), jnp.float32).at[edge].add(on_edge.astype(jnp.float32))
+        length = params.edge_length[edge]
+        at_line = on_edge & (state.veh_pos >= length)
+
+        # --- 1. transfers: stop line / depot -> next edge -------------------------
+        sig = params.edge_signal[edge]  # [V, 4]
+        phase = (t + sig[:, 3]) % sig[:, 0]
+        green = (phase >= sig[:, 1]) & (phase < sig[:, 1] + sig[:, 2])
+        has_next = state.veh_next >= 0
+        credit_ok = state.discharge_credit[edge] >= 1.0
+        want = has_next & ((at_line & green & credit_ok) | in_depot)
+        big = jnp.int32(2**30)
+        # At most one departure per edge per tick: the vehicle that entered first.
+        src_key = jnp.where(want & at_line, state.veh_enter * n_veh + idx, big)
+        src_min = jnp.full((n_edges,), big).at[edge].min(src_key)
+        src_ok = in_depot | (src_key == src_min[edge])
+        # At most one arrival per edge per tick, and only into free storage.
+        target = jnp.maximum(state.veh_next, 0)
+        tgt_key = jnp.where(want & src_ok, state.veh_enter * n_veh + idx, big)
+        tgt_min = jnp.full((n_edges,), big).at[target].min(tgt_key)
+        space = count[target] < params.edge_storage[target]
+        move = want & src_ok & (tgt_key == tgt_min[target]) & space
+
+        leaving = move & at_line
+        credit = state.discharge_credit.at[edge].add(-leaving.astype(jnp.float32))
+        credit = jnp.minimum(credit + params.edge_discharge, 1.0)
+
+        new_edge = jnp.where(move, target, state.veh_edge)
+        new_node = jnp.where(move, params.edge_to[target], state.veh_node)
+        route_next = _route_next(params, new_node, state.veh_dest)
+        new_next = jnp.where(move, jnp.where(is_agent, -1, route_next), state.veh_next)
+        pos = jnp.where(move, 0.0, state.veh_pos)
+        enter = jnp.where(move, t, state.veh_enter)
+
+        # --- 2. advance along edges at the density-dependent speed -----------------
+        on_edge = new_edge >= 0
+        edge = jnp.maximum(new_edge, 0)
+        speed = params.edge_speed * jnp.maximum(1.0 - count / params.edge_storage, params.min_speed_frac)
+        length = params.edge_length[edge]
+        pos = jnp.where(on_edge, jnp.minimum(pos + speed[edge], length), pos)
+        t_new = t + 1
+        at_line = on_edge & (pos >= length)
+
+        # --- 3. events at time t+1: arrivals, decisions ----------------------------
+        arrive = at_line & (new_node == state.veh_dest)
+        # Background arrivals are re-injected at the origin of a new OD pair (a depot
+        # at that junction, entering when their first edge has room).
+        u = _hash_uniform(state.salt, idx, state.veh_trips)
+        od = jnp.minimum(jnp.searchsorted(params.od_cum_weight, u, side="right"), params.od_dest.shape[0] - 1)
+        reinject = arrive & ~is_agent
+        re_origin, re_dest = params.od_origin[od], params.od_dest[od]
+        new_edge = jnp.where(arrive, -1, new_edge)
+        new_node = jnp.where(reinject, re_origin, new_node)
+        veh_dest = jnp.where(reinject, re_dest, state.veh_dest)
+        new_next = jnp.where(reinject, _route_next(params, re_origin, re_dest), new_next)
+        enter = jnp.where(reinject, t_new, enter)
+        trips = state.veh_trips + reinject
+
+        a_arrive = arrive[:n_ag]
+        a_node = new_node[:n_ag]
+        a_line = at_line[:n_ag] & ~a_arrive & (new_next[:n_ag] < 0) & ~state.agent_arrived
+        a_depot = (new_edge[:n_ag] < 0) & ~state.agent_arrived & ~a_arrive & (new_next[:n_ag] < 0)
+        a_start = a_depot & (state.agent_decisions == 0) & (t_new >= params.agent_depart) & ~state.agent_awaiting
+        becomes_awaiting = (a_line | a_start) & ~state.agent_awaiting
+        t_f = t_new.astype(jnp.float32)
+        d_now = jnp.where(a_arrive, 0.0, self._dist_to_dest(params, a_node, params.agent_dest))
+        completes = (a_arrive | (becomes_awaiting & ~a_start)) & (state.agent_decisions > 0)
+        reward = -(t_f - state.agent_last_t) + params.omega_d * (state.agent_last_d - d_now)
+        reward = reward + jnp.where(a_arrive, params.terminal_bonus, 0.0)
+        event = completes | a_start
+        return state.replace(
+            t=t_new,
+            veh_edge=new_edge,
+            veh_pos=pos,
+            veh_node=new_node,
+            veh_dest=veh_dest,
+            veh_next=new_next,
+            veh_enter=enter,
+            veh_trips=trips,
+            discharge_credit=credit,
+            agent_awaiting=state.agent_awaiting | becomes_awaiting,
+            agent_arrived=state.agent_arrived | a_arrive,
+            agent_last_t=jnp.where(event, t_f, state.agent_last_t),
+            agent_last_d=jnp.where(event, d_now, state.agent_last_d),
+            agent_travel_time=jnp.where(a_arrive, t_f - params.agent_depart, state.agent_travel_time),
+            agent_reward=state.agent_reward + jnp.where(completes, reward, 0.0),
+        )
+
+    # -------------------------------------------------------------- observation
+    def get_obs(self, state: EnvState, params: EnvParams) -> Observation:
+        """Paper Table I observation plus action mask and awaiting flag."""
+        on_edge = state.veh_edge >= 0
+        edge = jnp.maximum(state.veh_edge, 0)
+        at_line = on_edge & (state.veh_pos >= params.edge_length[edge])
+        count = jnp.zeros((self.n_edges,), jnp.float32).at[edge].add(on_edge.astype(jnp.float32))
+        queue = jnp.zeros((self.n_edges,), jnp.float32).at[edge].add(at_line.astype(jnp.float32))
+        speed = params.edge_speed * jnp.maximum(1.0 - count / params.edge_storage, params.min_speed_frac)
+        est_time = params.edge_length / speed + queue / params.edge_discharge
+        score = params.edge_free_time / jnp.maximum(est_time, params.edge_free_time)
+
+        node = state.veh_node[: self.n_agents]
+        dest = state.veh_dest[: self.n_agents]
+        out = params.out_edges[node]  # [A, M]
+        exists = out >= 0
+        safe = jnp.maximum(out, 0)
+        edge_score = jnp.where(exists, score[safe], -1.0)
+        edge_end = jnp.where(exists, params.edge_to[safe], -1).astype(jnp.float32)
+        per_edge = jnp.stack([edge_score, edge_end], axis=-1).reshape(self.n_agents, 2 * self.m_out)
+        features = jnp.concatenate(
+            [node[:, None].astype(jnp.float32), dest[:, None].astype(jnp.float32), per_edge], axis=1
+        )
+        return Observation(features=features, action_mask=exists, awaiting=state.agent_awaiting & ~state.agent_arrived)
+
+    @staticmethod
+    def _dist_to_dest(params: EnvParams, node, dest):
+        return jnp.linalg.norm(params.node_xy[node] - params.node_xy[dest], axis=-1)
+
+
+def _route_next(params: EnvParams, node, dest):
+    """Next edge on the free-flow shortest-time route (-1 at the destination)."""
+    slot = params.next_slot_time[node, dest]
+    edge = jnp.take_along_axis(params.out_edges[node], jnp.maximum(slot, 0)[..., None], axis=-1)[..., 0]
+    return jnp.where(slot >= 0, edge, -1)
+
+
+def make_params(
+    network: RoadNetwork,
+    agent_origin,
+    agent_dest,
+    od_origin,
+    od_dest,
+    *,
+    agent_depart=None,
+    od_weight=None,
+    edge_weight=None,
+    t_max: int = 2400,
+    omega_d: float = 1.0,
+    saturation_flow: float = 0.5,
+    min_speed_frac: float = 0.05,
+) -> EnvParams:
+    """Assemble device-side EnvParams from a RoadNetwork and demand.
+
+    `saturation_flow` is vehicles per second per lane leaving a stop line
+    (0.5 = 1800 veh/h/lane). `edge_weight` scales initial background placement
+    per edge (default 1: in proportion to length). Raises NetworkError for
+    unreachable origin-destination pairs.
+    """
+    import numpy as np
+
+    network.check_reachable(agent_origin, agent_dest)
+    network.check_reachable(od_origin, od_dest)
+    n_agents = len(agent_origin)
+    od_weight = np.ones(len(od_origin)) if od_weight is None else np.asarray(od_weight, float)
+    cum = np.cumsum(od_weight) / od_weight.sum()
+    storage = network.edge_storage.astype(np.int64)
+    edge_weight = np.ones(network.n_edges) if edge_weight is None else np.asarray(edge_weight, float)
+    slot_edge = np.repeat(np.arange(network.n_edges), storage)
+    within = np.concatenate([np.arange(s) for s in storage])
+    slot_pos = (within + 0.5) / storage[slot_edge] * network.edge_length[slot_edge]
+    slot_w = network.edge_length[slot_edge] * edge_weight[slot_edge] / storage[slot_edge]
+    signal = np.stack(
+        [network.signal_cycle, network.signal_green_start, network.signal_green_dur, network.signal_offset], axis=1
+    )
+    return EnvParams(
+        node_xy=jnp.asarray(network.node_xy),
+        edge_to=jnp.asarray(network.edge_to),
+        edge_length=jnp.asarray(network.edge_length),
+        edge_speed=jnp.asarray(network.edge_speed),
+        edge_storage=jnp.asarray(network.edge_storage, jnp.float32),
+        edge_discharge=jnp.asarray(np.minimum(saturation_flow * network.edge_lanes, 1.0), jnp.float32),
+        edge_free_time=jnp.asarray(network.edge_free_time),
+        edge_signal=jnp.asarray(signal, jnp.int32),
+        out_edges=jnp.asarray(network.out_edges),
+        next_slot_time=jnp.asarray(network.next_slot_time),
+        agent_origin=jnp.asarray(agent_origin, jnp.int32),
+        agent_dest=jnp.asarray(agent_dest, jnp.int32),
+        agent_depart=jnp.zeros((n_agents,), jnp.int32) if agent_depart is None else jnp.asarray(agent_depart, jnp.int32),
+        od_origin=jnp.asarray(od_origin, jnp.int32),
+        od_dest=jnp.asarray(od_dest, jnp.int32),
+        od_cum_weight=jnp.asarray(cum, jnp.float32),
+        slot_edge=jnp.asarray(slot_edge, jnp.int32),
+        slot_pos=jnp.asarray(slot_pos, jnp.float32),
+        slot_logw=jnp.asarray(np.log(slot_w), jnp.float32),
+        t_max=int(t_max),
+        omega_d=float(omega_d),
+        terminal_bonus=0.1 * float(t_max),
+        min_speed_frac=float(min_speed_frac),
+    )
+
+
+def make_env(network: RoadNetwork, n_agents: int, n_background: int) -> RouteChoiceEnv:
+    """The static-size environment for a network; checks that the demand fits."""
+    from sim.osm import NetworkError
+
+    capacity = int(network.edge_storage.sum())
+    if n_background + n_agents > capacity // 2:
+        raise NetworkError(
+            f"{n_agents} agents + {n_background} background vehicles do not fit network {network.name!r} "
+            f"(storage {capacity} vehicles; at most half may be placed). Use fewer vehicles or a larger network."
+        )
+    if n_agents < 1:
+        raise NetworkError(f"need at least one agent, got n_agents={n_agents}.")
+    return RouteChoiceEnv(
+        n_agents=n_agents, n_background=n_background, n_nodes=network.n_nodes, n_edges=network.n_edges, m_out=network.m_out
+    )
