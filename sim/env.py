@@ -4,8 +4,10 @@ Third stage of the data flow (network arrays -> env params -> rollouts). The
 model follows the paper's Section IV-A:
 
 * Every vehicle (agent or background) lives on a directed edge. Edge speed
-  falls with density by Greenshields, v = v_free * max(1 - n / n_jam, v_min),
-  where n_jam is the edge's storage (lanes * length / 7.5 m).
+  follows a fundamental diagram with a free-flow branch and a Greenshields
+  congested branch: v = v_free below the critical occupancy o_c = n_c / n_jam,
+  then falling linearly to v_min at jam, where n_jam is the edge's storage
+  (lanes * length / 7.5 m). (Pure Greenshields would let a lone car slow itself.)
 * A vehicle that reaches the stop line waits there until (a) its approach is
   green, (b) the edge's discharge rate allows another departure (saturation
   flow per lane, at most one vehicle per edge per second), and (c) its next
@@ -40,6 +42,8 @@ from flax import struct
 
 from sim.network import RoadNetwork
 
+OD_TABLE_SIZE = 1024  # resolution of weighted OD sampling
+
 
 @struct.dataclass
 class EnvParams:
@@ -60,14 +64,16 @@ class EnvParams:
     agent_depart: jax.Array  # [A] int seconds
     od_origin: jax.Array  # [K] background origin junctions
     od_dest: jax.Array  # [K]
-    od_cum_weight: jax.Array  # [K] cumulative sampling weights in (0, 1]
+    od_table: jax.Array  # [OD_TABLE] OD-pair indices, repeated in proportion to their weight
     slot_edge: jax.Array  # [S] initial-placement slots: edge of each slot
     slot_pos: jax.Array  # [S] position of each slot along its edge
-    slot_logw: jax.Array  # [S] log sampling weight (placement in proportion to edge length)
+    slot_cum_weight: jax.Array  # [S] cumulative placement weight (in proportion to edge length)
+    slot_max_weight: jax.Array  # [] largest single-slot weight
     t_max: int = struct.field(pytree_node=False, default=2400)
     omega_d: float = struct.field(pytree_node=False, default=1.0)
     terminal_bonus: float = struct.field(pytree_node=False, default=240.0)
     min_speed_frac: float = struct.field(pytree_node=False, default=0.05)
+    critical_occupancy: float = struct.field(pytree_node=False, default=0.2)
 
 
 @struct.dataclass
@@ -129,16 +135,11 @@ class RouteChoiceEnv:
 
     # ------------------------------------------------------------------ reset
     def reset(self, key: chex.PRNGKey, params: EnvParams) -> tuple[Observation, EnvState]:
-        k_place, k_dest, k_salt = jax.random.split(key, 3)
+        k_place, k_shift, k_dest, k_salt = jax.random.split(key, 4)
         n_bg, n_ag = self.n_background, self.n_agents
-        # Background vehicles: distinct storage slots, drawn in proportion to edge
-        # length (Gumbel top-k = sampling without replacement), so no edge starts over storage.
-        gumbel = jax.random.gumbel(k_place, params.slot_logw.shape) + params.slot_logw
-        slots = jax.lax.top_k(gumbel, n_bg)[1]
-        bg_edge = params.slot_edge[slots]
-        bg_pos = params.slot_pos[slots]
-        od = jnp.searchsorted(params.od_cum_weight, jax.random.uniform(k_dest, (n_bg,)), side="right")
-        bg_dest = params.od_dest[jnp.minimum(od, params.od_dest.shape[0] - 1)]
+        bg_edge, bg_pos = self._place_background(k_place, k_shift, params)
+        od = params.od_table[jax.random.randint(k_dest, (n_bg,), 0, params.od_table.shape[0])]
+        bg_dest = params.od_dest[od]
         bg_node = params.edge_to[bg_edge]
 
         veh_edge = jnp.concatenate([jnp.full((n_ag,), -1, jnp.int32), bg_edge])
@@ -168,6 +169,26 @@ class RouteChoiceEnv:
             agent_reward=jnp.zeros((n_ag,), jnp.float32),
         )
         return self.get_obs(state, params), state
+
+    def _place_background(self, k_place, k_shift, params: EnvParams):
+        """Background vehicles on distinct storage slots, in proportion to edge length.
+
+        Stratified sampling on the cumulative slot weight: vehicle i lands in
+        stratum i (width w = total / n), at a uniform point of its first
+        w - max_slot_weight, so consecutive points are more than one slot apart
+        and never share a slot: no edge starts over its storage. A random cyclic
+        shift varies which part of the network each stratum covers. This is
+        O(n log S) per reset, where sampling without replacement (Gumbel top-k)
+        was O(S log S) and dominated auto-reset.
+        """
+        n_bg = self.n_background
+        total = params.slot_cum_weight[-1]
+        width = total / n_bg
+        usable = jnp.maximum(width - params.slot_max_weight, 0.0)
+        points = jnp.arange(n_bg) * width + jax.random.uniform(k_place, (n_bg,)) * usable
+        points = (points + jax.random.uniform(k_shift) * total) % total
+        slots = jnp.minimum(jnp.searchsorted(params.slot_cum_weight, points, side="right"), params.slot_edge.shape[0] - 1)
+        return params.slot_edge[slots], params.slot_pos[slots]
 
     # ------------------------------------------------------------------- step
     def step(
@@ -285,7 +306,7 @@ class RouteChoiceEnv:
         # --- 2. advance along edges at the density-dependent speed -----------------
         on_edge = new_edge >= 0
         edge = jnp.maximum(new_edge, 0)
-        speed = params.edge_speed * jnp.maximum(1.0 - count / params.edge_storage, params.min_speed_frac)
+        speed = edge_speed(count, params)
         length = params.edge_length[edge]
         pos = jnp.where(on_edge, jnp.minimum(pos + speed[edge], length), pos)
         t_new = t + 1
@@ -296,7 +317,7 @@ class RouteChoiceEnv:
         # Background arrivals are re-injected at the origin of a new OD pair (a depot
         # at that junction, entering when their first edge has room).
         u = _hash_uniform(state.salt, idx, state.veh_trips)
-        od = jnp.minimum(jnp.searchsorted(params.od_cum_weight, u, side="right"), params.od_dest.shape[0] - 1)
+        od = params.od_table[(u * params.od_table.shape[0]).astype(jnp.int32)]
         reinject = arrive & ~is_agent
         re_origin, re_dest = params.od_origin[od], params.od_dest[od]
         new_edge = jnp.where(arrive, -1, new_edge)
@@ -344,7 +365,7 @@ class RouteChoiceEnv:
         at_line = on_edge & (state.veh_pos >= params.edge_length[edge])
         count = jnp.zeros((self.n_edges,), jnp.float32).at[edge].add(on_edge.astype(jnp.float32))
         queue = jnp.zeros((self.n_edges,), jnp.float32).at[edge].add(at_line.astype(jnp.float32))
-        speed = params.edge_speed * jnp.maximum(1.0 - count / params.edge_storage, params.min_speed_frac)
+        speed = edge_speed(count, params)
         est_time = params.edge_length / speed + queue / params.edge_discharge
         score = params.edge_free_time / jnp.maximum(est_time, params.edge_free_time)
 
@@ -366,6 +387,13 @@ class RouteChoiceEnv:
         return jnp.linalg.norm(params.node_xy[node] - params.node_xy[dest], axis=-1)
 
 
+def edge_speed(count: jax.Array, params: EnvParams) -> jax.Array:
+    """Speed [E] of every edge given its vehicle count [E] (fundamental diagram, see module doc)."""
+    occupancy = count / params.edge_storage
+    congested = (1.0 - occupancy) / (1.0 - params.critical_occupancy)
+    return params.edge_speed * jnp.clip(congested, params.min_speed_frac, 1.0)
+
+
 def _route_next(params: EnvParams, node, dest):
     """Next edge on the free-flow shortest-time route (-1 at the destination)."""
     slot = params.next_slot_time[node, dest]
@@ -383,31 +411,50 @@ def make_params(
     agent_depart=None,
     od_weight=None,
     edge_weight=None,
+    n_background: int = 0,
     t_max: int = 2400,
     omega_d: float = 1.0,
     saturation_flow: float = 0.5,
     min_speed_frac: float = 0.05,
+    critical_occupancy: float = 0.2,
 ) -> EnvParams:
     """Assemble device-side EnvParams from a RoadNetwork and demand.
 
     `saturation_flow` is vehicles per second per lane leaving a stop line
     (0.5 = 1800 veh/h/lane). `edge_weight` scales initial background placement
     per edge (default 1: in proportion to length). Raises NetworkError for
-    unreachable origin-destination pairs.
+    unreachable origin-destination pairs, and for more background vehicles
+    (`n_background`) than the network can place.
     """
     import numpy as np
+
+    from sim.osm import NetworkError
 
     network.check_reachable(agent_origin, agent_dest)
     network.check_reachable(od_origin, od_dest)
     n_agents = len(agent_origin)
     od_weight = np.ones(len(od_origin)) if od_weight is None else np.asarray(od_weight, float)
-    cum = np.cumsum(od_weight) / od_weight.sum()
+    # Weighted OD sampling as one table lookup: pair k fills a share of the table
+    # proportional to its weight (largest-remainder rounding keeps every pair present).
+    quota = od_weight / od_weight.sum() * OD_TABLE_SIZE
+    counts = np.maximum(np.floor(quota).astype(int), 1)
+    while counts.sum() < OD_TABLE_SIZE:
+        counts[np.argmax(quota - counts)] += 1
+    while counts.sum() > OD_TABLE_SIZE:
+        counts[np.argmax(counts - quota)] -= 1
+    od_table = np.repeat(np.arange(len(od_origin)), counts)
     storage = network.edge_storage.astype(np.int64)
     edge_weight = np.ones(network.n_edges) if edge_weight is None else np.asarray(edge_weight, float)
     slot_edge = np.repeat(np.arange(network.n_edges), storage)
     within = np.concatenate([np.arange(s) for s in storage])
     slot_pos = (within + 0.5) / storage[slot_edge] * network.edge_length[slot_edge]
     slot_w = network.edge_length[slot_edge] * edge_weight[slot_edge] / storage[slot_edge]
+    if n_background > 0 and slot_w.sum() / n_background <= slot_w.max():
+        raise NetworkError(
+            f"{n_background} background vehicles are too many to place on network {network.name!r} "
+            f"(placement needs more than {slot_w.max():.1f} m of weighted road per vehicle, has "
+            f"{slot_w.sum() / n_background:.1f}). Use fewer background vehicles or a larger network."
+        )
     signal = np.stack(
         [network.signal_cycle, network.signal_green_start, network.signal_green_dur, network.signal_offset], axis=1
     )
@@ -427,14 +474,16 @@ def make_params(
         agent_depart=jnp.zeros((n_agents,), jnp.int32) if agent_depart is None else jnp.asarray(agent_depart, jnp.int32),
         od_origin=jnp.asarray(od_origin, jnp.int32),
         od_dest=jnp.asarray(od_dest, jnp.int32),
-        od_cum_weight=jnp.asarray(cum, jnp.float32),
+        od_table=jnp.asarray(od_table, jnp.int32),
         slot_edge=jnp.asarray(slot_edge, jnp.int32),
         slot_pos=jnp.asarray(slot_pos, jnp.float32),
-        slot_logw=jnp.asarray(np.log(slot_w), jnp.float32),
+        slot_cum_weight=jnp.asarray(np.cumsum(slot_w), jnp.float32),
+        slot_max_weight=jnp.asarray(slot_w.max(), jnp.float32),
         t_max=int(t_max),
         omega_d=float(omega_d),
         terminal_bonus=0.1 * float(t_max),
         min_speed_frac=float(min_speed_frac),
+        critical_occupancy=float(critical_occupancy),
     )
 
 

@@ -125,6 +125,7 @@ def load_scenario(
         pairs[:, 1],
         od_weight=od_weight,
         edge_weight=edge_weight,
+        n_background=n_bg,
         t_max=t_max,
     )
     return network, env, params
