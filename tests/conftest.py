@@ -1,0 +1,29 @@
+"""Shared fixtures: tiny hand-built networks and the small `oakland` scenario."""
+
+import numpy as np
+import pytest
+
+from sim.network import SignalConfig, build_network
+
+
+@pytest.fixture
+def line_network():
+    """A -> B -> C -> D, with the reverse direction too (so it is strongly connected).
+
+    Lengths 100, 150, 80 m at 10, 15, 8 m/s: 10 s per edge at free flow.
+    No junction has three legs, so no signal is derived.
+    """
+    xy = np.array([[0.0, 0.0], [100.0, 0.0], [100.0, 150.0], [180.0, 150.0]])
+    fwd = [(0, 1, 100.0, 10.0, 1), (1, 2, 150.0, 15.0, 1), (2, 3, 80.0, 8.0, 1)]
+    back = [(v, u, length, speed, lanes) for u, v, length, speed, lanes in fwd]
+    return build_network("line", xy, fwd + back)
+
+
+@pytest.fixture
+def cross_network():
+    """A four-way crossing: centre junction 0 with arms 1 (east), 2 (north), 3 (west), 4 (south)."""
+    xy = np.array([[0.0, 0.0], [200.0, 0.0], [0.0, 200.0], [-200.0, 0.0], [0.0, -200.0]])
+    edges = []
+    for arm in (1, 2, 3, 4):
+        edges += [(0, arm, 200.0, 10.0, 1), (arm, 0, 200.0, 10.0, 1)]
+    return build_network("cross", xy, edges, signals=SignalConfig(green_s=20, clearance_s=5, offset_seed=3))

@@ -1,0 +1,204 @@
+"""The jittable environment: exact dynamics on hand-built networks, invariants under load, API contracts."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sim.env import make_env, make_params
+from sim.policies import random_policy, shortest_time_policy
+from sim.scenarios import load_scenario
+
+T_MAX = 2400
+
+
+@pytest.fixture(scope="module")
+def oakland():
+    """Small scenario with enough background traffic that queues and full edges occur."""
+    return load_scenario("oakland", "moderate", n_agents=6, n_background=150, seed=0, t_max=600)
+
+
+def test_free_flow_time_and_exact_eq32_rewards(line_network):
+    net = line_network
+    env = make_env(net, n_agents=1, n_background=0)
+    params = make_params(net, [0], [3], [0], [3])
+    obs, state = env.reset(jax.random.PRNGKey(0), params)
+    assert bool(obs.awaiting[0]) and obs.features[0, 0] == 0 and obs.features[0, 1] == 3
+    xy = net.node_xy
+    dist = lambda n: float(np.linalg.norm(xy[n] - xy[3]))  # noqa: E731
+
+    step = jax.jit(env.step_env)
+    key = jax.random.PRNGKey(1)
+    rewards, times = [], []
+    while True:
+        actions = shortest_time_policy(None, obs, params)
+        obs, state, reward, done, info = step(key, state, actions, params)
+        rewards.append(float(reward[0]))
+        times.append(int(info["sim_time"]))
+        if bool(info["episode_done"]):
+            break
+    # Decisions at A (t=0), B (t=10), C (t=20); arrival at D at t=30: 10 s per edge, no junction delay.
+    assert times == [10, 20, 30]
+    assert float(info["travel_time"][0]) == pytest.approx(float(net.shortest_time[0, 3]))
+    assert rewards[0] == pytest.approx(-10 + dist(0) - dist(1), abs=1e-3)
+    assert rewards[1] == pytest.approx(-10 + dist(1) - dist(2), abs=1e-3)
+    assert rewards[2] == pytest.approx(-10 + dist(2) - 0.0 + 0.1 * T_MAX, abs=1e-3)
+    assert int(state.agent_decisions[0]) == 3
+    assert bool(done[0]) and bool(info["arrived"][0])
+
+
+def test_observation_follows_table_1(line_network):
+    net = line_network
+    env = make_env(net, n_agents=1, n_background=0)
+    params = make_params(net, [1], [3], [0], [3])
+    obs, _ = env.reset(jax.random.PRNGKey(0), params)
+    f = np.asarray(obs.features[0])
+    assert f.shape == (2 * net.m_out + 2,)
+    ends = sorted(f[3::2].tolist())
+    assert ends == [0.0, 2.0]  # B's two outgoing edges lead to A and C
+    assert np.allclose(f[2::2], 1.0)  # empty roads: score = free-flow / estimated = 1
+    obs_a, _ = env.reset(jax.random.PRNGKey(0), make_params(net, [0], [3], [0], [3]))
+    fa = np.asarray(obs_a.features[0])
+    assert fa[4] == -1 and fa[5] == -1 and not bool(obs_a.action_mask[0, 1])
+
+
+def test_red_light_holds_vehicle_at_stop_line(cross_network):
+    net = cross_network
+    env = make_env(net, n_agents=1, n_background=0)
+    params = make_params(net, [1], [3], [1], [3])
+    obs, state = env.reset(jax.random.PRNGKey(0), params)
+    step = jax.jit(env.step_env)
+    obs, state, _, _, info = step(jax.random.PRNGKey(0), state, shortest_time_policy(None, obs, params), params)
+    t_decide = int(info["sim_time"])  # reached the signalized centre
+    obs, state, _, _, info = step(jax.random.PRNGKey(0), state, shortest_time_policy(None, obs, params), params)
+    e_in = int(np.flatnonzero((net.edge_from == 1) & (net.edge_to == 0))[0])
+    cycle, start, dur, offset = (int(x) for x in (net.signal_cycle[e_in], net.signal_green_start[e_in],
+                                                  net.signal_green_dur[e_in], net.signal_offset[e_in]))
+    # First green second at or after t_decide, then 20 s on the 200 m exit edge.
+    t = t_decide
+    while not (start <= (t + offset) % cycle < start + dur):
+        t += 1
+    assert int(info["sim_time"]) == t + 20
+    assert bool(info["arrived"][0])
+
+
+def _rollout(env, params, policy, key, n_steps):
+    """Random-policy rollout with auto-reset, returning every intermediate state."""
+
+    def body(carry, _):
+        key, obs, state = carry
+        key, k_act, k_step = jax.random.split(key, 3)
+        actions = policy(k_act, obs, params)
+        obs, state, reward, done, info = env.step(k_step, state, actions, params)
+        return (key, obs, state), (obs, state, reward, info)
+
+    obs, state = env.reset(key, params)
+    return jax.lax.scan(body, (key, obs, state), None, length=n_steps)[1]
+
+
+def test_invariants_under_load(oakland):
+    net, env, params = oakland
+    obs, states, rewards, infos = jax.jit(lambda k: _rollout(env, params, random_policy, k, 300))(jax.random.PRNGKey(3))
+    edge = np.asarray(states.veh_edge)  # [T, V]
+    arrived = np.concatenate([np.asarray(states.agent_arrived), np.zeros(edge.shape[:1] + (env.n_background,), bool)], 1)
+    # Vehicles are neither created nor lost: every one is on an edge, queued at an origin
+    # ready to enter its first edge, or an agent that has arrived.
+    on_edge = edge >= 0
+    assert edge.shape[1] == env.n_vehicles and (edge < env.n_edges).all()
+    assert (~(on_edge & arrived)).all(), "arrived agents leave the network"
+    node = np.asarray(states.veh_node)
+    nxt = np.asarray(states.veh_next)
+    n_ag = env.n_agents
+    bg_off = ~on_edge[:, n_ag:]
+    assert (net.edge_from[nxt[:, n_ag:][bg_off]] == node[:, n_ag:][bg_off]).all(), "off-network background vehicle lost"
+    ag_waiting = ~on_edge[:, :n_ag] & ~arrived[:, :n_ag]
+    origin = np.broadcast_to(np.asarray(params.agent_origin), ag_waiting.shape)
+    assert (node[:, :n_ag][ag_waiting] == origin[ag_waiting]).all()
+    assert (on_edge.sum(1) + bg_off.sum(1) + ag_waiting.sum(1) + arrived.sum(1) == env.n_vehicles).all()
+    assert ((node >= 0) & (node < env.n_nodes)).all()
+    assert (np.where(on_edge, net.edge_to[np.maximum(edge, 0)], node) == node).all()
+    # No edge ever exceeds its storage, and the constraint is active (some edge is full).
+    counts = np.stack([np.bincount(e[e >= 0], minlength=env.n_edges) for e in edge])
+    assert (counts <= net.edge_storage[None]).all()
+    assert (counts == net.edge_storage[None]).any(), "load too light to exercise spillback"
+    # Background vehicles keep circulating: steady demand means completed trips.
+    assert np.asarray(states.veh_trips)[-1, env.n_agents:].sum() > 0
+    # Masks never allow a missing edge; features mark missing edges with -1.
+    mask = np.asarray(obs.action_mask)
+    out = net.out_edges[np.asarray(obs.features[..., 0]).astype(int)]
+    assert (mask == (out >= 0)).all()
+    feats = np.asarray(obs.features)
+    assert (feats[..., 2::2][~mask] == -1).all() and (feats[..., 3::2][~mask] == -1).all()
+    scores = feats[..., 2::2][mask]
+    assert (scores > 0).all() and (scores <= 1).all() and (scores < 1).any()
+    # Interaction steps are counted exactly: the decisions taken equal the awaiting flags consumed.
+    assert int(infos["n_decisions"].sum()) == int(np.asarray(infos["decided"]).sum())
+    assert int(infos["invalid_actions"].sum()) == 0
+
+
+def test_invalid_action_falls_back_and_is_counted(line_network):
+    env = make_env(line_network, n_agents=1, n_background=0)
+    params = make_params(line_network, [0], [3], [0], [3])
+    obs, state = env.reset(jax.random.PRNGKey(0), params)
+    _, state, _, _, info = env.step_env(jax.random.PRNGKey(0), state, jnp.array([1]), params)  # slot 1 is padding at A
+    assert int(info["invalid_actions"]) == 1
+    assert int(state.veh_node[0]) == 1  # it still drove A -> B on the only edge
+
+
+def test_same_key_same_episode_different_key_different(oakland):
+    _, env, params = oakland
+    run = jax.jit(lambda k: _rollout(env, params, random_policy, k, 60))
+    a, b, c = run(jax.random.PRNGKey(7)), run(jax.random.PRNGKey(7)), run(jax.random.PRNGKey(8))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert not all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(c)))
+
+
+def test_jit_vmap_step_equals_loop_of_single_steps(oakland):
+    _, env, params = oakland
+    n_envs, n_steps = 4, 12
+    keys = jax.random.split(jax.random.PRNGKey(11), n_envs)
+    obs, states = jax.vmap(env.reset, in_axes=(0, None))(keys, params)
+    batched_step = jax.jit(jax.vmap(env.step, in_axes=(0, 0, 0, None)))
+    single_obs = [jax.tree.map(lambda x: x[i], obs) for i in range(n_envs)]
+    single_states = [jax.tree.map(lambda x: x[i], states) for i in range(n_envs)]
+    for t in range(n_steps):
+        step_keys = jax.random.split(jax.random.PRNGKey(100 + t), n_envs)
+        actions = jax.vmap(random_policy, in_axes=(0, 0, None))(step_keys, obs, params)
+        obs, states, rewards, dones, _ = batched_step(step_keys, states, actions, params)
+        for i in range(n_envs):
+            o, s, r, d, _ = env.step(step_keys[i], single_states[i], actions[i], params)
+            single_obs[i], single_states[i] = o, s
+            np.testing.assert_allclose(np.asarray(r), np.asarray(rewards[i]), rtol=1e-6, atol=1e-4)
+            np.testing.assert_array_equal(np.asarray(d), np.asarray(dones[i]))
+            for x, y in zip(jax.tree.leaves(s), jax.tree.leaves(jax.tree.map(lambda z: z[i], states))):
+                np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-4)
+
+
+def test_reference_policies_shortest_beats_random():
+    _, env, params = load_scenario("oakland", "moderate", n_agents=6, n_background=40, seed=0, t_max=1200)
+
+    def episode(policy, key):
+        obs, states, rewards, infos = _rollout(env, params, policy, key, 200)
+        first_done = jnp.argmax(infos["episode_done"])
+        valid = jnp.arange(200) <= first_done
+        ret = jnp.sum(jnp.where(valid[:, None], rewards, 0.0))
+        return ret, infos["arrived"][first_done], infos["travel_time"][first_done], infos["episode_done"].any()
+
+    keys = jax.random.split(jax.random.PRNGKey(0), 8)
+    s_ret, s_arr, s_tt, s_done = jax.jit(jax.vmap(lambda k: episode(shortest_time_policy, k)))(keys)
+    r_ret, r_arr, r_tt, r_done = jax.jit(jax.vmap(lambda k: episode(random_policy, k)))(keys)
+    assert bool(s_done.all()) and bool(r_done.all())
+    assert bool(s_arr.all()), "shortest-time routing brings every agent home on a lightly loaded network"
+    assert float(s_tt.mean()) < float(r_tt.mean())
+    assert float(s_ret.mean()) > float(r_ret.mean())
+
+
+def test_auto_reset_starts_a_new_episode(line_network):
+    env = make_env(line_network, n_agents=1, n_background=0)
+    params = make_params(line_network, [0], [1], [0], [1], t_max=100)
+    obs, state = env.reset(jax.random.PRNGKey(0), params)
+    obs, state, reward, done, info = env.step(jax.random.PRNGKey(1), state, jnp.array([0]), params)
+    assert bool(info["episode_done"]) and bool(done[0])
+    assert int(state.t) == 0 and bool(obs.awaiting[0]) and int(state.agent_decisions[0]) == 0
+    assert float(reward[0]) == pytest.approx(-10 + 100 + 0.1 * 100, abs=1e-3)
