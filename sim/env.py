@@ -74,6 +74,10 @@ class EnvParams:
     terminal_bonus: float = struct.field(pytree_node=False, default=240.0)
     min_speed_frac: float = struct.field(pytree_node=False, default=0.05)
     critical_occupancy: float = struct.field(pytree_node=False, default=0.2)
+    # Under vmap a while_loop runs until the slowest environment stops, so one jammed
+    # environment would stall the batch: a step returns after at most this many ticks
+    # even if no agent is awaiting (then `decided` is all False and nothing is counted).
+    max_ticks_per_step: int = struct.field(pytree_node=False, default=60)
 
 
 @struct.dataclass
@@ -231,7 +235,12 @@ class RouteChoiceEnv:
         t_start = state.t
 
         def running(s):
-            return (~jnp.any(s.agent_awaiting)) & (~jnp.all(s.agent_arrived)) & (s.t < params.t_max)
+            return (
+                (~jnp.any(s.agent_awaiting))
+                & (~jnp.all(s.agent_arrived))
+                & (s.t < params.t_max)
+                & (s.t - t_start < params.max_ticks_per_step)
+            )
 
         state = jax.lax.while_loop(running, lambda s: self.tick(s, params), state)
 
@@ -417,6 +426,7 @@ def make_params(
     saturation_flow: float = 0.5,
     min_speed_frac: float = 0.05,
     critical_occupancy: float = 0.2,
+    max_ticks_per_step: int = 60,
 ) -> EnvParams:
     """Assemble device-side EnvParams from a RoadNetwork and demand.
 
@@ -484,6 +494,7 @@ def make_params(
         terminal_bonus=0.1 * float(t_max),
         min_speed_frac=float(min_speed_frac),
         critical_occupancy=float(critical_occupancy),
+        max_ticks_per_step=int(max_ticks_per_step),
     )
 
 

@@ -202,3 +202,13 @@ def test_auto_reset_starts_a_new_episode(line_network):
     assert bool(info["episode_done"]) and bool(done[0])
     assert int(state.t) == 0 and bool(obs.awaiting[0]) and int(state.agent_decisions[0]) == 0
     assert float(reward[0]) == pytest.approx(-10 + 100 + 0.1 * 100, abs=1e-3)
+
+
+def test_step_returns_after_max_ticks_without_a_decision(line_network):
+    env = make_env(line_network, n_agents=1, n_background=0)
+    params = make_params(line_network, [0], [3], [0], [3], max_ticks_per_step=4)
+    obs, state = env.reset(jax.random.PRNGKey(0), params)
+    _, state, reward, _, info = env.step_env(jax.random.PRNGKey(0), state, jnp.array([0]), params)
+    assert int(info["sim_time"]) == 4 and int(info["n_decisions"]) == 1 and float(reward[0]) == 0.0
+    obs, state, _, _, info = env.step_env(jax.random.PRNGKey(0), state, jnp.array([0]), params)
+    assert int(info["sim_time"]) == 8 and int(info["n_decisions"]) == 0 and not bool(obs.awaiting[0])
