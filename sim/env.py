@@ -38,9 +38,11 @@ import dataclasses
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from sim.network import RoadNetwork
+from sim.osm import NetworkError
 
 OD_TABLE_SIZE = 1024  # resolution of weighted OD sampling
 
@@ -436,9 +438,6 @@ def make_params(
     unreachable origin-destination pairs, and for more background vehicles
     (`n_background`) than the network can place.
     """
-    import numpy as np
-
-    from sim.osm import NetworkError
 
     network.check_reachable(agent_origin, agent_dest)
     network.check_reachable(od_origin, od_dest)
@@ -500,8 +499,6 @@ def make_params(
 
 def make_env(network: RoadNetwork, n_agents: int, n_background: int) -> RouteChoiceEnv:
     """The static-size environment for a network; checks that the demand fits."""
-    from sim.osm import NetworkError
-
     capacity = int(network.edge_storage.sum())
     if n_background + n_agents > capacity // 2:
         raise NetworkError(
