@@ -52,6 +52,7 @@ class EnvParams:
     """Everything static about one scenario, as device arrays; passed into every call."""
 
     node_xy: jax.Array  # [N, 2]
+    edge_from: jax.Array  # [E]
     edge_to: jax.Array  # [E]
     edge_length: jax.Array  # [E]
     edge_speed: jax.Array  # [E] free speed m/s
@@ -60,7 +61,8 @@ class EnvParams:
     edge_free_time: jax.Array  # [E]
     edge_signal: jax.Array  # [E, 4] int: cycle, green start, green duration, offset
     out_edges: jax.Array  # [N, M]
-    next_slot_time: jax.Array  # [N, N]
+    next_slot_time: jax.Array  # [N, N] out-edge slot of the first hop by free-flow time
+    next_slot_dist: jax.Array  # [N, N] out-edge slot of the first hop by distance
     agent_origin: jax.Array  # [A]
     agent_dest: jax.Array  # [A]
     agent_depart: jax.Array  # [A] int seconds
@@ -371,13 +373,7 @@ class RouteChoiceEnv:
     # -------------------------------------------------------------- observation
     def get_obs(self, state: EnvState, params: EnvParams) -> Observation:
         """Paper Table I observation plus action mask and awaiting flag."""
-        on_edge = state.veh_edge >= 0
-        edge = jnp.maximum(state.veh_edge, 0)
-        at_line = on_edge & (state.veh_pos >= params.edge_length[edge])
-        count = jnp.zeros((self.n_edges,), jnp.float32).at[edge].add(on_edge.astype(jnp.float32))
-        queue = jnp.zeros((self.n_edges,), jnp.float32).at[edge].add(at_line.astype(jnp.float32))
-        speed = edge_speed(count, params)
-        est_time = params.edge_length / speed + queue / params.edge_discharge
+        est_time = edge_travel_time(state, params)
         score = params.edge_free_time / jnp.maximum(est_time, params.edge_free_time)
 
         node = state.veh_node[: self.n_agents]
@@ -396,6 +392,22 @@ class RouteChoiceEnv:
     @staticmethod
     def _dist_to_dest(params: EnvParams, node, dest):
         return jnp.linalg.norm(params.node_xy[node] - params.node_xy[dest], axis=-1)
+
+
+def edge_travel_time(state: EnvState, params: EnvParams) -> jax.Array:
+    """Estimated current travel time [E] of every edge, in seconds.
+
+    Driving time at the density-dependent speed plus the time to discharge the
+    queue already at the stop line. It is what an agent's edge score (Table I)
+    and the expert's `move_to_by_shortest_time` (Table II) see.
+    """
+    on_edge = state.veh_edge >= 0
+    edge = jnp.maximum(state.veh_edge, 0)
+    n_edges = params.edge_length.shape[0]
+    at_line = on_edge & (state.veh_pos >= params.edge_length[edge])
+    count = jnp.zeros((n_edges,), jnp.float32).at[edge].add(on_edge.astype(jnp.float32))
+    queue = jnp.zeros((n_edges,), jnp.float32).at[edge].add(at_line.astype(jnp.float32))
+    return params.edge_length / edge_speed(count, params) + queue / params.edge_discharge
 
 
 def edge_speed(count: jax.Array, params: EnvParams) -> jax.Array:
@@ -469,6 +481,7 @@ def make_params(
     )
     return EnvParams(
         node_xy=jnp.asarray(network.node_xy),
+        edge_from=jnp.asarray(network.edge_from),
         edge_to=jnp.asarray(network.edge_to),
         edge_length=jnp.asarray(network.edge_length),
         edge_speed=jnp.asarray(network.edge_speed),
@@ -478,6 +491,7 @@ def make_params(
         edge_signal=jnp.asarray(signal, jnp.int32),
         out_edges=jnp.asarray(network.out_edges),
         next_slot_time=jnp.asarray(network.next_slot_time),
+        next_slot_dist=jnp.asarray(network.next_slot_dist),
         agent_origin=jnp.asarray(agent_origin, jnp.int32),
         agent_dest=jnp.asarray(agent_dest, jnp.int32),
         agent_depart=jnp.zeros((n_agents,), jnp.int32) if agent_depart is None else jnp.asarray(agent_depart, jnp.int32),

@@ -27,3 +27,16 @@ def cross_network():
     for arm in (1, 2, 3, 4):
         edges += [(0, arm, 200.0, 10.0, 1), (arm, 0, 200.0, 10.0, 1)]
     return build_network("cross", xy, edges, signals=SignalConfig(green_s=20, clearance_s=5, offset_seed=3))
+
+
+@pytest.fixture
+def diamond_network():
+    """0 -> {1 (north), 2 (south)} -> 3, both ways, no signals.
+
+    The north branch is shorter (2 x 141 m) than the south (2 x 150 m), so the
+    static shortest path goes north; congestion decides the live shortest time.
+    """
+    xy = np.array([[0.0, 0.0], [100.0, 100.0], [100.0, -110.0], [200.0, 0.0]])
+    fwd = [(0, 1, 141.0, 10.0, 1), (1, 3, 141.0, 10.0, 1), (0, 2, 150.0, 10.0, 1), (2, 3, 150.0, 10.0, 1)]
+    back = [(v, u, length, speed, lanes) for u, v, length, speed, lanes in fwd]
+    return build_network("diamond", xy, fwd + back, signals=SignalConfig(enabled=False))

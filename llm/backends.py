@@ -1,0 +1,75 @@
+"""Expert backends: anything that answers `ExpertRequest`s with plan *text*.
+
+Every backend's text goes through the same parser, sandbox and compiler
+(llm.plans, llm.sandbox, llm.compile), so the offline planner and the Logit
+expert are held to exactly the contract an LLM is.
+
+* `LLMBackend`: an OpenAI-compatible chat endpoint (llm.client), with the
+  token-budgeted history (llm.history) and the templates (llm.prompts).
+* `PlannerBackend` (llm.planner): deterministic, offline, the default.
+* `LogitBackend` (llm.logit): the paper's RELED-Logit ablation expert.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Protocol
+
+from llm.client import PLAN_SCHEMA, ROUTE_SCHEMA, ChatClient, ChatResult, LLMConfig, LLMError
+from llm.history import ChatHistory, make_token_counter
+from llm.prompts import ExpertRequest, render_user
+from sim.network import RoadNetwork
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendReply:
+    text: str | None  # None when the backend failed (then `error` says why)
+    error: str | None = None
+    error_kind: str | None = None  # class name of the LLMError
+    latency_s: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached: bool = False
+
+
+class ExpertBackend(Protocol):
+    name: str
+
+    def generate(self, requests: list[ExpertRequest]) -> list[BackendReply]: ...
+
+
+class LLMBackend:
+    """Asks an OpenAI-compatible endpoint; one concurrent request per subset."""
+
+    name = "llm"
+
+    def __init__(self, network: RoadNetwork, system_prompt: str, config: LLMConfig, *, interfaces: bool = True, token_budget: int = 10_000, transport=None):
+        self.network = network
+        self.client = ChatClient(config, transport=transport)
+        count, self.tokenizer = make_token_counter()
+        self.history = ChatHistory(system_prompt, token_budget, count)
+        self.schema = PLAN_SCHEMA if interfaces else ROUTE_SCHEMA
+
+    def generate(self, requests: list[ExpertRequest]) -> list[BackendReply]:
+        users = [render_user(r, self.network) for r in requests]
+        batch = [(self.history.messages(u), self.schema) for u in users]
+        results = self.client.complete_many(batch)
+        replies = []
+        for user, result in zip(users, results):
+            if isinstance(result, LLMError):
+                replies.append(BackendReply(None, str(result), type(result).__name__))
+                continue
+            assert isinstance(result, ChatResult)
+            self.history.record(user, result.text)
+            replies.append(BackendReply(result.text, None, None, result.latency_s, result.prompt_tokens, result.completion_tokens, result.cached))
+        return replies
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def timed(fn, *args) -> tuple[str, float]:
+    start = time.perf_counter()
+    text = fn(*args)
+    return text, time.perf_counter() - start

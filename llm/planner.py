@@ -1,0 +1,193 @@
+"""The offline `planner` expert: deterministic plans in the LLM's own output format, no model needed.
+
+What it does, per request (one agent subset):
+
+1. Costs: each edge's current travel time from the request's congestion
+   estimate (free flow if none).
+2. Spreading: agents are routed one at a time (by departure, then id). Each
+   edge an earlier agent of the subset already uses costs
+   (1 + spread_penalty * users / lanes) times more, so agents that would pile
+   onto the same bottleneck are pushed to alternatives, but only onto a route
+   at most `detour_tolerance` times slower than the agent's own best.
+3. Feedback (refinement): for each reward-instruction pair (Eq. 19), roads
+   into the junctions where other agents lost reward get twice the cost for
+   that agent from then on (it stops blocking them); for each
+   policy-divergence pair (Eq. 24), if the road the learned policy prefers at
+   that junction costs at most `divergence_tolerance` times the plan's route,
+   the plan adopts it (smaller policy shift for the same reward).
+4. Output: an agent whose route is just its live shortest-time route gets
+   `move_to_by_shortest_time(get_destination())`, which keeps adapting to
+   congestion during the episode; others get the fewest shortest-distance
+   waypoints that reproduce their route. In the routes setting (no
+   interfaces) it answers with complete junction routes as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import dijkstra
+
+from llm.backends import BackendReply, timed
+from llm.prompts import ExpertRequest
+from sim.network import RoadNetwork
+
+
+class PlannerBackend:
+    name = "planner"
+
+    def __init__(
+        self,
+        network: RoadNetwork,
+        agent_origin,
+        agent_dest,
+        agent_depart=None,
+        *,
+        interfaces: bool = True,
+        spread_penalty: float = 0.5,
+        detour_tolerance: float = 1.25,
+        divergence_tolerance: float = 1.15,
+    ):
+        self.network = network
+        self.origin = np.asarray(agent_origin, int)
+        self.dest = np.asarray(agent_dest, int)
+        self.depart = np.zeros(len(self.origin), int) if agent_depart is None else np.asarray(agent_depart, int)
+        self.interfaces = interfaces
+        self.spread_penalty = spread_penalty
+        self.detour_tolerance = detour_tolerance
+        self.divergence_tolerance = divergence_tolerance
+        # Per-agent memory built from feedback: extra cost factors per edge, preferred next junctions.
+        self.avoid: dict[int, np.ndarray] = {}
+        self.prefer: dict[int, dict[int, int]] = {}
+
+    def generate(self, requests: list[ExpertRequest]) -> list[BackendReply]:
+        replies = []
+        for request in requests:
+            text, latency = timed(self.respond, request)
+            replies.append(BackendReply(text, latency_s=latency))
+        return replies
+
+    # ------------------------------------------------------------------ planning
+    def respond(self, request: ExpertRequest) -> str:
+        net = self.network
+        base = net.edge_free_time.astype(float) if request.edge_time is None else np.asarray(request.edge_time, float)
+        self._absorb_feedback(request)
+        users = np.zeros(net.n_edges)
+        routes, notes = {}, {}
+        for agent in sorted(request.agents, key=lambda a: (self.depart[a], a)):
+            own = base * self.avoid.get(agent, 1.0)
+            best = _route(net, own, self.origin[agent], self.dest[agent])
+            spread = own * (1.0 + self.spread_penalty * users / net.edge_lanes)
+            route = _route(net, spread, self.origin[agent], self.dest[agent])
+            note = "live shortest time"
+            if _cost(net, own, route) > self.detour_tolerance * _cost(net, own, best):
+                route = best
+            elif route != best:
+                note = "detour off roads shared with earlier agents"
+            route, adopted = self._adopt_preferences(agent, route, own)
+            if adopted:
+                note = f"follows the learned policy at junction(s) {', '.join(map(str, adopted))}"
+            if agent in self.avoid:
+                note += "; avoids junctions where it hurt other agents"
+            routes[agent], notes[agent] = route, note
+            for e in _route_edges(net, route):
+                users[e] += 1
+        if not self.interfaces:
+            return json.dumps({"plans": [{"agent": a, "route": routes[a]} for a in request.agents]})
+        return self._code(request, routes, notes, base)
+
+    def _absorb_feedback(self, request: ExpertRequest) -> None:
+        fb = request.feedback
+        if fb is None:
+            return
+        net = self.network
+        for pair in fb.reward_pairs:
+            factor = self.avoid.setdefault(pair.agent, np.ones(net.n_edges))
+            for _, junction, _ in pair.victims:
+                factor[net.edge_to == junction] *= 2.0
+        for pair in fb.divergence_pairs:
+            if pair.policy_next >= 0 and pair.policy_next != pair.expert_next:
+                self.prefer.setdefault(pair.agent, {})[pair.junction] = pair.policy_next
+
+    def _adopt_preferences(self, agent: int, route: list[int], cost: np.ndarray) -> tuple[list[int], list[int]]:
+        adopted = []
+        for junction, nxt in self.prefer.get(agent, {}).items():
+            if junction not in route[:-1] or nxt in route[route.index(junction) + 1 : route.index(junction) + 2]:
+                continue
+            k = route.index(junction)
+            tail = _route(self.network, cost, nxt, self.dest[agent])
+            if not tail or junction in tail:
+                continue
+            candidate = route[: k + 1] + tail
+            if _cost(self.network, cost, candidate) <= self.divergence_tolerance * _cost(self.network, cost, route):
+                route = candidate
+                adopted.append(junction)
+        return route, adopted
+
+    def _code(self, request: ExpertRequest, routes: dict, notes: dict, base: np.ndarray) -> str:
+        lines = [f"# Offline planner, round {request.round}: live shortest time, waypoints where agents are spread or corrected."]
+        for n, agent in enumerate(request.agents):
+            route = routes[agent]
+            live = _route(self.network, base, self.origin[agent], self.dest[agent])
+            lines.append(f"{'if' if n == 0 else 'elif'} agent_id == {agent}:")
+            lines.append(f"    # {notes[agent]}")
+            if route == live:
+                lines.append("    move_to_by_shortest_time(get_destination())")
+                continue
+            for waypoint in _waypoints(self.network, route):
+                target = "get_destination()" if waypoint == self.dest[agent] else str(waypoint)
+                lines.append(f"    move_to_by_shortest_path({target})")
+        return "```python\n" + "\n".join(lines) + "\n```"
+
+
+def _graph(net: RoadNetwork, cost: np.ndarray) -> csr_matrix:
+    return csr_matrix((np.maximum(cost, 1e-6), (net.edge_from, net.edge_to)), shape=(net.n_nodes, net.n_nodes))
+
+
+def _route(net: RoadNetwork, cost: np.ndarray, origin: int, dest: int) -> list[int]:
+    """Junction sequence of the cheapest route (empty if unreachable)."""
+    _, pred = dijkstra(_graph(net, cost), indices=int(origin), return_predecessors=True)
+    if origin != dest and pred[dest] < 0:
+        return []
+    route = [int(dest)]
+    while route[-1] != origin:
+        route.append(int(pred[route[-1]]))
+    return route[::-1]
+
+
+def _edge_index(net: RoadNetwork) -> dict[tuple[int, int], int]:
+    return {(int(u), int(v)): e for e, (u, v) in enumerate(zip(net.edge_from, net.edge_to))}
+
+
+def _route_edges(net: RoadNetwork, route: list[int]) -> list[int]:
+    index = _edge_index(net)
+    return [index[(u, v)] for u, v in zip(route[:-1], route[1:])]
+
+
+def _cost(net: RoadNetwork, cost: np.ndarray, route: list[int]) -> float:
+    return float(sum(cost[e] for e in _route_edges(net, route))) if len(route) > 1 else 0.0
+
+
+def _static_path(net: RoadNetwork, u: int, v: int) -> list[int]:
+    """The route `move_to_by_shortest_path(v)` takes from u (static next-hop table)."""
+    path = [u]
+    while path[-1] != v and len(path) <= net.n_nodes:
+        slot = net.next_slot_dist[path[-1], v]
+        if slot < 0:
+            break
+        path.append(int(net.edge_to[net.out_edges[path[-1], slot]]))
+    return path
+
+
+def _waypoints(net: RoadNetwork, route: list[int]) -> list[int]:
+    """Fewest shortest-distance waypoints whose legs reproduce `route` (greedy longest legs)."""
+    points, i = [], 0
+    while i < len(route) - 1:
+        j = i + 1
+        while j + 1 < len(route) and _static_path(net, route[i], route[j + 1]) == route[i : j + 2]:
+            j += 1
+        points.append(route[j])
+        i = j
+    return points

@@ -1,0 +1,170 @@
+"""The OpenAI-compatible client and the expert service against a real local HTTP server."""
+
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+
+from llm.client import ChatClient, LLMBadResponse, LLMConfig, LLMHTTPError, LLMTimeout, LLMUnavailable
+from llm.service import ExpertConfig, ExpertService
+
+GOOD_PLAN = "```python\nif agent_id == 0:\n    move_to_by_shortest_path(2)\nmove_to_by_shortest_time(get_destination())\n```"
+
+
+def _completion(content, usage=(120, 30)):
+    return json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}],
+                       "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1]}}).encode()
+
+
+class FakeLLM:
+    """An OpenAI-style /v1/chat/completions server on 127.0.0.1 answering from a script of replies."""
+
+    def __init__(self):
+        self.script = []  # each: (status, body bytes, headers, delay s); the last one repeats
+        self.requests = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                owner.requests.append((self.path, json.loads(body)))
+                status, payload, headers, delay = owner.script.pop(0) if len(owner.script) > 1 else owner.script[0]
+                time.sleep(delay)
+                try:
+                    self.send_response(status)
+                    for k, v in headers.items():
+                        self.send_header(k, v)
+                    self.send_header("content-length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def reply(self, content=None, status=200, body=None, headers=None, delay=0.0):
+        self.script.append((status, body if body is not None else _completion(content), headers or {}, delay))
+        return self
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def llm_server():
+    server = FakeLLM()
+    yield server
+    server.close()
+
+
+def _config(url, **kw):
+    return LLMConfig(base_url=url, model="fake", timeout_s=kw.pop("timeout_s", 2.0), backoff_s=0.01, max_retries=kw.pop("max_retries", 2), **kw)
+
+
+def _service(network, url, **kw):
+    return ExpertService(network, np.array([0, 3]), np.array([3, 0]), config=ExpertConfig(backend="llm", llm=_config(url, **kw)))
+
+
+def test_success_compiles_plans_and_records_usage(line_network, llm_server):
+    llm_server.reply(GOOD_PLAN)
+    svc = _service(line_network, llm_server.url)
+    (out,) = svc.plan([(0, 1)])
+    np.testing.assert_array_equal(np.asarray(out.compiled.tensors.target)[:, :2], [[2, 3], [0, 0]])
+    assert svc.stats.execution_rate == 1.0 and svc.stats.n_fallbacks == 0
+    assert svc.stats.prompt_tokens == 120 and svc.stats.completion_tokens == 30 and svc.stats.latency_s[0] > 0
+    path, payload = llm_server.requests[0]
+    assert path == "/v1/chat/completions"
+    assert payload["messages"][0]["role"] == "system" and "move_to_by_shortest_time" in payload["messages"][0]["content"]
+    assert payload["response_format"]["type"] == "json_schema"
+
+
+def test_invalid_plan_falls_back_and_the_reason_is_fed_back(line_network, llm_server):
+    llm_server.reply("```python\nimport os\nmove_to_by_shortest_time(1)\n```").reply(GOOD_PLAN)
+    svc = _service(line_network, llm_server.url)
+    (out,) = svc.plan([(0, 1)])
+    assert svc.stats.fallbacks["invalid_plan"] == 2 and svc.stats.execution_rate == 0.0
+    # Fallback: live shortest time straight to the destination.
+    np.testing.assert_array_equal(np.asarray(out.compiled.tensors.target)[:, 0], [3, 0])
+    np.testing.assert_array_equal(np.asarray(out.compiled.tensors.mode)[:, 0], [1, 1])
+    svc.plan([(0, 1)])
+    last_user = llm_server.requests[1][1]["messages"][-1]["content"]
+    assert "Rejected plans" in last_user and "imports are not allowed" in last_user
+    assert svc.stats.plans_executed == 2
+
+
+@pytest.mark.parametrize(
+    "reply,error,kind",
+    [
+        (dict(body=b"this is not json"), LLMBadResponse, "llm:LLMBadResponse"),
+        (dict(body=json.dumps({"choices": []}).encode()), LLMBadResponse, "llm:LLMBadResponse"),
+        (dict(status=500, body=b"boom"), LLMHTTPError, "llm:LLMHTTPError"),
+        (dict(status=401, body=b"bad key"), LLMHTTPError, "llm:LLMHTTPError"),
+    ],
+)
+def test_server_errors_are_typed_and_counted(line_network, llm_server, reply, error, kind):
+    llm_server.reply(**reply)
+    client = ChatClient(_config(llm_server.url))
+    with pytest.raises(error):
+        client.complete([{"role": "user", "content": "hi"}])
+    n_client = len(llm_server.requests)
+    assert n_client == (3 if reply.get("status") == 500 else 1)  # 5xx retried max_retries times, 4xx never
+    svc = _service(line_network, llm_server.url)
+    (out,) = svc.plan([(0, 1)])
+    assert svc.stats.fallbacks[kind] == 2
+    assert np.asarray(out.compiled.tensors.length).tolist() == [1, 1]
+
+
+def test_429_is_retried_then_succeeds(llm_server):
+    llm_server.reply(status=429, body=b"slow down", headers={"Retry-After": "0"}).reply("ok")
+    result = ChatClient(_config(llm_server.url)).complete([{"role": "user", "content": "hi"}])
+    assert result.text == "ok" and result.attempts == 2 and len(llm_server.requests) == 2
+
+
+def test_timeout_and_dead_server(line_network, llm_server):
+    llm_server.reply(GOOD_PLAN, delay=1.0)
+    with pytest.raises(LLMTimeout):
+        ChatClient(_config(llm_server.url, timeout_s=0.2, max_retries=0)).complete([{"role": "user", "content": "hi"}])
+    svc = _service(line_network, llm_server.url, timeout_s=0.2, max_retries=0)
+    svc.plan([(0,), (1,)])
+    assert svc.stats.fallbacks["llm:LLMTimeout"] == 2
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dead = f"http://127.0.0.1:{port}/v1"
+    with pytest.raises(LLMUnavailable):
+        ChatClient(_config(dead, max_retries=1)).complete([{"role": "user", "content": "hi"}])
+    svc = _service(line_network, dead, max_retries=0)
+    (out,) = svc.plan([(0, 1)])
+    assert svc.stats.fallbacks["llm:LLMUnavailable"] == 2 and out.compiled.tensors.target.shape[0] == 2
+
+
+def test_structured_output_downgrade_cache_and_concurrency(tmp_path, llm_server):
+    llm_server.reply(status=400, body=b"response_format not supported").reply("plan A").reply("plan B")
+    client = ChatClient(_config(llm_server.url, cache_dir=str(tmp_path)))
+    msgs = [{"role": "user", "content": "one"}]
+    first = client.complete(msgs, schema={"type": "object"})
+    assert first.text == "plan A" and "response_format" not in llm_server.requests[1][1]
+    again = client.complete(msgs, schema={"type": "object"})
+    assert again.cached and again.text == "plan A" and len(llm_server.requests) == 2
+    results = client.complete_many([([{"role": "user", "content": "two"}], None), ([{"role": "user", "content": "three"}], None)])
+    assert sorted(r.text for r in results) == ["plan B", "plan B"] and len(llm_server.requests) == 4
+    # A fresh client (a rerun) reproduces the run from the cache without the server.
+    llm_server.close()
+    rerun = ChatClient(_config(llm_server.url, cache_dir=str(tmp_path)))
+    assert rerun.complete(msgs, schema={"type": "object"}).text == "plan A"
+
+
+def test_missing_endpoint_is_a_clear_error():
+    with pytest.raises(Exception, match="RELED_LLM_BASE_URL"):
+        ChatClient(LLMConfig(base_url=""))
