@@ -301,6 +301,31 @@ def _first_tag(value):
     return value
 
 
+_HIGHWAY_RANK = {h: k for k, h in enumerate(DEFAULT_SPEED_KPH)}  # most important class first
+
+
+def _canonical_tags(graph: nx.MultiDiGraph) -> nx.MultiDiGraph:
+    """Sort list-valued edge tags so the network does not depend on Python's hash seed.
+
+    osmnx's simplification merges the tags of the ways it joins into lists built
+    from sets, so their order changes with PYTHONHASHSEED, and osmnx (and we)
+    read the first element. Sorting makes the first `highway` the most important
+    class and the first `lanes` the fewest, the same in every process.
+    """
+    graph = graph.copy()
+    for _, _, data in graph.edges(data=True):
+        for key, value in data.items():
+            if not isinstance(value, list):
+                continue
+            if key == "highway":
+                data[key] = sorted(value, key=lambda h: (_HIGHWAY_RANK.get(str(h), len(_HIGHWAY_RANK)), str(h)))
+            elif key == "lanes":
+                data[key] = sorted(value, key=lambda x: (_parse_int(x) is None, _parse_int(x) or 0, str(x)))
+            else:
+                data[key] = sorted(value, key=str)
+    return graph
+
+
 def network_from_graph(name: str, graph: nx.MultiDiGraph, signals: SignalConfig = SignalConfig()) -> RoadNetwork:
     """Convert a projected osmnx graph (from `sim.osm.load_osm_graph`) to a RoadNetwork.
 
@@ -309,6 +334,7 @@ def network_from_graph(name: str, graph: nx.MultiDiGraph, signals: SignalConfig 
     """
     import osmnx as ox
 
+    graph = _canonical_tags(graph)
     graph = ox.routing.add_edge_speeds(graph, hwy_speeds=DEFAULT_SPEED_KPH, fallback=30.0)
     osmids = sorted(graph.nodes)
     index = {osmid: i for i, osmid in enumerate(osmids)}

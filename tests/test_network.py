@@ -130,3 +130,23 @@ def test_agent_od_pairs_fixed_per_seed():
     pairs1 = set(zip(np.asarray(p1.agent_origin).tolist(), np.asarray(p1.agent_dest).tolist()))
     assert pairs0 != pairs1
     assert (np.asarray(p0.agent_origin) != np.asarray(p0.agent_dest)).all()
+
+
+def test_network_does_not_depend_on_python_hash_seed():
+    """osmnx merges tags into hash-ordered lists; the arrays must be the same in every process."""
+    import subprocess
+    import sys
+
+    code = (
+        "import dataclasses, hashlib, numpy as np\n"
+        "from sim.scenarios import load_network\n"
+        "net = load_network('grid')\n"
+        "arrays = [getattr(net, f.name) for f in dataclasses.fields(net) if isinstance(getattr(net, f.name), np.ndarray)]\n"
+        "print(hashlib.sha256(b''.join(np.ascontiguousarray(a).tobytes() for a in arrays)).hexdigest())\n"
+    )
+    digests = set()
+    for seed in ("1", "2"):
+        env = {**__import__("os").environ, "PYTHONHASHSEED": seed}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        digests.add(out.stdout.strip())
+    assert len(digests) == 1
