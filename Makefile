@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: train test install bench plots clean
+.PHONY: train test install bench demos plots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.env_throughput
+
+demos: $(STAMP)
+	$(BIN)/python -m benchmarks.llm_demos
 
 plots: $(STAMP)
 	$(BIN)/python -m sim.plot_networks

@@ -58,7 +58,7 @@ class LLMBackend:
         replies = []
         for user, result in zip(users, results):
             if isinstance(result, LLMError):
-                replies.append(BackendReply(None, str(result), type(result).__name__))
+                replies.append(BackendReply(None, str(result), type(result).__name__, latency_s=result.latency_s))
                 continue
             assert isinstance(result, ChatResult)
             self.history.record(user, result.text)
@@ -69,7 +69,18 @@ class LLMBackend:
         self.client.close()
 
 
-def timed(fn, *args) -> tuple[str, float]:
-    start = time.perf_counter()
-    text = fn(*args)
-    return text, time.perf_counter() - start
+class OfflineBackend:
+    """Base of the model-free backends: answers each request with `respond(request) -> text`, timed."""
+
+    name = "offline"
+
+    def respond(self, request: ExpertRequest) -> str:
+        raise NotImplementedError
+
+    def generate(self, requests: list[ExpertRequest]) -> list[BackendReply]:
+        replies = []
+        for request in requests:
+            start = time.perf_counter()
+            text = self.respond(request)
+            replies.append(BackendReply(text, latency_s=time.perf_counter() - start))
+        return replies

@@ -7,7 +7,8 @@ the typed `LLMError`s below; 429, 5xx, timeouts and connection errors are
 retried with exponential backoff (honouring Retry-After) before giving up.
 Structured output is requested where the server supports it: `json_schema`
 (OpenAI-style servers, vLLM) or `json_object` with a `schema` (llama.cpp's
-server); a server that rejects the format is asked again once without it.
+server); a server that rejects a format is asked again with the next one
+(json_schema -> json_object -> none), and the client remembers what worked.
 """
 
 from __future__ import annotations
@@ -21,39 +22,27 @@ import httpx
 
 from llm.cache import ResponseCache
 
-# JSON schema of a plan response: one program per agent (see llm.plans for the formats accepted).
-PLAN_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "plans": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {"agent": {"type": "integer"}, "code": {"type": "string"}},
-                "required": ["agent", "code"],
-            },
-        }
-    },
-    "required": ["plans"],
-}
-ROUTE_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "plans": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {"agent": {"type": "integer"}, "route": {"type": "array", "items": {"type": "integer"}}},
-                "required": ["agent", "route"],
-            },
-        }
-    },
-    "required": ["plans"],
-}
+def _plans_schema(item: dict) -> dict:
+    """JSON schema of a plan response: {"plans": [item, ...]} (see llm.plans for the formats accepted)."""
+    props = {"agent": {"type": "integer"}, **item}
+    return {
+        "type": "object",
+        "properties": {"plans": {"type": "array", "items": {"type": "object", "properties": props, "required": sorted(props)}}},
+        "required": ["plans"],
+    }
+
+
+PLAN_SCHEMA = _plans_schema({"code": {"type": "string"}})  # one program per agent
+ROUTE_SCHEMA = _plans_schema({"route": {"type": "array", "items": {"type": "integer"}}})  # no-interface setting
+
+
+_DOWNGRADE = {"json_schema": "json_object", "json_object": "none", "none": "none"}
 
 
 class LLMError(Exception):
     """Base of every failure to get a usable chat completion."""
+
+    latency_s: float = 0.0
 
 
 class LLMUnavailable(LLMError):
@@ -161,7 +150,7 @@ class ChatClient:
             if hit is not None:
                 return ChatResult(hit["text"], 0.0, hit.get("prompt_tokens", 0), hit.get("completion_tokens", 0), cached=True, attempts=0)
         start = time.perf_counter()
-        attempt, downgraded = 0, False
+        attempt = 0
         while True:
             attempt += 1
             try:
@@ -174,23 +163,30 @@ class ChatClient:
                 retry_after = None
             else:
                 if response.status_code == 200:
-                    text, usage = _parse_completion(response)
+                    try:
+                        text, usage = _parse_completion(response)
+                    except LLMBadResponse as err:
+                        err.latency_s = time.perf_counter() - start
+                        raise
                     result = ChatResult(text, time.perf_counter() - start, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), attempts=attempt)
                     if self._cache is not None:
                         self._cache.put(cache_key, {"text": text, "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens})
                     return result
-                if response.status_code == 400 and "response_format" in payload and not downgraded:
-                    # The server does not support this structured-output form: ask once without it.
-                    downgraded = True
-                    self._structured = "none"
-                    payload = self._payload(messages, None)
+                unsupported = response.status_code in (400, 422, 500) and "response_format" in response.text
+                if unsupported and "response_format" in payload:
+                    # The server does not support this structured-output form: json_schema -> json_object
+                    # (llama.cpp's form) -> none, remembered for later requests; not counted as a retry.
+                    self._structured = _DOWNGRADE[self._structured]
+                    payload = self._payload(messages, schema)
                     attempt -= 1
                     continue
                 error = LLMHTTPError(response.status_code, f"LLM at {self.config.base_url} answered HTTP {response.status_code}: {response.text[:200]}")
                 if response.status_code != 429 and response.status_code < 500:
+                    error.latency_s = time.perf_counter() - start
                     raise error  # a client error will not fix itself
                 retry_after = _retry_after(response)
             if attempt > self.config.max_retries:
+                error.latency_s = time.perf_counter() - start  # time lost to the failure, for the stats
                 raise error
             delay = self.config.backoff_s * 2 ** (attempt - 1)
             if retry_after is not None:

@@ -195,3 +195,24 @@ def _edge_end(network: RoadNetwork, node: int, slot: int) -> int:
 def _text(compiled: CompiledPlans, agent: int, k: int) -> str:
     seq = compiled.instructions[agent]
     return seq[min(k, len(seq) - 1)].text if seq else "?"
+
+
+def merge_feedback(feedbacks: Sequence[Feedback], agents: Sequence[int]) -> Feedback | None:
+    """The parts of earlier feedback (possibly from other subsets) that concern `agents`.
+
+    The partition changes every refinement (Algorithm 1, line 7), so the
+    feedback for a new subset collects each member's pairs and trajectory
+    from wherever it was last evaluated. RVI is the largest among the sources;
+    PDI is recomputed over the kept divergence pairs.
+    """
+    keep = set(int(a) for a in agents)
+    sources = [f for f in feedbacks if f is not None and keep & set(f.subset)]
+    if not sources:
+        return None
+    reward_pairs = tuple(sorted((p for f in sources for p in f.reward_pairs if p.agent in keep), key=lambda p: -p.reward))
+    divergence = tuple(sorted((p for f in sources for p in f.divergence_pairs if p.agent in keep), key=lambda p: -p.kl_max))
+    trajectories = tuple(sorted((t for f in sources for t in f.trajectories if t.agent in keep), key=lambda t: t.agent))
+    return Feedback(
+        tuple(sorted(keep)), reward_pairs, divergence, trajectories,
+        max(f.rvi for f in sources), round(sum(p.kl_max for p in divergence), 3), max(f.threshold for f in sources),
+    )

@@ -4,7 +4,10 @@ Tokens are counted with `tiktoken` when it is installed and its encoding is
 available offline; otherwise with a documented estimate of one token per
 three characters. Our prompts are dense with numbers (coordinates, ids), which
 tokenise at roughly 2.5-3.5 characters per token rather than English prose's
-4, so the estimate errs towards dropping history a little early.
+4, so the estimate errs towards dropping history a little early for
+OpenAI-style tokenizers. Tokenizers that split numbers into single digits
+(SmolLM2's, for one) produce about twice as many tokens: set the budget to fit
+the server's context window.
 """
 
 from __future__ import annotations

@@ -16,12 +16,12 @@ import json
 import networkx as nx
 import numpy as np
 
-from llm.backends import BackendReply, timed
+from llm.backends import OfflineBackend
 from llm.prompts import ExpertRequest
 from sim.network import RoadNetwork
 
 
-class LogitBackend:
+class LogitBackend(OfflineBackend):
     name = "logit"
 
     def __init__(self, network: RoadNetwork, agent_origin, agent_dest, *, theta: float = 10.0, k_routes: int = 5, seed: int = 0):
@@ -31,13 +31,6 @@ class LogitBackend:
         self.theta = theta
         self.k_routes = k_routes
         self.seed = seed
-
-    def generate(self, requests: list[ExpertRequest]) -> list[BackendReply]:
-        out = []
-        for request in requests:
-            text, latency = timed(self.respond, request)
-            out.append(BackendReply(text, latency_s=latency))
-        return out
 
     def respond(self, request: ExpertRequest) -> str:
         net = self.network

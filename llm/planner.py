@@ -14,7 +14,8 @@ What it does, per request (one agent subset):
    that agent from then on (it stops blocking them); for each
    policy-divergence pair (Eq. 24), if the road the learned policy prefers at
    that junction costs at most `divergence_tolerance` times the plan's route,
-   the plan adopts it (smaller policy shift for the same reward).
+   the plan adopts it (smaller policy shift for the same reward). No
+   correction makes a route slower than `detour_tolerance` times the best.
 4. Output: an agent whose route is just its live shortest-time route gets
    `move_to_by_shortest_time(get_destination())`, which keeps adapting to
    congestion during the episode; others get the fewest shortest-distance
@@ -30,12 +31,12 @@ import numpy as np
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import dijkstra
 
-from llm.backends import BackendReply, timed
+from llm.backends import OfflineBackend
 from llm.prompts import ExpertRequest
 from sim.network import RoadNetwork
 
 
-class PlannerBackend:
+class PlannerBackend(OfflineBackend):
     name = "planner"
 
     def __init__(
@@ -62,13 +63,6 @@ class PlannerBackend:
         self.avoid: dict[int, np.ndarray] = {}
         self.prefer: dict[int, dict[int, int]] = {}
 
-    def generate(self, requests: list[ExpertRequest]) -> list[BackendReply]:
-        replies = []
-        for request in requests:
-            text, latency = timed(self.respond, request)
-            replies.append(BackendReply(text, latency_s=latency))
-        return replies
-
     # ------------------------------------------------------------------ planning
     def respond(self, request: ExpertRequest) -> str:
         net = self.network
@@ -77,16 +71,20 @@ class PlannerBackend:
         users = np.zeros(net.n_edges)
         routes, notes = {}, {}
         for agent in sorted(request.agents, key=lambda a: (self.depart[a], a)):
+            o, d = self.origin[agent], self.dest[agent]
+            best = _route(net, base, o, d)
+            budget = self.detour_tolerance * _cost(net, base, best)
             own = base * self.avoid.get(agent, 1.0)
-            best = _route(net, own, self.origin[agent], self.dest[agent])
             spread = own * (1.0 + self.spread_penalty * users / net.edge_lanes)
-            route = _route(net, spread, self.origin[agent], self.dest[agent])
-            note = "live shortest time"
-            if _cost(net, own, route) > self.detour_tolerance * _cost(net, own, best):
-                route = best
-            elif route != best:
-                note = "detour off roads shared with earlier agents"
-            route, adopted = self._adopt_preferences(agent, route, own)
+            # Prefer spreading, then the agent's own corrected costs, but never a route slower than the budget.
+            route, note = best, "live shortest time"
+            for candidate, why in ((_route(net, spread, o, d), "detour off roads shared with earlier agents"), (_route(net, own, o, d), "")):
+                if _cost(net, base, candidate) <= budget:
+                    route = candidate
+                    if candidate != best and why:
+                        note = why
+                    break
+            route, adopted = self._adopt_preferences(agent, route, base)
             if adopted:
                 note = f"follows the learned policy at junction(s) {', '.join(map(str, adopted))}"
             if agent in self.avoid:
@@ -106,7 +104,7 @@ class PlannerBackend:
         for pair in fb.reward_pairs:
             factor = self.avoid.setdefault(pair.agent, np.ones(net.n_edges))
             for _, junction, _ in pair.victims:
-                factor[net.edge_to == junction] *= 2.0
+                factor[net.edge_to == junction] = 2.0  # set, not compounded: one flag doubles the cost once
         for pair in fb.divergence_pairs:
             if pair.policy_next >= 0 and pair.policy_next != pair.expert_next:
                 self.prefer.setdefault(pair.agent, {})[pair.junction] = pair.policy_next
@@ -121,7 +119,7 @@ class PlannerBackend:
             if not tail or junction in tail:
                 continue
             candidate = route[: k + 1] + tail
-            if _cost(self.network, cost, candidate) <= self.divergence_tolerance * _cost(self.network, cost, route):
+            if _cost(self.network, cost, candidate) <= self.divergence_tolerance * _cost(self.network, cost, route) and candidate != route:
                 route = candidate
                 adopted.append(junction)
         return route, adopted

@@ -82,6 +82,9 @@ def parse_response(text: str, agents: Sequence[int], ctx: PlanRequestContext) ->
     graph = ctx.time_graph()
     if payload is not None:
         return _from_json(payload, agents, ctx, graph)
+    if text.lstrip().startswith(("{", "[")):
+        why = "response looks like JSON but is not a valid JSON object (truncated or malformed)"
+        return {a: AgentPlan(a, error=why) for a in agents}
     code = _python_code(text)
     return {a: _run_code(code, a, ctx, graph, "code") for a in agents}
 

@@ -300,7 +300,9 @@ class Interpreter:
                 container[key] = value
             except (IndexError, KeyError, TypeError) as err:
                 raise PlanError(f"line {target.lineno}: {type(err).__name__}: {err}") from None
-            self._check_size(container, target)
+            if len(container) > self.limits.max_items:
+                raise PlanError(f"line {target.lineno}: a value with {len(container)} items exceeds the limit of {self.limits.max_items}")
+            self._charge(1, target)
         else:
             raise PlanError(f"line {getattr(target, 'lineno', 0)}: cannot assign to this expression")
 
@@ -487,7 +489,7 @@ class Interpreter:
             except TypeError as err:
                 raise PlanError(f"line {line}: {err}") from None
         if func in self.builtins.values():
-            if kwargs and func not in (self._min, self._max, self._sorted):
+            if kwargs and func not in (self._min, self._max, self._sorted, self._print):
                 raise PlanError(f"line {line}: keyword arguments are not supported for this builtin")
             try:
                 return self._check_size(func(*args, **kwargs), node)
@@ -593,12 +595,16 @@ class Interpreter:
         if isinstance(value, (list, tuple, dict, str)):
             if len(value) > self.limits.max_items:
                 raise PlanError(f"line {line}: a value with {len(value)} items exceeds the limit of {self.limits.max_items}")
-            self.allocated += len(value)
-            if self.allocated > self.limits.max_total_items:
-                raise PlanError(f"line {line}: plan allocated more than {self.limits.max_total_items} items in total (memory limit)")
+            self._charge(len(value), node)
         if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > self.limits.max_int_bits:
             raise PlanError(f"line {line}: integer exceeds {self.limits.max_int_bits} bits")
         return value
+
+
+    def _charge(self, n: int, node) -> None:
+        self.allocated += n
+        if self.allocated > self.limits.max_total_items:
+            raise PlanError(f"line {getattr(node, 'lineno', 0)}: plan allocated more than {self.limits.max_total_items} items in total (memory limit)")
 
 
 class _Scope(dict):

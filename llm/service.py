@@ -37,7 +37,7 @@ class ExpertConfig:
     backend: str = "planner"  # planner | llm | logit
     interfaces: bool = True  # False: ask for complete routes (Table III's "w/o IFs")
     refine: bool = True  # False: requests never carry feedback (Table III's "w/o Refn.")
-    max_instructions: int = 32  # per agent; compiled width is this + 1 (room for the completing move)
+    max_instructions: int = 32  # per agent with interfaces (routes: up to N); compiled width is this + 1
     token_budget: int = 10_000
     llm: LLMConfig = LLMConfig()
     logit_theta: float = 10.0
@@ -118,6 +118,9 @@ class ExpertService:
         self.depart = np.zeros(len(self.origin), int) if agent_depart is None else np.asarray(agent_depart, int)
         self.config = config
         self.n_agents = len(self.origin)
+        # Route-format plans (no interfaces, or the Logit expert) list every junction: up to N moves.
+        routes = not config.interfaces or config.backend == "logit"
+        self.max_instructions = max(config.max_instructions, network.n_nodes) if routes else config.max_instructions
         self.system_prompt = render_system(
             network, self.origin, self.dest, self.depart, interfaces=config.interfaces, max_instructions=config.max_instructions, t_max=t_max
         )
@@ -159,7 +162,7 @@ class ExpertService:
             replies = self.backend.generate(requests)
         except Exception as err:  # a backend bug must not kill training either
             replies = [BackendReply(None, f"backend {self.backend.name} failed: {type(err).__name__}: {err}", "BackendError")] * len(requests)
-        ctx = PlanRequestContext(self.network, self.origin, self.dest, edge_time, self.config.max_instructions, self.config.limits)
+        ctx = PlanRequestContext(self.network, self.origin, self.dest, edge_time, self.max_instructions, self.config.limits)
         out = [self._absorb(s, reply, ctx) for s, reply in zip(subsets, replies)]
         self.round += 1
         return out
@@ -191,7 +194,7 @@ class ExpertService:
             AgentPlan(a, self.current[a]) if a in self.current else fallback_plan(a, self.dest[a], "no executed plan yet")
             for a in range(self.n_agents)
         ]
-        compiled = compile_plans(rows, self.network, self.origin, self.dest, self.config.max_instructions + 1)
+        compiled = compile_plans(rows, self.network, self.origin, self.dest, self.max_instructions + 1)
         st.completed += int(sum(compiled.completed[a] for a in subset if plans[a].executed))
         return SubsetPlans(subset, compiled, plans, reply.latency_s)
 

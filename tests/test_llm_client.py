@@ -150,15 +150,17 @@ def test_timeout_and_dead_server(line_network, llm_server):
 
 
 def test_structured_output_downgrade_cache_and_concurrency(tmp_path, llm_server):
-    llm_server.reply(status=400, body=b"response_format not supported").reply("plan A").reply("plan B")
+    rejected = b"response_format.type: input should be text or json_object"
+    llm_server.reply(status=500, body=rejected).reply(status=400, body=rejected).reply("plan A").reply("plan B")
     client = ChatClient(_config(llm_server.url, cache_dir=str(tmp_path)))
     msgs = [{"role": "user", "content": "one"}]
     first = client.complete(msgs, schema={"type": "object"})
-    assert first.text == "plan A" and "response_format" not in llm_server.requests[1][1]
+    formats = [req[1].get("response_format", {}).get("type") for req in llm_server.requests]
+    assert first.text == "plan A" and formats == ["json_schema", "json_object", None] and first.attempts == 1
     again = client.complete(msgs, schema={"type": "object"})
-    assert again.cached and again.text == "plan A" and len(llm_server.requests) == 2
+    assert again.cached and again.text == "plan A" and len(llm_server.requests) == 3
     results = client.complete_many([([{"role": "user", "content": "two"}], None), ([{"role": "user", "content": "three"}], None)])
-    assert sorted(r.text for r in results) == ["plan B", "plan B"] and len(llm_server.requests) == 4
+    assert sorted(r.text for r in results) == ["plan B", "plan B"] and len(llm_server.requests) == 5
     # A fresh client (a rerun) reproduces the run from the cache without the server.
     llm_server.close()
     rerun = ChatClient(_config(llm_server.url, cache_dir=str(tmp_path)))

@@ -79,6 +79,17 @@ def test_hostile_program_is_rejected_with_reason(ctx, code, reason):
     assert reason in plan.error, plan.error
 
 
+def test_ordinary_code_is_not_starved_by_the_limits(ctx):
+    code = (
+        "d = {}\nfor i in range(5000):\n    d[i] = i * 2\n"
+        "best = sorted(list(d), key=abs, reverse=True)[0]\n"
+        "print('best', best, end='')\n"
+        "move_to_by_shortest_time(best % 4)\n"
+    )
+    plan = parse_response(code, [0], ctx)[0]
+    assert plan.executed and plan.instructions[0].node == 4999 % 4
+
+
 def test_time_budget_stops_a_long_program():
     limits = SandboxLimits(max_steps=10**12, max_seconds=0.05)
     tree = parse_program("x = 0\nfor i in range(10**8):\n    x = x + i", limits)
