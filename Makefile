@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 train: $(STAMP)
-	$(BIN)/python -m reled_jax.train
+	$(BIN)/python -m reled_jax.train --resume
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

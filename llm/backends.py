@@ -65,6 +65,12 @@ class LLMBackend:
             replies.append(BackendReply(result.text, None, None, result.latency_s, result.prompt_tokens, result.completion_tokens, result.cached))
         return replies
 
+    def state_dict(self) -> dict:
+        return {"turns": list(self.history.turns), "dropped": self.history.dropped}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history.turns, self.history.dropped = list(state["turns"]), state["dropped"]
+
     def close(self) -> None:
         self.client.close()
 

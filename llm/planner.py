@@ -63,6 +63,12 @@ class PlannerBackend(OfflineBackend):
         self.avoid: dict[int, np.ndarray] = {}
         self.prefer: dict[int, dict[int, int]] = {}
 
+    def state_dict(self) -> dict:
+        return {"avoid": {a: v.copy() for a, v in self.avoid.items()}, "prefer": {a: dict(v) for a, v in self.prefer.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.avoid, self.prefer = dict(state["avoid"]), dict(state["prefer"])
+
     # ------------------------------------------------------------------ planning
     def respond(self, request: ExpertRequest) -> str:
         net = self.network

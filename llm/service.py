@@ -190,13 +190,27 @@ class ExpertService:
                 st.fallbacks[kind] += 1
                 self.errors[a] = p.error or "no plan"
                 st.last_errors = (st.last_errors + [f"agent {a}: {p.error}"])[-20:]
+        compiled = self.compiled_current()
+        st.completed += int(sum(compiled.completed[a] for a in subset if plans[a].executed))
+        return SubsetPlans(subset, compiled, plans, reply.latency_s)
+
+    def compiled_current(self) -> CompiledPlans:
+        """All agents' current plans compiled, without asking the backend (for plans generated once)."""
         rows = [
             AgentPlan(a, self.current[a]) if a in self.current else fallback_plan(a, self.dest[a], "no executed plan yet")
             for a in range(self.n_agents)
         ]
-        compiled = compile_plans(rows, self.network, self.origin, self.dest, self.max_instructions + 1)
-        st.completed += int(sum(compiled.completed[a] for a in subset if plans[a].executed))
-        return SubsetPlans(subset, compiled, plans, reply.latency_s)
+        return compile_plans(rows, self.network, self.origin, self.dest, self.max_instructions + 1)
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume: round, current plans, errors, stats, and the backend's own memory."""
+        backend_state = getattr(self.backend, "state_dict", lambda: {})()
+        return {"round": self.round, "current": dict(self.current), "errors": dict(self.errors), "stats": self.stats, "backend": backend_state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.round, self.current, self.errors, self.stats = state["round"], dict(state["current"]), dict(state["errors"]), state["stats"]
+        if hasattr(self.backend, "load_state_dict"):
+            self.backend.load_state_dict(state["backend"])
 
     def close(self) -> None:
         close = getattr(self.backend, "close", None)

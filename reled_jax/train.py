@@ -1,85 +1,305 @@
-"""Entry point `python -m reled_jax.train`.
+"""Entry point: `python -m reled_jax.train` (paper Algorithm 1, all methods of the ablation).
 
-PLACEHOLDER until the RELED trainer lands (issue 4): this runs the two
-reference policies (free-flow shortest-time routing and uniform random) on the
-default scenario for a batch of vmapped episodes and prints episode statistics.
-No learning happens here.
+    python -m reled_jax.train                                  # RELED, hongkong/moderate, offline planner expert
+    python -m reled_jax.train --method ippo --seeds 3
+    python -m reled_jax.train --scenario grid --regime congested --expert.backend llm --expert.llm.base-url http://127.0.0.1:8080/v1
+    python -m reled_jax.train --preset paper                   # the paper's budget: 500 epochs x ~1000 interaction steps
+
+Data flow: scenario -> env params -> per-seed states (stacked) -> every q epochs the
+SED module asks the expert service for plans and rolls out demonstrations (host:
+the only round trip) -> q epochs of rollout + HPO update as one compiled program,
+seeds vmapped -> metrics (CSV, JSONL), checkpoint, progress bar -> plots and summary.
+A killed run resumes from its last checkpoint (`--resume`) to the same result.
 """
 
 from __future__ import annotations
 
-import argparse
+import csv
+import dataclasses
+import json
+import os
+import pickle
+import tempfile
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tyro
+from tqdm import tqdm
 
-from sim.policies import REFERENCE_POLICIES
+from llm.client import LLMConfig
+from llm.service import ExpertConfig, ExpertService
+from reled_jax.networks import init_agents
+from reled_jax.reled import METHODS, HPOConfig, empty_expert, init_state, make_epoch
+from reled_jax.sed import SED, SEDConfig
 from sim.scenarios import REGIMES, SCENARIOS, load_scenario
 
+PRESETS = {
+    # Finishes on a 2-core CPU in a few minutes and visibly learns.
+    "default": {},
+    # Paper IV-A2: 500 epochs x 1,000 interaction steps (10 agents take ~1,000 decisions in 4 envs x 64 steps).
+    "paper": {"epochs": 500, "n_envs": 4, "rollout_steps": 64},
+    # Seconds, for tests and smoke checks.
+    "smoke": {"epochs": 4, "n_envs": 2, "rollout_steps": 32},
+}
 
-def evaluate_reference(scenario: str, regime: str, n_agents: int, n_episodes: int, seed: int, max_steps: int) -> dict:
-    """Run `n_episodes` vmapped episodes per reference policy; return per-policy statistics."""
-    network, env, params = load_scenario(scenario, regime, n_agents=n_agents, seed=seed)
-    print(f"scenario {scenario}/{regime}: {network.summary()}")
-    results = {}
-    for name, policy in REFERENCE_POLICIES.items():
 
-        def episode(key, policy=policy):
-            obs, state = env.reset(key, params)
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    scenario: str = "hongkong"
+    regime: str = "moderate"
+    method: str = "reled"  # reled | reled-norefine | reled-alpha0.2 | reled-alpha0.5 | reled-logit | ippo
+    n_agents: int = 10
+    epochs: int = 40  # K
+    n_envs: int = 8
+    rollout_steps: int = 1024  # environment steps per environment per epoch (long enough for whole episodes)
+    q: int = 10
+    m: int = 2
+    n_demo_envs: int = 4
+    demo_steps: int = 1024
+    seeds: int = 1  # seeds seed, seed+1, ... vmapped in one program
+    seed: int = 0
+    expert: ExpertConfig = ExpertConfig()
+    out: str = ""  # default runs/<scenario>-<regime>-<method>-s<seed>
+    resume: bool = False
+    preset: str = "default"  # default | paper | smoke (overrides the budget fields)
+    entropy_coef: float = 0.01
+    lr: float = 3e-4
+    update_epochs: int = 8
+    n_minibatches: int = 8
+    center_expert_advantages: bool = True
 
-            def body(carry, _):
-                key, obs, state, finished = carry
-                key, k_act, k_step = jax.random.split(key, 3)
-                obs, state_next, reward, _, info = env.step_env(k_step, state, policy(k_act, obs, params), params)
-                # Freeze the episode once it is over (no auto-reset: one episode per key).
-                state = jax.tree.map(lambda old, new: jnp.where(finished, old, new), state, state_next)
-                reward = jnp.where(finished, 0.0, reward)
-                n_dec = jnp.where(finished, 0, info["n_decisions"])
-                return (key, obs, state, finished | info["episode_done"]), (reward, n_dec)
+    def resolved(self) -> TrainConfig:
+        if self.preset not in PRESETS:
+            raise SystemExit(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+        if self.scenario not in SCENARIOS:
+            raise SystemExit(f"unknown scenario {self.scenario!r}; choose one of {sorted(SCENARIOS)}")
+        if self.regime not in REGIMES:
+            raise SystemExit(f"unknown regime {self.regime!r}; choose one of {sorted(REGIMES)}")
+        if self.method not in METHODS:
+            raise SystemExit(f"unknown method {self.method!r}; choose one of {METHODS}")
+        cfg = dataclasses.replace(self, **PRESETS[self.preset])
+        if cfg.method == "reled-logit":
+            cfg = dataclasses.replace(cfg, expert=dataclasses.replace(cfg.expert, backend="logit"))
+        if cfg.q < 1 or cfg.m < 1 or cfg.m > cfg.n_agents or cfg.seeds < 1 or cfg.epochs < 1:
+            raise SystemExit(f"need q >= 1, 1 <= m <= n_agents, seeds >= 1, epochs >= 1 (got q={cfg.q}, m={cfg.m}, seeds={cfg.seeds}, epochs={cfg.epochs})")
+        return cfg
 
-            (_, _, state, finished), (rewards, decisions) = jax.lax.scan(
-                body, (key, obs, state, jnp.bool_(False)), None, length=max_steps
-            )
-            travel = jnp.where(state.agent_arrived, state.agent_travel_time, state.t.astype(jnp.float32))
-            return rewards.sum(0), travel, state.agent_arrived, decisions.sum(), finished
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out or f"runs/{self.scenario}-{self.regime}-{self.method}-s{self.seed}")
 
-        keys = jax.random.split(jax.random.PRNGKey(seed), n_episodes)
-        t0 = time.perf_counter()
-        returns, travel, arrived, decisions, finished = jax.block_until_ready(jax.jit(jax.vmap(episode))(keys))
-        wall = time.perf_counter() - t0
-        results[name] = {
-            "reward_per_agent": (float(np.mean(returns)), float(np.std(np.mean(returns, axis=1)))),
-            "travel_time_s": (float(np.mean(travel)), float(np.std(np.mean(travel, axis=1)))),
-            "arrival_rate": float(np.mean(arrived)),
-            "interaction_steps": int(np.sum(decisions)),
-            "episodes_finished": int(np.sum(finished)),
-            "wall_s_incl_compile": wall,
-        }
-    return results
+    def hpo(self) -> HPOConfig:
+        return HPOConfig(
+            method=self.method, epochs=self.epochs, n_envs=self.n_envs, rollout_steps=self.rollout_steps, entropy_coef=self.entropy_coef, lr=self.lr, update_epochs=self.update_epochs, n_minibatches=self.n_minibatches,
+            center_expert_advantages=self.center_expert_advantages,
+        )
+
+
+def train(cfg: TrainConfig) -> dict:
+    cfg = cfg.resolved()
+    hpo = cfg.hpo()
+    network, env, env_params = load_scenario(cfg.scenario, cfg.regime, n_agents=cfg.n_agents, seed=cfg.seed)
+    input_dim = 2 * env.n_nodes + 2 * env.m_out
+    seeds = [cfg.seed + s for s in range(cfg.seeds)]
+    uses_expert = cfg.method != "ippo"
+
+    # Per-seed initial states, stacked on a leading seed axis.
+    states, policy, value = [], None, None
+    for s in seeds:
+        params, policy, value = init_agents(jax.random.PRNGKey(s), env.n_agents, input_dim, env.m_out)
+        states.append(init_state(jax.random.PRNGKey(10_000 + s), params, hpo))
+    state = jax.tree.map(lambda *z: jnp.stack(z), *states)
+
+    seds = []
+    if uses_expert:
+        for s in seeds:
+            service = ExpertService(network, np.asarray(env_params.agent_origin), np.asarray(env_params.agent_dest), config=dataclasses.replace(cfg.expert, seed=s), t_max=env_params.t_max)
+            sed_cfg = SEDConfig(q=cfg.q, m=cfg.m, n_demo_envs=cfg.n_demo_envs, demo_steps=cfg.demo_steps, refine=cfg.method != "reled-norefine")
+            seds.append(SED(env, env_params, network, policy, hpo, sed_cfg, service, seed=s))
+    no_expert = empty_expert(env.n_agents, input_dim, env.m_out)
+    no_nodes = (jnp.zeros((1, env.n_agents, hpo.max_trajectory, 2)), jnp.zeros((1, env.n_agents), jnp.int32))
+    expert = jax.tree.map(lambda *z: jnp.stack(z), *[no_expert] * len(seeds))
+    expert_nodes = jax.tree.map(lambda *z: jnp.stack(z), *[no_nodes] * len(seeds))
+
+    epoch_fn = make_epoch(env, env_params, policy, value, hpo)
+
+    def run_chunk(state, expert, nodes, length):
+        def body(st, _):
+            return jax.vmap(epoch_fn)(st, expert, nodes)
+
+        return jax.lax.scan(body, state, None, length=length)
+
+    run_chunk = jax.jit(run_chunk, static_argnums=3)
+
+    out = cfg.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "checkpoint.pkl"
+    rows: list[dict] = []
+    sed_log: list[dict] = []
+    start_epoch, wall_offset, steps_done = 0, 0.0, np.zeros(len(seeds))
+    if cfg.resume and ckpt_path.exists():
+        ck = pickle.loads(ckpt_path.read_bytes())
+        if _comparable(ck["config"]) != _comparable(dataclasses.asdict(cfg)):
+            raise SystemExit(f"{ckpt_path} was written by a different configuration; use another --out or drop --resume")
+        state, expert, expert_nodes = jax.tree.map(jnp.asarray, (ck["state"], ck["expert"], ck["expert_nodes"]))
+        rows, sed_log, start_epoch, wall_offset, steps_done = ck["rows"], ck["sed_log"], ck["epoch"], ck["wall"], ck["steps"]
+        for sed, st in zip(seds, ck["seds"]):
+            sed.service.load_state_dict(st["service"])
+            sed.feedback, sed.history = st["feedback"], st["history"]
+        print(f"resumed {out} at epoch {start_epoch}")
+    elif ckpt_path.exists():
+        raise SystemExit(f"{out} already holds a run; pass --resume to continue it or --out to start elsewhere")
+
+    print(f"{cfg.method} on {cfg.scenario}/{cfg.regime}: {network.n_nodes} junctions, {env.n_agents} agents, "
+          f"{len(seeds)} seed(s), {cfg.epochs} epochs of {cfg.n_envs} envs x {cfg.rollout_steps} steps; expert: "
+          f"{cfg.expert.backend if uses_expert else 'none'}; output {out}")
+    wall_start = time.perf_counter() - wall_offset
+    bar = tqdm(total=cfg.epochs, initial=start_epoch, unit="epoch", desc=cfg.method)
+    epoch = start_epoch
+    while epoch < cfg.epochs:
+        if uses_expert:
+            refreshed = [sed.refresh(jax.tree.map(lambda z, i=i: z[i], state.params.policy), epoch) for i, sed in enumerate(seds)]
+            expert = jax.tree.map(lambda *z: jnp.stack(z), *[r[0] for r in refreshed])
+            expert_nodes = jax.tree.map(lambda *z: jnp.stack(z), *[r[1] for r in refreshed])
+            sed_log += [{**r[2], "seed": s} for r, s in zip(refreshed, seeds)]
+        length = min(cfg.q, cfg.epochs - epoch)
+        state, metrics = run_chunk(state, expert, expert_nodes, length)
+        metrics = jax.device_get(metrics)  # [length, seeds]
+        chunk_start = rows[-1]["wall_s"] if rows else wall_offset
+        wall = time.perf_counter() - wall_start
+        for k in range(length):
+            for si, s in enumerate(seeds):
+                steps_done[si] += metrics["interaction_steps"][k, si]
+                # Wall-clock (expert time included) is measured per chunk and spread evenly over its epochs.
+                at = chunk_start + (wall - chunk_start) * (k + 1) / length
+                row = {"epoch": epoch + k + 1, "seed": s, "interaction_steps": int(steps_done[si]), "wall_s": round(at, 2)}
+                row.update({name: float(v[k, si]) for name, v in metrics.items() if name != "interaction_steps"})
+                if uses_expert:
+                    last = seds[si].history[-1]
+                    row.update(rvi=last["rvi"], pdi=last["pdi"], expert_reward=last["expert_reward"], execution_rate=last["execution_rate"], expert_fallbacks=last["fallbacks"])
+                rows.append(row)
+        epoch += length
+        recent = [r for r in rows if r["epoch"] == epoch]
+        bar.update(length)
+        bar.set_postfix(reward=_fmt([r["episode_reward"] for r in recent]), travel=_fmt([r["travel_time"] for r in recent]) + "s", alpha=f"{np.mean([r['alpha'] for r in recent]):.2f}")
+        _write_metrics(out, rows)
+        _atomic_pickle(ckpt_path, {
+            "config": dataclasses.asdict(cfg), "epoch": epoch, "wall": wall, "steps": steps_done, "rows": rows, "sed_log": sed_log,
+            "state": jax.device_get(state), "expert": jax.device_get(expert), "expert_nodes": jax.device_get(expert_nodes),
+            "seds": [{"service": sed.service.state_dict(), "feedback": sed.feedback, "history": sed.history} for sed in seds],
+        })
+    bar.close()
+    for sed in seds:
+        sed.service.close()
+    (out / "sed.json").write_text(json.dumps(sed_log, indent=1, default=_jsonable))
+    summary = _summary(cfg, rows, seds)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_jsonable))
+    plot_run(out)
+    print(json.dumps(summary, indent=1, default=_jsonable))
+    print(f"wrote {out}/metrics.csv, metrics.jsonl, sed.json, summary.json, training.png, checkpoint.pkl")
+    return summary
+
+
+def _comparable(config: dict) -> dict:
+    """The fields that decide a run's result (not where it is written or whether it resumes)."""
+    return {k: v for k, v in config.items() if k not in ("resume", "out")}
+
+
+def _fmt(values) -> str:
+    values = [v for v in values if np.isfinite(v)]
+    return f"{np.mean(values):.0f}" if values else "-"
+
+
+def _summary(cfg: TrainConfig, rows: list[dict], seds: list[SED]) -> dict:
+    first = [r for r in rows if r["epoch"] <= max(1, cfg.epochs // 10)]
+    last = [r for r in rows if r["epoch"] > cfg.epochs - max(1, cfg.epochs // 10)]
+    def stat(rs, k):
+        v = np.array([r[k] for r in rs], float)
+        v = v[np.isfinite(v)]
+        return (float(v.mean()), float(v.std())) if v.size else (float("nan"), float("nan"))
+
+    out = {
+        "method": cfg.method, "scenario": cfg.scenario, "regime": cfg.regime, "seeds": cfg.seeds, "epochs": cfg.epochs,
+        "interaction_steps_per_seed": int(np.mean([r["interaction_steps"] for r in rows if r["epoch"] == cfg.epochs])),
+        "wall_s": rows[-1]["wall_s"],
+        "reward_first_10pct": stat(first, "episode_reward"), "reward_last_10pct": stat(last, "episode_reward"),
+        "travel_time_first_10pct": stat(first, "travel_time"), "travel_time_last_10pct": stat(last, "travel_time"),
+        "arrival_rate_last_10pct": stat(last, "arrival_rate"), "alpha_last": stat(last, "alpha"),
+    }
+    if seds:
+        out["expert"] = [sed.service.stats.as_dict() for sed in seds]
+    return out
+
+
+def _write_metrics(out: Path, rows: list[dict]) -> None:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(out / "metrics.csv.tmp", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(out / "metrics.csv.tmp", out / "metrics.csv")
+    (out / "metrics.jsonl.tmp").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(out / "metrics.jsonl.tmp", out / "metrics.jsonl")
+
+
+def _atomic_pickle(path: Path, obj) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        pickle.dump(obj, f)
+    os.replace(tmp, path)
+
+
+def _jsonable(o):
+    if isinstance(o, (np.integer, np.floating)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if dataclasses.is_dataclass(o):
+        return dataclasses.asdict(o)
+    return str(o)
+
+
+def plot_run(out: Path) -> None:
+    """Reward and travel time vs interaction steps and wall-clock; DTW and alpha vs epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    seeds = sorted({r["seed"] for r in rows})
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    for s in seeds:
+        rs = [r for r in rows if r["seed"] == s]
+        get = lambda k: np.array([r[k] for r in rs], float)  # noqa: E731
+        for col, xkey, xlabel in ((0, "interaction_steps", "interaction steps"), (1, "wall_s", "wall-clock (s)")):
+            axes[0, col].plot(get(xkey), get("episode_reward"), ".-", label=f"seed {s}")
+            axes[1, col].plot(get(xkey), get("travel_time"), ".-", label=f"seed {s}")
+            axes[1, col].set_xlabel(xlabel)
+        axes[0, 2].plot(get("epoch"), get("dtw_m"), ".-", label=f"DTW seed {s}")
+        axes[1, 2].plot(get("epoch"), get("alpha"), ".-", label=f"alpha seed {s}")
+    for ax in axes[:, 0]:
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1000:.0f}k"))
+    axes[0, 0].set_ylabel("episode reward (per agent)")
+    axes[1, 0].set_ylabel("travel time (s)")
+    axes[0, 2].set_ylabel("DTW agent vs expert (m)")
+    axes[1, 2].set_ylabel("alpha (Eq. 30)")
+    axes[1, 2].set_xlabel("epoch")
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle(f"{out.name}")
+    fig.tight_layout()
+    fig.savefig(out / "training.png", dpi=110)
+    plt.close(fig)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenario", default="hongkong", choices=sorted(SCENARIOS))
-    parser.add_argument("--regime", default="moderate", choices=sorted(REGIMES))
-    parser.add_argument("--n-agents", type=int, default=10)
-    parser.add_argument("--episodes", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-steps", type=int, default=1500, help="env steps (agent decision rounds) per episode")
-    args = parser.parse_args()
-    print("reled_jax.train: PLACEHOLDER (issue 4 brings the RELED trainer). Running reference policies only.")
-    results = evaluate_reference(args.scenario, args.regime, args.n_agents, args.episodes, args.seed, args.max_steps)
-    print(f"\n{'policy':10s} {'reward/agent':>20s} {'travel time (s)':>20s} {'arrived':>8s} {'decisions':>10s} {'wall s':>7s}")
-    for name, r in results.items():
-        print(
-            f"{name:10s} {r['reward_per_agent'][0]:11.1f} ± {r['reward_per_agent'][1]:6.1f} "
-            f"{r['travel_time_s'][0]:11.1f} ± {r['travel_time_s'][1]:6.1f} {r['arrival_rate']:8.1%} "
-            f"{r['interaction_steps']:10d} {r['wall_s_incl_compile']:7.1f}"
-        )
-    print("(mean over agents and episodes ± SD across episodes; an agent that never arrived counts "
-          "the time until its episode ended)")
+    train(tyro.cli(TrainConfig, description=__doc__))
 
 
 if __name__ == "__main__":

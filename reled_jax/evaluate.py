@@ -1,0 +1,119 @@
+"""Evaluate a checkpoint: `python -m reled_jax.evaluate --checkpoint runs/.../checkpoint.pkl [--episodes 20]`.
+
+Runs N test episodes (vmapped, one episode per key, no auto-reset) of the
+trained policies of every seed in the checkpoint, greedy by default, and the
+two reference policies (free-flow shortest time, uniform random) on the same
+keys, and reports episode reward per agent and travel time as mean ± SD
+across episodes, plus arrival rate. Writes evaluation.json next to the
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tyro
+
+from reled_jax.networks import MLP, encode
+from reled_jax.reled import policy_apply
+from sim.env import EnvParams, RouteChoiceEnv
+from sim.policies import REFERENCE_POLICIES
+from sim.scenarios import load_scenario
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    checkpoint: str = ""  # empty: reference policies only
+    episodes: int = 20
+    seed: int = 12345  # evaluation keys (different from training)
+    max_steps: int = 3000  # environment steps per episode at most
+    stochastic: bool = False  # sample from the policy instead of taking its most likely action
+    scenario: str = "hongkong"  # used only without a checkpoint
+    regime: str = "moderate"
+    n_agents: int = 10
+
+
+def evaluate_policies(env: RouteChoiceEnv, params: EnvParams, policies: dict[str, Callable], n_episodes: int, seed: int, max_steps: int) -> dict:
+    """Episode statistics of each `policy(key, obs) -> actions [A]` over the same `n_episodes` keys."""
+    results = {}
+    keys = jax.random.split(jax.random.PRNGKey(seed), n_episodes)
+    for name, policy in policies.items():
+
+        def episode(key, policy=policy):
+            obs, state = env.reset(key, params)
+
+            def body(carry, _):
+                key, obs, state, finished = carry
+                key, k_act, k_step = jax.random.split(key, 3)
+                obs_next, state_next, reward, _, info = env.step_env(k_step, state, policy(k_act, obs), params)
+                state = jax.tree.map(lambda old, new: jnp.where(finished, old, new), state, state_next)
+                obs = jax.tree.map(lambda old, new: jnp.where(finished, old, new), obs, obs_next)
+                reward = jnp.where(finished, 0.0, reward)
+                return (key, obs, state, finished | info["episode_done"]), (reward, jnp.where(finished, 0, info["n_decisions"]))
+
+            (_, _, state, finished), (rewards, decisions) = jax.lax.scan(body, (key, obs, state, jnp.bool_(False)), None, length=max_steps)
+            travel = jnp.where(state.agent_arrived, state.agent_travel_time, state.t.astype(jnp.float32) - params.agent_depart)
+            return rewards.sum(0), travel, state.agent_arrived, decisions.sum(), finished
+
+        returns, travel, arrived, decisions, finished = jax.device_get(jax.jit(jax.vmap(episode))(keys))
+        per_episode_reward, per_episode_travel = returns.mean(1), travel.mean(1)
+        results[name] = {
+            "reward_per_agent": [float(per_episode_reward.mean()), float(per_episode_reward.std())],
+            "travel_time_s": [float(per_episode_travel.mean()), float(per_episode_travel.std())],
+            "arrival_rate": float(arrived.mean()),
+            "interaction_steps": int(decisions.sum()),
+            "episodes_finished": int(finished.sum()),
+        }
+    return results
+
+
+def trained_policy(policy_params, n_nodes: int, m_out: int, stochastic: bool) -> Callable:
+    module = MLP(m_out)
+
+    def act(key, obs):
+        logits = policy_apply(module, policy_params, encode(obs.features, n_nodes, m_out), obs.action_mask)
+        return jax.random.categorical(key, logits) if stochastic else jnp.argmax(logits, axis=-1)
+
+    return act
+
+
+def main(cfg: EvalConfig) -> dict:
+    policies: dict[str, Callable] = {}
+    if cfg.checkpoint:
+        path = Path(cfg.checkpoint)
+        if not path.exists():
+            raise SystemExit(f"checkpoint {path} not found; train first (python -m reled_jax.train) or pass --checkpoint")
+        ck = pickle.loads(path.read_bytes())
+        run = ck["config"]
+        _, env, params = load_scenario(run["scenario"], run["regime"], n_agents=run["n_agents"], seed=run["seed"])
+        policy_params = ck["state"].params.policy
+        n_seeds = jax.tree.leaves(policy_params)[0].shape[0]
+        for s in range(n_seeds):
+            p = jax.tree.map(lambda z, s=s: jnp.asarray(z[s]), policy_params)
+            policies[f"{run['method']} (seed {run['seed'] + s}, epoch {ck['epoch']})"] = trained_policy(p, env.n_nodes, env.m_out, cfg.stochastic)
+        out_path = path.parent / "evaluation.json"
+    else:
+        _, env, params = load_scenario(cfg.scenario, cfg.regime, n_agents=cfg.n_agents)
+        out_path = None
+    for name, ref in REFERENCE_POLICIES.items():
+        policies[name] = lambda key, obs, ref=ref: ref(key, obs, params)
+    results = evaluate_policies(env, params, policies, cfg.episodes, cfg.seed, cfg.max_steps)
+    print(f"{'policy':40s} {'reward/agent':>20s} {'travel time (s)':>20s} {'arrived':>8s}")
+    for name, r in results.items():
+        print(f"{name:40s} {r['reward_per_agent'][0]:11.1f} ± {r['reward_per_agent'][1]:6.1f} {r['travel_time_s'][0]:11.1f} ± {r['travel_time_s'][1]:6.1f} {r['arrival_rate']:8.1%}")
+    print(f"({cfg.episodes} test episodes; mean over agents, ± SD across episodes; {'sampled' if cfg.stochastic else 'greedy'} actions)")
+    if out_path is not None:
+        out_path.write_text(json.dumps({"config": dataclasses.asdict(cfg), "results": results}, indent=1))
+        print(f"wrote {out_path}")
+    return results
+
+
+if __name__ == "__main__":
+    main(tyro.cli(EvalConfig))

@@ -1,0 +1,383 @@
+"""RELED's Hybrid Expert-Agent Policy Optimization (paper III-E, Algorithm 1 lines 4 and 18-24), and IPPO.
+
+One jitted `epoch` does: reset the environments, roll out the current joint
+policy (tau^a), compute bootstrapped returns and advantages for agent and
+expert samples (Eqs. 26-28), the per-agent DTW weight alpha (Eq. 30), and a
+clipped-PPO update of every agent's policy and two value functions on the
+hybrid objective (Eqs. 27, 29-31). All agents are one `vmap` over stacked
+parameters. The expert samples tau^e are an input: the SED module
+(reled_jax.sed) refreshes them every q epochs on the host.
+
+Signs. The paper writes objectives to be maximised: L^x (Eq. 29) is the
+clipped surrogate, L_mix = alpha*L^a + (1-alpha)*L^e (Eq. 30), and Eq. 31
+adds +beta*H. We minimise loss = -(L_mix + beta*H) + c_v*(L_value(V^a) +
+L_value(V^e)): the surrogate terms push up the probability of actions with
+positive advantage (agent's own, and expert's under V^e), the entropy term
+pushes towards uniform (exploration), and the value terms pull V^a and V^e to
+their returns (Eq. 27). alpha -> 1 weights the agent's own experience, alpha
+-> 0 imitation of the expert.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from reled_jax.dtw import dtw_batch
+from reled_jax.networks import MLP, AgentParams, encode, masked_logits
+from sim.env import EnvParams, RouteChoiceEnv
+
+METHODS = ("reled", "reled-norefine", "reled-alpha0.2", "reled-alpha0.5", "reled-logit", "ippo")
+
+
+@dataclasses.dataclass(frozen=True)
+class HPOConfig:
+    method: str = "reled"
+    epochs: int = 40  # K
+    n_envs: int = 16
+    rollout_steps: int = 96  # environment steps per environment per epoch (each consumes 0..A decisions)
+    gamma: float = 0.99
+    gae_lambda: float = 1.0  # 1.0 = the paper's bootstrapped return (Eq. 26) and advantage (Eq. 28)
+    clip_eps: float = 0.2
+    entropy_coef: float = 0.01  # beta (Eq. 31)
+    value_coef: float = 0.5
+    lr: float = 3e-4
+    max_grad_norm: float = 0.5  # per agent
+    update_epochs: int = 4
+    n_minibatches: int = 4
+    reward_scale: float = 0.01  # rewards are O(100); values and returns are learned on this scale
+    # Eq. 30's D_DTW: raw DTW sums metres over ~30 matched junctions (several km), which makes
+    # alpha ~ 0 for the whole run (pure imitation). We use D = DTW / max(len) / dtw_scale_m: the
+    # mean distance between matched junctions in units of a typical block (200 m), so identical
+    # routes give 0 and routes a block apart on average give alpha = exp(-k/K) (e^-1 at the end).
+    dtw_scale_m: float = 200.0
+    max_trajectory: int = 64  # junctions kept per trajectory for DTW
+    center_expert_advantages: bool = True  # False: only scale expert advantages (see agent_loss)
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {METHODS}")
+
+    @property
+    def fixed_alpha(self) -> float | None:
+        if self.method == "ippo":
+            return 1.0
+        if self.method.startswith("reled-alpha"):
+            return float(self.method.removeprefix("reled-alpha"))
+        return None
+
+
+@struct.dataclass
+class Samples:
+    """Per-agent samples, agent axis first: [A, N, ...]. `valid` marks real decisions."""
+
+    x: jax.Array  # [A, N, D] encoded observations
+    mask: jax.Array  # [A, N, M]
+    action: jax.Array  # [A, N]
+    reward: jax.Array  # [A, N] reward realised during the step (scaled)
+    decided: jax.Array  # [A, N] the agent decided at this step
+    done: jax.Array  # [A, N] the agent's episode ended at this step
+    last_x: jax.Array  # [A, S, D] observation after the last step of each of S segments (bootstrap)
+    segment: jax.Array  # [A, N] which segment (environment) a row belongs to, rows ordered by time within it
+
+
+@struct.dataclass
+class TrainState:
+    params: AgentParams
+    opt_state: optax.OptState
+    key: jax.Array
+    epoch: jax.Array
+
+
+def make_optimizer(cfg: HPOConfig) -> optax.GradientTransformation:
+    return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(cfg.lr, eps=1e-5))
+
+
+# ----------------------------------------------------------------------------- returns (Eqs. 26, 28)
+def decision_returns(reward, decided, done, values, last_value, gamma: float, lam: float):
+    """Returns and advantages of one agent's decisions along one time axis [T].
+
+    Rewards realised at a step belong to the agent's latest decision at or
+    before it (the environment consumes actions before it ticks). Returns are
+    discounted per decision: R_t = r_t + gamma * R_{t'} with t' the agent's
+    next decision, cut at `done` (arrival or episode end) and bootstrapped
+    with `last_value` at the end of the window (Eq. 26); the advantage is
+    R_t - V(o_t) (Eq. 28). With lam < 1 it is GAE(lambda) over decisions.
+    Rows without a decision get return 0 and advantage 0.
+    """
+
+    def back(carry, inp):
+        next_ret, next_value, acc = carry
+        r, d, dn, v = inp
+        next_ret = jnp.where(dn, 0.0, next_ret)
+        next_value = jnp.where(dn, 0.0, next_value)
+        acc = jnp.where(dn, 0.0, acc) + r
+        # GAE form: delta = acc + gamma*V_next - V; return = V + adv, adv = delta + gamma*lam*adv_next
+        adv_next = next_ret - next_value
+        adv = acc + gamma * next_value - v + gamma * lam * adv_next
+        ret = adv + v
+        out_ret = jnp.where(d, ret, 0.0)
+        out_adv = jnp.where(d, adv, 0.0)
+        carry = (jnp.where(d, ret, next_ret), jnp.where(d, v, next_value), jnp.where(d, 0.0, acc))
+        return carry, (out_ret, out_adv)
+
+    init = (last_value, last_value, jnp.zeros_like(last_value))
+    _, (ret, adv) = jax.lax.scan(back, init, (reward, decided, done, values), reverse=True)
+    return ret, adv
+
+
+# ----------------------------------------------------------------------------- losses (Eqs. 27, 29-31)
+def masked_mean(x, mask):
+    mask = mask.astype(x.dtype)
+    return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def clipped_surrogate(logp, old_logp, adv, valid, clip_eps):
+    """L^x (Eq. 29): E[min(w A, clip(w, 1-eps, 1+eps) A)], to be maximised; also the clip fraction."""
+    ratio = jnp.exp(logp - old_logp)
+    surrogate = jnp.minimum(ratio * adv, jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv)
+    return masked_mean(surrogate, valid), masked_mean((jnp.abs(ratio - 1.0) > clip_eps).astype(jnp.float32), valid)
+
+
+def entropy(logits, mask):
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.sum(jnp.where(mask, jnp.exp(logp) * logp, 0.0), axis=-1)
+
+
+def dtw_alpha(dtw_km: jax.Array, epoch: jax.Array, total_epochs: int) -> jax.Array:
+    """alpha = exp(-(k/K) * D_DTW) (Eq. 30)."""
+    return jnp.exp(-(epoch / total_epochs) * dtw_km)
+
+
+def agent_loss(params_i, policy: MLP, value: MLP, batch_a: dict, batch_e: dict, alpha, cfg: HPOConfig):
+    """Loss of one agent on one minibatch; returns (loss, aux). batch_* hold x, mask, action, old_logp, adv, ret, valid."""
+
+    def policy_terms(batch, center: bool):
+        logits = masked_logits(policy, params_i.policy, batch["x"], batch["mask"])
+        logp = jnp.take_along_axis(jax.nn.log_softmax(logits), batch["action"][..., None], axis=-1)[..., 0]
+        adv = batch["adv"]
+        mean = masked_mean(adv, batch["valid"])
+        std = jnp.sqrt(masked_mean((adv - mean) ** 2, batch["valid"]) + 1e-8)
+        # Advantages are centred and scaled per minibatch as usual in PPO. For expert samples this
+        # can be switched off (scale only), which pulls harder towards every demonstrated action;
+        # on hongkong that learned more slowly (README, Training), so centring is the default.
+        adv = (adv - mean) / std if center else adv / std
+        surrogate, clipfrac = clipped_surrogate(logp, batch["old_logp"], adv, batch["valid"], cfg.clip_eps)
+        return surrogate, clipfrac, logits
+
+    l_agent, clip_a, logits_a = policy_terms(batch_a, center=True)
+    l_expert, _, _ = policy_terms(batch_e, center=cfg.center_expert_advantages)
+    has_expert = jnp.any(batch_e["valid"])
+    alpha = jnp.where(has_expert, alpha, 1.0)
+    ent = masked_mean(entropy(logits_a, batch_a["mask"]), batch_a["valid"])
+    objective = alpha * l_agent + (1.0 - alpha) * l_expert + cfg.entropy_coef * ent  # Eq. 31, maximised
+    v_a = value.apply(params_i.value_agent, batch_a["x"])[..., 0]
+    v_e = value.apply(params_i.value_expert, batch_e["x"])[..., 0]
+    value_loss = masked_mean((v_a - batch_a["ret"]) ** 2, batch_a["valid"]) + masked_mean((v_e - batch_e["ret"]) ** 2, batch_e["valid"])
+    loss = -objective + cfg.value_coef * value_loss
+    return loss, {"l_agent": l_agent, "l_expert": l_expert, "entropy": ent, "value_loss": value_loss, "clipfrac": clip_a}
+
+
+# ----------------------------------------------------------------------------- rollout
+def policy_apply(policy: MLP, policy_params, x, mask):
+    """Logits of every agent on its own observation: x [A, ..., D] with parameters [A, ...]."""
+    return jax.vmap(lambda p, xi, mi: masked_logits(policy, p, xi, mi))(policy_params, x, mask)
+
+
+def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: MLP, cfg: HPOConfig) -> Callable:
+    """`epoch(state, expert, expert_dtw_nodes) -> (state, metrics)` for one seed; jit/vmap it."""
+    tx = make_optimizer(cfg)
+    n_agents, m_out, n_nodes = env.n_agents, env.m_out, env.n_nodes
+    enc = lambda f: encode(f, n_nodes, m_out)  # noqa: E731
+    node_m = env_params.node_xy
+
+    def rollout(params: AgentParams, key):
+        k_reset, k_run = jax.random.split(key)
+        obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_reset, cfg.n_envs), env_params)
+
+        def one(carry, step_key):
+            obs, state = carry
+            k_act, k_env = jax.random.split(step_key)
+            x = enc(obs.features)  # [E, A, D]
+            logits = policy_apply(policy, params.policy, jnp.swapaxes(x, 0, 1), jnp.swapaxes(obs.action_mask, 0, 1))  # [A, E, M]
+            logits = jnp.swapaxes(logits, 0, 1)
+            action = jax.random.categorical(k_act, logits, axis=-1)
+            logp = jnp.take_along_axis(jax.nn.log_softmax(logits), action[..., None], axis=-1)[..., 0]
+            v = jax.vmap(lambda p, xi: value.apply(p, xi)[..., 0])(params.value_agent, jnp.swapaxes(x, 0, 1))
+            prev_arrived = state.agent_arrived
+            obs2, state2, reward, done, info = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
+                jax.random.split(k_env, cfg.n_envs), state, action, env_params
+            )
+            rec = dict(
+                x=x, mask=obs.action_mask, action=action, logp=logp, value=jnp.swapaxes(v, 0, 1), reward=reward,
+                decided=info["decided"], done=done, node=state.veh_node[:, :n_agents],
+                arrived_now=info["arrived"] & ~prev_arrived, episode_done=info["episode_done"], travel_time=info["travel_time"],
+                arrived=info["arrived"],
+            )
+            return (obs2, state2), rec
+
+        (obs, state), traj = jax.lax.scan(one, (obs, state), jax.random.split(k_run, cfg.rollout_steps))
+        return traj, obs
+
+    def to_samples(traj, final_obs) -> Samples:
+        """[T, E, A, ...] -> per-agent [A, E*T, ...] rows ordered by (env, time)."""
+        def per_agent(a):  # [T, E, A, ...] -> [A, E*T, ...]
+            a = jnp.moveaxis(a, 2, 0)  # [A, T, E, ...]
+            a = jnp.swapaxes(a, 1, 2)  # [A, E, T, ...]
+            return a.reshape((a.shape[0], a.shape[1] * a.shape[2]) + a.shape[3:])
+
+        segment = jnp.broadcast_to(jnp.repeat(jnp.arange(cfg.n_envs), cfg.rollout_steps)[None], (n_agents, cfg.n_envs * cfg.rollout_steps))
+        return Samples(
+            x=per_agent(traj["x"]), mask=per_agent(traj["mask"]), action=per_agent(traj["action"]),
+            reward=per_agent(traj["reward"]) * cfg.reward_scale, decided=per_agent(traj["decided"]), done=per_agent(traj["done"]),
+            last_x=jnp.swapaxes(enc(final_obs.features), 0, 1), segment=segment,
+        )
+
+    def advantages(samples: Samples, value_params, n_segments: int):
+        """Eqs. 26 and 28 for every agent and segment, with that agent's value function."""
+        v = jax.vmap(lambda p, x: value.apply(p, x)[..., 0])(value_params, samples.x)  # [A, N]
+        v_last = jax.vmap(lambda p, x: value.apply(p, x)[..., 0])(value_params, samples.last_x)  # [A, S]
+        shape = (n_agents, n_segments, -1)
+        ret, adv = jax.vmap(jax.vmap(lambda r, d, dn, vv, lv: decision_returns(r, d, dn, vv, lv, cfg.gamma, cfg.gae_lambda)))(
+            samples.reward.reshape(shape), samples.decided.reshape(shape), samples.done.reshape(shape), v.reshape(shape), v_last
+        )
+        return ret.reshape(n_agents, -1), adv.reshape(n_agents, -1)
+
+    def epoch(state: TrainState, expert: Samples, expert_nodes: tuple) -> tuple[TrainState, dict]:
+        key, k_roll, k_perm = jax.random.split(state.key, 3)
+        params = state.params
+        traj, final_obs = rollout(params, k_roll)
+        agent = to_samples(traj, final_obs)
+        ret_a, adv_a = advantages(agent, params.value_agent, cfg.n_envs)
+        n_expert_segments = expert.last_x.shape[1]
+        ret_e, adv_e = advantages(expert, params.value_expert, n_expert_segments)
+
+        # alpha per agent (Eq. 30): DTW between each agent's own and expert first-episode trajectories.
+        a_xy, a_len = trajectory_points(traj["node"], traj["decided"], traj["done"], node_m, cfg.max_trajectory)
+        e_xy, e_len = expert_nodes  # [E', A, L, 2] metres, [E', A]
+        n_pairs = min(a_xy.shape[0], e_xy.shape[0])
+        flat = lambda z: z[:n_pairs].reshape((-1,) + z.shape[2:])  # noqa: E731
+        dist = dtw_batch(flat(a_xy), flat(e_xy), flat(a_len), flat(e_len)).reshape(n_pairs, n_agents)
+        norm = dist / jnp.maximum(jnp.maximum(a_len[:n_pairs], e_len[:n_pairs]), 1) / cfg.dtw_scale_m
+        ok = jnp.isfinite(dist)
+        count = jnp.maximum(ok.sum(0), 1)
+        dtw_m = jnp.sum(jnp.where(ok, dist, 0.0), 0) / count
+        d_dtw = jnp.sum(jnp.where(ok, norm, 0.0), 0) / count
+        alpha = dtw_alpha(d_dtw, state.epoch.astype(jnp.float32), cfg.epochs)
+        if cfg.fixed_alpha is not None:
+            alpha = jnp.full_like(alpha, cfg.fixed_alpha)
+
+        def old_logp(samples):
+            logits = policy_apply(policy, params.policy, samples.x, samples.mask)
+            return jnp.take_along_axis(jax.nn.log_softmax(logits), samples.action[..., None], axis=-1)[..., 0]
+
+        batch_a = dict(x=agent.x, mask=agent.mask, action=agent.action, old_logp=old_logp(agent), adv=adv_a, ret=ret_a, valid=agent.decided)
+        batch_e = dict(x=expert.x, mask=expert.mask, action=expert.action, old_logp=old_logp(expert), adv=adv_e, ret=ret_e, valid=expert.decided)
+        params, opt_state, aux = update(params, state.opt_state, batch_a, batch_e, alpha, k_perm)
+
+        # Episode statistics of the rollout (episodes that ended inside it).
+        ended = traj["episode_done"]  # [T, E]; NaN statistics when no episode ended inside the rollout
+        n_ended = ended.sum() * n_agents
+        per_episode = lambda z: jnp.sum(jnp.where(ended[..., None], z, 0.0)) / n_ended  # noqa: E731
+        metrics = {
+            "interaction_steps": traj["decided"].sum(),
+            "episodes": ended.sum(),
+            "episode_reward": per_episode(_episode_sums(traj["reward"], ended)),
+            "travel_time": per_episode(traj["travel_time"]),
+            "arrival_rate": per_episode(traj["arrived"].astype(jnp.float32)),
+            "alpha": alpha.mean(),
+            "dtw_m": dtw_m.mean(),
+            "d_dtw": d_dtw.mean(),
+            **{k: v.mean() for k, v in aux.items()},
+        }
+        return TrainState(params, opt_state, key, state.epoch + 1), metrics
+
+    def update(params, opt_state, batch_a, batch_e, alpha, key):
+        n_a = batch_a["action"].shape[1]
+        n_e = batch_e["action"].shape[1]
+
+        def one_epoch(carry, k):
+            params, opt_state = carry
+            k_a, k_e = jax.random.split(k)
+            perm_a = jax.random.permutation(k_a, n_a)[: (n_a // cfg.n_minibatches) * cfg.n_minibatches].reshape(cfg.n_minibatches, -1)
+            perm_e = jax.random.permutation(k_e, n_e)[: (n_e // cfg.n_minibatches) * cfg.n_minibatches].reshape(cfg.n_minibatches, -1)
+
+            def one_minibatch(carry, idx):
+                params, opt_state = carry
+                ia, ie = idx
+                mb_a = jax.tree.map(lambda z: z[:, ia], batch_a)
+                mb_e = jax.tree.map(lambda z: z[:, ie], batch_e)
+                params, opt_state, aux = agents_update(params, opt_state, mb_a, mb_e, alpha)
+                return (params, opt_state), aux
+
+            (params, opt_state), aux = jax.lax.scan(one_minibatch, (params, opt_state), (perm_a, perm_e))
+            return (params, opt_state), aux
+
+        (params, opt_state), aux = jax.lax.scan(one_epoch, (params, opt_state), jax.random.split(key, cfg.update_epochs))
+        return params, opt_state, jax.tree.map(lambda z: z[-1, -1], aux)
+
+    def agents_update(params, opt_state, mb_a, mb_e, alpha):
+        """One gradient step for every agent, vmapped over the stacked agent axis (independent updates)."""
+
+        def single(p, o, a_mb, e_mb, al):
+            grads, aux = jax.grad(agent_loss, has_aux=True)(p, policy, value, a_mb, e_mb, al, cfg)
+            updates, o = tx.update(grads, o, p)
+            return optax.apply_updates(p, updates), o, aux
+
+        return jax.vmap(single)(params, opt_state, mb_a, mb_e, alpha)
+
+    epoch.rollout = rollout  # exposed for evaluation
+    epoch.agents_update = agents_update
+    return epoch
+
+
+def trajectory_points(node, decided, done, node_km, max_len: int):
+    """Coordinates of the junctions where each agent decided in its first episode of a rollout.
+
+    node, decided, done: [T, E, A]. Returns ([E, A, max_len, 2] padded coordinates, [E, A] lengths):
+    the trajectories tau^{x,i} whose DTW sets alpha (Eq. 30).
+    """
+    node, decided, done = (jnp.moveaxis(z, 0, -1) for z in (node, decided, done))  # [E, A, T]
+    before_end = (jnp.cumsum(done, axis=-1) - done) == 0  # up to and including the first done
+    keep = decided & before_end
+    pos = jnp.cumsum(keep, axis=-1) - 1
+    length = jnp.minimum(keep.sum(-1), max_len)
+    slot = jnp.where(keep & (pos < max_len), pos, max_len)
+    buf = jnp.zeros(node.shape[:-1] + (max_len + 1,), jnp.int32)
+    buf = jax.vmap(jax.vmap(lambda b, s, n: b.at[s].set(n)))(buf, slot, node)[..., :max_len]
+    return node_km[buf], length
+
+
+def _episode_sums(reward, ended):
+    """Sum of rewards of the episode that ended at each step, per agent: [T, E, A]."""
+
+    def scan(acc, inp):
+        r, e = inp
+        acc = acc + r
+        out = acc
+        acc = jnp.where(e[..., None], 0.0, acc)
+        return acc, out
+
+    _, sums = jax.lax.scan(scan, jnp.zeros(reward.shape[1:]), (reward, ended))
+    return sums
+
+
+def init_state(key, params: AgentParams, cfg: HPOConfig) -> TrainState:
+    tx = make_optimizer(cfg)
+    return TrainState(params=params, opt_state=jax.vmap(tx.init)(params), key=key, epoch=jnp.int32(0))
+
+
+def empty_expert(n_agents: int, input_dim: int, m_out: int, n_rows: int = 8) -> Samples:
+    """Expert samples with no valid rows (IPPO, or before the first demonstration)."""
+    z = lambda *s, dt=jnp.float32: jnp.zeros((n_agents,) + s, dt)  # noqa: E731
+    return Samples(
+        x=z(n_rows, input_dim), mask=jnp.ones((n_agents, n_rows, m_out), bool), action=z(n_rows, dt=jnp.int32),
+        reward=z(n_rows), decided=z(n_rows, dt=bool), done=z(n_rows, dt=bool), last_x=z(1, input_dim),
+        segment=z(n_rows, dt=jnp.int32),
+    )
+

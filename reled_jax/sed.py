@@ -1,0 +1,138 @@
+"""Stationarity-Aware Expert Demonstration (paper III-D, Algorithm 1 lines 6-17), host side of the loop.
+
+Every q epochs, for one seed: partition the agents at random into m subsets
+(line 7); ask the expert service for plans (line 8: the first time the initial
+prompt, later the feedback prompt); for each subset roll out n_demo_envs
+episodes where the subset follows its compiled plans and everyone else its
+current policy (line 11, jitted); compute R^j and K^j and the Theorem 1
+indices RVI and PDI (line 12); keep them as the next request's feedback
+(lines 13, 16); and return the subset agents' transitions as tau^e (line 14),
+laid out like the agent samples so HPO treats both alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from llm.demos import make_demo_rollout
+from llm.feedback import build_feedback, merge_feedback, volatility_threshold
+from llm.service import ExpertService
+from reled_jax.networks import MLP, encode
+from reled_jax.reled import HPOConfig, Samples, policy_apply, trajectory_points
+from sim.env import EnvParams, RouteChoiceEnv
+from sim.network import RoadNetwork
+
+
+@dataclasses.dataclass(frozen=True)
+class SEDConfig:
+    q: int = 10  # epochs between demonstrations
+    m: int = 2  # agent subsets per demonstration
+    n_demo_envs: int = 8  # expert episodes per subset
+    demo_steps: int = 256  # environment steps per expert episode (cut there if not finished)
+    refine: bool = True  # False: plans generated once and reused (reled-norefine)
+
+
+class SED:
+    def __init__(self, env: RouteChoiceEnv, env_params: EnvParams, network: RoadNetwork, policy: MLP, hpo: HPOConfig, cfg: SEDConfig, service: ExpertService, seed: int):
+        self.env, self.env_params, self.network, self.hpo, self.cfg, self.service, self.seed = env, env_params, network, hpo, cfg, service, seed
+        self.feedback: dict[int, object] = {}  # latest Feedback per agent
+        self.history: list[dict] = []
+        n_nodes, m_out = env.n_nodes, env.m_out
+        demo = make_demo_rollout(env, cfg.demo_steps)
+
+        def rollouts(key, policy_params, plans, expert_mask):
+            def logits(k, obs):
+                return policy_apply(policy, policy_params, encode(obs.features, n_nodes, m_out), obs.action_mask)
+
+            keys = jax.random.split(key, cfg.n_demo_envs)
+            return jax.vmap(lambda k: demo(k, env_params, plans, expert_mask, logits))(keys)
+
+        self._rollouts = jax.jit(rollouts)
+
+    def refresh(self, policy_params, epoch: int) -> tuple[Samples, tuple, dict]:
+        """New expert samples tau^e (per agent), their trajectories for DTW, and a log record."""
+        n_agents = self.env.n_agents
+        rng = np.random.default_rng([self.seed, epoch])  # same seed and epoch -> same partition (resumable)
+        subsets = [tuple(int(a) for a in s) for s in np.array_split(rng.permutation(n_agents), self.cfg.m)]
+        key = jax.random.fold_in(jax.random.PRNGKey(self.seed), epoch)
+        k_base, k_demo = jax.random.split(key)
+
+        first = self.service.round == 0
+        if first or self.cfg.refine:
+            feedback = [merge_feedback(list(self.feedback.values()), s) for s in subsets] if self.cfg.refine else None
+            outs = self.service.plan(subsets, feedback)
+            compiled = [o.compiled for o in outs]
+        else:
+            compiled = [self.service.compiled_current()] * len(subsets)
+
+        # tau~: everybody on the current policy, for the threshold of Eq. 18.
+        nobody = jnp.zeros(n_agents, bool)
+        base = self._rollouts(k_base, policy_params, compiled[0].tensors, nobody)
+        base = {f.name: np.asarray(getattr(base, f.name)) for f in dataclasses.fields(base)}
+
+        demos, records = [], []
+        for j, (subset, plans) in enumerate(zip(subsets, compiled)):
+            mask = np.zeros(n_agents, bool)
+            mask[list(subset)] = True
+            demo = self._rollouts(jax.random.fold_in(k_demo, j), policy_params, plans.tensors, jnp.asarray(mask))
+            demos.append(demo)
+            threshold = volatility_threshold(base["reward"], base["arrived_now"], base["valid"], ~mask, self.env_params.terminal_bonus)
+            first_env = jax.tree.map(lambda z: np.asarray(z[0]), demo)
+            fb = build_feedback(first_env, subset, plans, self.network, threshold, self.env_params.terminal_bonus)
+            for a in subset:
+                self.feedback[a] = fb
+            records.append({"subset": subset, "rvi": fb.rvi, "pdi": fb.pdi, "threshold": fb.threshold, "n_reward_pairs": len(fb.reward_pairs)})
+
+        subset_of = np.zeros(n_agents, int)
+        for j, s in enumerate(subsets):
+            subset_of[list(s)] = j
+        samples, nodes = self._expert_samples(demos, subset_of)
+        stats = self.service.stats
+        log = {
+            "epoch": epoch,
+            "round": self.service.round,
+            "rvi": float(np.mean([r["rvi"] for r in records])),
+            "pdi": float(np.mean([r["pdi"] for r in records])),
+            "execution_rate": stats.execution_rate,
+            "fallbacks": stats.n_fallbacks,
+            "expert_reward": float(np.mean([np.asarray(d.reward).sum(1)[:, list(s)].mean() for d, s in zip(demos, subsets)])),
+            "subsets": records,
+        }
+        self.history.append(log)
+        return samples, nodes, log
+
+    def _expert_samples(self, demos, subset_of: np.ndarray) -> tuple[Samples, tuple]:
+        """Each agent's rows from the rollout of its own subset, as [A, E'*T] Samples."""
+        stacked = jax.tree.map(lambda *z: jnp.stack(z), *demos)  # [m, E', T, A, ...]
+        pick = jnp.asarray(subset_of)
+
+        def per_agent(z):  # [m, E', T, A, ...] -> [A, E'*T, ...] taking subset_of[a] for agent a
+            z = jnp.moveaxis(z, 3, 0)  # [A, m, E', T, ...]
+            z = jax.vmap(lambda zi, j: zi[j])(z, pick)  # [A, E', T, ...]
+            return z.reshape((z.shape[0], z.shape[1] * z.shape[2]) + z.shape[3:])
+
+        n_nodes, m_out = self.env.n_nodes, self.env.m_out
+        x = encode(stacked.obs, n_nodes, m_out)  # [m, E', T, A, D]
+        valid = stacked.decided & stacked.valid[..., None]
+        samples = Samples(
+            x=per_agent(x), mask=per_agent(stacked.mask), action=per_agent(stacked.action),
+            reward=per_agent(stacked.reward) * self.hpo.reward_scale, decided=per_agent(valid), done=per_agent(stacked.done),
+            last_x=jax.vmap(lambda zi, j: zi[j])(jnp.moveaxis(x[:, :, -1], 2, 0), pick),  # [A, E', D]
+            segment=jnp.zeros(per_agent(stacked.action).shape, jnp.int32),
+        )
+        # Trajectories for DTW: [E', A, L, 2] from each agent's own subset rollout.
+        node_m = self.env_params.node_xy
+        node, decided, done = (jnp.swapaxes(per_agent_time(z, pick), 0, 1) for z in (stacked.node, valid, stacked.done))  # [T, E', A]
+        xy, length = trajectory_points(node, decided, done, node_m, self.hpo.max_trajectory)
+        return samples, (xy, length)
+
+
+def per_agent_time(z, pick):
+    """[m, E', T, A] -> [E', T, A], taking for agent a the rollout of its own subset pick[a]."""
+    z = jnp.moveaxis(z, 3, 0)  # [A, m, E', T]
+    z = jax.vmap(lambda zi, j: zi[j])(z, pick)  # [A, E', T]
+    return jnp.moveaxis(z, 0, 2)  # [E', T, A]

@@ -1,0 +1,132 @@
+"""RELED's HPO pieces on hand-computed cases, the stacked per-agent update, and short training runs."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from reled_jax.networks import encode, init_agents
+from reled_jax.reled import HPOConfig, agent_loss, clipped_surrogate, decision_returns, dtw_alpha, entropy, init_state, make_epoch
+from sim.scenarios import load_scenario
+
+
+def test_decision_returns_eq26_eq28_by_hand():
+    reward = jnp.array([1.0, 2.0, 0.0, 3.0])
+    decided = jnp.array([True, False, True, False])
+    done = jnp.array([False, False, False, True])
+    values = jnp.array([0.5, 9.0, 0.2, 9.0])
+    ret, adv = decision_returns(reward, decided, done, values, jnp.float32(7.0), gamma=0.9, lam=1.0)
+    # t=2: its reward (0 + 3 realised before the episode ends) and no bootstrap: R = 3.
+    # t=0: rewards 1 + 2 until the next decision, then gamma * R_2: R = 3 + 0.9 * 3 = 5.7.
+    np.testing.assert_allclose(np.asarray(ret), [5.7, 0.0, 3.0, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(adv), [5.2, 0.0, 2.8, 0.0], rtol=1e-6)
+    # Without an ending the last decision bootstraps from the value after the window (Eq. 26).
+    ret, _ = decision_returns(reward, decided, jnp.zeros(4, bool), values, jnp.float32(7.0), gamma=0.9, lam=1.0)
+    assert float(ret[2]) == pytest.approx(3.0 + 0.9 * 7.0)
+
+
+def test_clipped_surrogate_eq29_and_entropy():
+    logp = jnp.log(jnp.array([0.6, 0.6, 0.3]))
+    old = jnp.log(jnp.array([0.4, 0.4, 0.3]))  # ratios 1.5, 1.5, 1.0
+    adv = jnp.array([1.0, -1.0, 2.0])
+    valid = jnp.array([True, True, False])
+    surrogate, clipfrac = clipped_surrogate(logp, old, adv, valid, clip_eps=0.2)
+    assert float(surrogate) == pytest.approx((min(1.5, 1.2) * 1.0 + min(-1.5, -1.2)) / 2)
+    assert float(clipfrac) == pytest.approx(1.0)
+    logits = jnp.array([[0.0, 0.0, -1e9]])
+    assert float(entropy(logits, jnp.array([[True, True, False]]))[0]) == pytest.approx(np.log(2.0), rel=1e-6)
+
+
+def test_alpha_follows_eq30():
+    d = jnp.array([0.0, 0.5, 2.0])
+    np.testing.assert_allclose(np.asarray(dtw_alpha(d, jnp.float32(0), 10)), [1, 1, 1])
+    np.testing.assert_allclose(np.asarray(dtw_alpha(d, jnp.float32(5), 10)), np.exp(-0.5 * np.array([0.0, 0.5, 2.0])), rtol=1e-6)
+    assert HPOConfig(method="reled-alpha0.2").fixed_alpha == 0.2 and HPOConfig(method="ippo").fixed_alpha == 1.0
+    with pytest.raises(ValueError, match="unknown method"):
+        HPOConfig(method="qmix")
+
+
+def _tiny_batches(key, n_agents, n, input_dim, m_out, adv_sign=1.0):
+    k = jax.random.split(key, 4)
+    mask = jnp.ones((n_agents, n, m_out), bool)
+    batch = dict(
+        x=jax.random.normal(k[0], (n_agents, n, input_dim)), mask=mask,
+        action=jax.random.randint(k[1], (n_agents, n), 0, m_out), old_logp=jnp.full((n_agents, n), -jnp.log(m_out)),
+        adv=adv_sign * jnp.abs(jax.random.normal(k[2], (n_agents, n))) + 0.1 * jnp.arange(n), ret=jax.random.normal(k[3], (n_agents, n)),
+        valid=jnp.ones((n_agents, n), bool),
+    )
+    return batch
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    _, env, params = load_scenario("oakland", "moderate", n_agents=3, seed=0, n_background=20)
+    cfg = HPOConfig(epochs=4, n_envs=2, rollout_steps=16, n_minibatches=2, update_epochs=1)
+    input_dim = 2 * env.n_nodes + 2 * env.m_out
+    agent_params, policy, value = init_agents(jax.random.PRNGKey(0), env.n_agents, input_dim, env.m_out)
+    return env, params, cfg, agent_params, policy, value, input_dim
+
+
+def test_loss_signs_and_alpha_weighting(tiny):
+    env, _, cfg, agent_params, policy, value, input_dim = tiny
+    p0 = jax.tree.map(lambda z: z[0], agent_params)
+    b_a = jax.tree.map(lambda z: z[0], _tiny_batches(jax.random.PRNGKey(1), 1, 16, input_dim, env.m_out))
+    b_e = jax.tree.map(lambda z: z[0], _tiny_batches(jax.random.PRNGKey(2), 1, 16, input_dim, env.m_out))
+    # One gradient step on the loss raises the log-probability of positive-advantage agent actions.
+    grads, _ = jax.grad(agent_loss, has_aux=True)(p0, policy, value, b_a, b_e, 1.0, cfg)
+    stepped = jax.tree.map(lambda p, g: p - 1e-2 * g, p0, grads)
+
+    def logp(p, b):
+        logits = policy.apply(p.policy, b["x"])
+        return jnp.take_along_axis(jax.nn.log_softmax(logits), b["action"][:, None], 1)[:, 0]
+
+    assert float(jnp.sum(b_a["adv"] * (logp(stepped, b_a) - logp(p0, b_a)))) > 0
+    # alpha = 1: the expert samples do not move the policy; alpha = 0: the agent's advantages do not.
+    other_e = dict(b_e, adv=-b_e["adv"])
+    g1, _ = jax.grad(agent_loss, has_aux=True)(p0, policy, value, b_a, b_e, 1.0, cfg)
+    g2, _ = jax.grad(agent_loss, has_aux=True)(p0, policy, value, b_a, other_e, 1.0, cfg)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g1.policy, g2.policy)
+    cfg0 = dataclasses.replace(cfg, entropy_coef=0.0)
+    g3, _ = jax.grad(agent_loss, has_aux=True)(p0, policy, value, b_a, b_e, 0.0, cfg0)
+    g4, _ = jax.grad(agent_loss, has_aux=True)(p0, policy, value, dict(b_a, adv=-b_a["adv"]), b_e, 0.0, cfg0)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g3.policy, g4.policy)
+
+
+def test_stacked_update_equals_loop_of_single_agent_updates(tiny):
+    env, params, cfg, agent_params, policy, value, input_dim = tiny
+    epoch = make_epoch(env, params, policy, value, cfg)
+    state = init_state(jax.random.PRNGKey(3), agent_params, cfg)
+    b_a = _tiny_batches(jax.random.PRNGKey(4), env.n_agents, 8, input_dim, env.m_out)
+    b_e = _tiny_batches(jax.random.PRNGKey(5), env.n_agents, 8, input_dim, env.m_out)
+    alpha = jnp.array([0.2, 0.5, 0.9])
+    stacked, _, _ = jax.jit(epoch.agents_update)(state.params, state.opt_state, b_a, b_e, alpha)
+    for i in range(env.n_agents):
+        take = lambda z: z[i : i + 1]  # noqa: E731
+        single, _, _ = epoch.agents_update(
+            jax.tree.map(take, state.params), jax.tree.map(take, state.opt_state), jax.tree.map(take, b_a), jax.tree.map(take, b_e), alpha[i : i + 1]
+        )
+        jax.tree.map(lambda s, o: np.testing.assert_allclose(np.asarray(s)[i], np.asarray(o)[0], rtol=1e-5, atol=1e-6), stacked, single)
+
+
+def test_encoding_is_a_transform_of_the_table_i_observation(tiny):
+    env, params, *_ = tiny
+    obs, _ = env.reset(jax.random.PRNGKey(0), params)
+    x = encode(obs.features, env.n_nodes, env.m_out)
+    assert x.shape == (env.n_agents, 2 * env.n_nodes + 2 * env.m_out)
+    np.testing.assert_array_equal(np.argmax(np.asarray(x[:, : env.n_nodes]), 1), np.asarray(params.agent_origin))
+    np.testing.assert_array_equal(np.argmax(np.asarray(x[:, env.n_nodes : 2 * env.n_nodes]), 1), np.asarray(params.agent_dest))
+
+
+def test_value_losses_eq27(tiny):
+    env, _, cfg, agent_params, policy, value, input_dim = tiny
+    p0 = jax.tree.map(lambda z: z[0], agent_params)
+    b_a = jax.tree.map(lambda z: z[0], _tiny_batches(jax.random.PRNGKey(6), 1, 8, input_dim, env.m_out))
+    b_e = jax.tree.map(lambda z: z[0], _tiny_batches(jax.random.PRNGKey(7), 1, 8, input_dim, env.m_out))
+    b_e["valid"] = b_e["valid"].at[:4].set(False)  # masked rows do not count
+    _, aux = agent_loss(p0, policy, value, b_a, b_e, 0.5, cfg)
+    v_a = value.apply(p0.value_agent, b_a["x"])[:, 0]
+    v_e = value.apply(p0.value_expert, b_e["x"])[:, 0]
+    want = np.mean((np.asarray(v_a) - np.asarray(b_a["ret"])) ** 2) + np.mean((np.asarray(v_e)[4:] - np.asarray(b_e["ret"])[4:]) ** 2)
+    assert float(aux["value_loss"]) == pytest.approx(want, rel=1e-5)
