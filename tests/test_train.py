@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from reled_jax import sed as sed_module
+from reled_jax.evaluate import EvalConfig
+from reled_jax.evaluate import main as evaluate
 from reled_jax.train import TrainConfig, train
 
 SMALL = dict(scenario="oakland", n_agents=4, n_envs=4, rollout_steps=128, q=4, n_demo_envs=2, demo_steps=128)
@@ -22,6 +24,14 @@ def test_reled_improves_reward_on_oakland(tmp_path):
     assert last > first + 300, (first, last)
     assert summary["expert"][0]["execution_rate"] == 1.0
     assert (tmp_path / "run" / "training.png").exists() and (tmp_path / "run" / "metrics.csv").exists()
+    # The checkpoint evaluates against the references on the same test episodes.
+    results = evaluate(EvalConfig(checkpoint=str(tmp_path / "run" / "checkpoint.pkl"), episodes=8, max_steps=600))
+    trained = next(v for k, v in results.items() if k.startswith("reled"))
+    assert trained["reward_per_agent"][0] > results["random"]["reward_per_agent"][0]
+    assert results["shortest"]["arrival_rate"] > results["random"]["arrival_rate"]
+    assert (tmp_path / "run" / "evaluation.json").exists()
+    with pytest.raises(SystemExit, match="not found"):
+        evaluate(EvalConfig(checkpoint=str(tmp_path / "missing.pkl")))
 
 
 def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch):
