@@ -29,7 +29,7 @@ import numpy as np
 import tyro
 from tqdm import tqdm
 
-from llm.client import LLMConfig
+from llm.client import LLMConfig, LLMError
 from llm.service import ExpertConfig, ExpertService
 from reled_jax.networks import init_agents
 from reled_jax.reled import METHODS, HPOConfig, empty_expert, init_state, make_epoch
@@ -84,6 +84,16 @@ class TrainConfig:
         cfg = dataclasses.replace(self, **PRESETS[self.preset])
         if cfg.method == "reled-logit":
             cfg = dataclasses.replace(cfg, expert=dataclasses.replace(cfg.expert, backend="logit"))
+        if cfg.expert.backend == "llm":
+            # Flags win; RELED_LLM_BASE_URL / RELED_LLM_MODEL / RELED_LLM_API_KEY fill what they leave empty.
+            llm = cfg.expert.llm
+            env = LLMConfig.from_env()
+            llm = dataclasses.replace(llm, base_url=llm.base_url or env.base_url, model=llm.model or env.model, api_key=llm.api_key or env.api_key)
+            try:
+                llm.check()
+            except LLMError as err:
+                raise SystemExit(str(err)) from None
+            cfg = dataclasses.replace(cfg, expert=dataclasses.replace(cfg.expert, llm=llm))
         if cfg.q < 1 or cfg.m < 1 or cfg.m > cfg.n_agents or cfg.seeds < 1 or cfg.epochs < 1:
             raise SystemExit(f"need q >= 1, 1 <= m <= n_agents, seeds >= 1, epochs >= 1 (got q={cfg.q}, m={cfg.m}, seeds={cfg.seeds}, epochs={cfg.epochs})")
         return cfg

@@ -60,7 +60,27 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch):
         assert a == pytest.approx(b, nan_ok=True)
 
 
-def test_bad_configuration_is_a_clear_error():
-    for bad, match in [(dict(scenario="atlantis"), "unknown scenario"), (dict(method="mappo"), "unknown method"), (dict(m=20), "m <= n_agents")]:
+def test_bad_configuration_is_a_clear_error(monkeypatch):
+    from llm.service import ExpertConfig
+
+    monkeypatch.delenv("RELED_LLM_BASE_URL", raising=False)
+    no_url = dict(expert=ExpertConfig(backend="llm"))
+    for bad, match in [(dict(scenario="atlantis"), "unknown scenario"), (dict(method="mappo"), "unknown method"), (dict(m=20), "m <= n_agents"), (no_url, "RELED_LLM_BASE_URL")]:
         with pytest.raises(SystemExit, match=match):
             TrainConfig(**bad).resolved()
+
+
+def test_training_survives_a_dead_llm_and_counts_fallbacks(tmp_path):
+    import socket
+
+    from llm.client import LLMConfig
+    from llm.service import ExpertConfig
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    expert = ExpertConfig(backend="llm", llm=LLMConfig(base_url=f"http://127.0.0.1:{port}/v1", max_retries=0, timeout_s=2.0))
+    summary = train(TrainConfig(**{**SMALL, "rollout_steps": 32, "demo_steps": 64, "q": 2}, epochs=4, expert=expert, out=str(tmp_path / "run")))
+    stats = summary["expert"][0]
+    assert stats["plans_executed"] == 0 and stats["fallbacks"] == {"llm:LLMUnavailable": 8}
+    assert len(_rows(tmp_path / "run")) == 4
