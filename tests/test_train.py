@@ -32,6 +32,28 @@ def test_reled_improves_reward_on_oakland(tmp_path):
     assert (tmp_path / "run" / "evaluation.json").exists()
     with pytest.raises(SystemExit, match="not found"):
         evaluate(EvalConfig(checkpoint=str(tmp_path / "missing.pkl")))
+    # Exported NumPy weights give the same logits as the JAX policy, without JAX.
+    import pickle
+
+    import jax
+    import jax.numpy as jnp
+
+    from reled_jax.export_policy import NumpyPolicy, export
+    from reled_jax.networks import MLP, encode
+    from reled_jax.reled import policy_apply
+    from sim.scenarios import load_scenario
+
+    npz = export(tmp_path / "run" / "checkpoint.pkl", tmp_path / "policy.npz")
+    deployed = NumpyPolicy(npz)
+    ck = pickle.loads((tmp_path / "run" / "checkpoint.pkl").read_bytes())
+    _, env, params = load_scenario("oakland", "moderate", n_agents=4)
+    p = jax.tree.map(lambda z: jnp.asarray(z[0]), ck["state"].params.policy)
+    obs, state = env.reset(jax.random.PRNGKey(3), params)
+    for k in range(5):
+        want = policy_apply(MLP(env.m_out), p, encode(obs.features, env.n_nodes, env.m_out), obs.action_mask)
+        got = deployed.logits(np.asarray(obs.features), np.asarray(obs.action_mask))
+        np.testing.assert_allclose(got, np.asarray(want), rtol=1e-4, atol=1e-4)
+        obs, state, *_ = env.step(jax.random.PRNGKey(k), state, jnp.asarray(deployed.act(np.asarray(obs.features), np.asarray(obs.action_mask))), params)
 
 
 def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch):

@@ -1,0 +1,88 @@
+"""Export trained policies as plain NumPy weights that run without JAX (the paper's edge-deployment story).
+
+    python -m reled_jax.export_policy --checkpoint runs/NAME/checkpoint.pkl [--seed-index 0] [--out policy.npz]
+
+The .npz holds, per agent i, the three dense layers of its policy network
+(`a{i}_w{l}`, `a{i}_b{l}`) and the sizes needed to encode the Table I
+observation. `NumpyPolicy` is the whole deployed policy: encode, two tanh
+layers, masked argmax. It needs only NumPy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+
+class NumpyPolicy:
+    """Greedy per-agent policies from exported weights; only NumPy."""
+
+    def __init__(self, path: str | Path):
+        data = np.load(path)
+        self.n_agents, self.n_nodes, self.m_out = (int(data[k]) for k in ("n_agents", "n_nodes", "m_out"))
+        self.layers = [[(data[f"a{i}_w{layer}"], data[f"a{i}_b{layer}"]) for layer in range(3)] for i in range(self.n_agents)]
+
+    def encode(self, features: np.ndarray) -> np.ndarray:
+        """[A, 2M+2] Table I features -> [A, 2N + 2M], the same transform as reled_jax.networks.encode."""
+        node, dest = features[:, 0].astype(int), features[:, 1].astype(int)
+        per_edge = features[:, 2:].reshape(-1, self.m_out, 2)
+        eye = np.eye(self.n_nodes, dtype=np.float32)
+        score = np.maximum(per_edge[..., 0], 0.0)
+        ends_at_dest = (per_edge[..., 1].astype(int) == dest[:, None]).astype(np.float32)
+        return np.concatenate([eye[node], eye[dest], score, ends_at_dest], axis=1)
+
+    def logits(self, features: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        x = self.encode(np.asarray(features, np.float32))
+        out = np.empty((self.n_agents, self.m_out), np.float32)
+        for i, layers in enumerate(self.layers):
+            h = x[i]
+            for layer, (w, b) in enumerate(layers):
+                h = h @ w + b
+                if layer < 2:
+                    h = np.tanh(h)
+            out[i] = h
+        return np.where(mask, out, -1e9)
+
+    def act(self, features: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return np.argmax(self.logits(features, mask), axis=1)
+
+
+def export(checkpoint: str | Path, out: str | Path, seed_index: int = 0) -> Path:
+    ck = pickle.loads(Path(checkpoint).read_bytes())
+    from sim.scenarios import load_scenario
+
+    run = ck["config"]
+    _, env, _ = load_scenario(run["scenario"], run["regime"], n_agents=run["n_agents"], seed=run["seed"])
+    params = ck["state"].params.policy["params"]  # leaves [seeds, agents, ...]
+    arrays = {"n_agents": env.n_agents, "n_nodes": env.n_nodes, "m_out": env.m_out}
+    for i in range(env.n_agents):
+        for layer in range(3):
+            dense = params[f"Dense_{layer}"]
+            arrays[f"a{i}_w{layer}"] = np.asarray(dense["kernel"][seed_index, i], np.float32)
+            arrays[f"a{i}_b{layer}"] = np.asarray(dense["bias"][seed_index, i], np.float32)
+    out = Path(out)
+    np.savez(out, **arrays)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Args:
+    checkpoint: str
+    out: str = ""  # default: policy_seed<k>.npz next to the checkpoint
+    seed_index: int = 0
+
+
+def main(args: Args) -> None:
+    if not Path(args.checkpoint).exists():
+        raise SystemExit(f"checkpoint {args.checkpoint} not found; train first (python -m reled_jax.train)")
+    out = args.out or str(Path(args.checkpoint).parent / f"policy_seed{args.seed_index}.npz")
+    print(f"wrote {export(args.checkpoint, out, args.seed_index)}")
+
+
+if __name__ == "__main__":
+    import tyro
+
+    main(tyro.cli(Args))
