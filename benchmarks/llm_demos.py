@@ -242,7 +242,6 @@ def _plot(results: dict, path: Path) -> None:
             ax.fill_between(x, mean - sd, mean + sd, alpha=0.2)
             ax.set_xlabel("refinement")
             ax.set_title(label)
-    ref = results["reference_reward"]
     axes[0].set_ylim(0, 105)
     first = next(iter(results["settings"].values()))
     axes[1].plot(np.asarray(first["curves"]["baseline_reward"]).mean(0), color="k", ls="--", lw=1, label="subset on shortest-time policy")

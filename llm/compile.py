@@ -138,9 +138,3 @@ def _live_shortest_time_slot(node: jax.Array, target: jax.Array, state: EnvState
     via = jnp.where(out >= 0, weight[safe] + jnp.take_along_axis(dist, params.edge_to[safe], axis=1), jnp.inf)
     return jnp.argmin(via, axis=1)
 
-
-def active_instruction_text(compiled: CompiledPlans, agent: int, index: int) -> str:
-    """Human-readable instruction e_k^i for feedback prompts."""
-    ins = compiled.instructions[agent][min(index, len(compiled.instructions[agent]) - 1)]
-    where = f" (plan line {ins.line})" if ins.line else ""
-    return f"e_{index}: {ins.text}{where}"

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.sparse import csr_matrix
 
-from llm.interface import MOVE_OPS, Instruction, PlanContext, PlanError, congestion_graph
+from llm.interface import Instruction, PlanContext, PlanError, congestion_graph
 from llm.sandbox import SandboxLimits, parse_program, run_program
 from sim.network import RoadNetwork
 
@@ -196,4 +196,4 @@ def fallback_plan(agent: int, destination: int, reason: str) -> AgentPlan:
     return AgentPlan(agent, (Instruction("move_to_by_shortest_time", int(destination)),), fmt="fallback", error=reason)
 
 
-__all__ = ["AgentPlan", "PlanRequestContext", "parse_response", "fallback_plan", "MOVE_OPS"]
+__all__ = ["AgentPlan", "PlanRequestContext", "parse_response", "fallback_plan"]
