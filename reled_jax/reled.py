@@ -83,7 +83,6 @@ class Samples:
     decided: jax.Array  # [A, N] the agent decided at this step
     done: jax.Array  # [A, N] the agent's episode ended at this step
     last_x: jax.Array  # [A, S, D] observation after the last step of each of S segments (bootstrap)
-    segment: jax.Array  # [A, N] which segment (environment) a row belongs to, rows ordered by time within it
 
 
 @struct.dataclass
@@ -226,16 +225,11 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: M
 
     def to_samples(traj, final_obs) -> Samples:
         """[T, E, A, ...] -> per-agent [A, E*T, ...] rows ordered by (env, time)."""
-        def per_agent(a):  # [T, E, A, ...] -> [A, E*T, ...]
-            a = jnp.moveaxis(a, 2, 0)  # [A, T, E, ...]
-            a = jnp.swapaxes(a, 1, 2)  # [A, E, T, ...]
-            return a.reshape((a.shape[0], a.shape[1] * a.shape[2]) + a.shape[3:])
-
-        segment = jnp.broadcast_to(jnp.repeat(jnp.arange(cfg.n_envs), cfg.rollout_steps)[None], (n_agents, cfg.n_envs * cfg.rollout_steps))
+        rows = lambda z: agent_rows(jnp.swapaxes(z, 0, 1))  # noqa: E731
         return Samples(
-            x=per_agent(traj["x"]), mask=per_agent(traj["mask"]), action=per_agent(traj["action"]),
-            reward=per_agent(traj["reward"]) * cfg.reward_scale, decided=per_agent(traj["decided"]), done=per_agent(traj["done"]),
-            last_x=jnp.swapaxes(enc(final_obs.features), 0, 1), segment=segment,
+            x=rows(traj["x"]), mask=rows(traj["mask"]), action=rows(traj["action"]),
+            reward=rows(traj["reward"]) * cfg.reward_scale, decided=rows(traj["decided"]), done=rows(traj["done"]),
+            last_x=jnp.swapaxes(enc(final_obs.features), 0, 1),
         )
 
     def advantages(samples: Samples, value_params, n_segments: int):
@@ -331,9 +325,14 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: M
 
         return jax.vmap(single)(params, opt_state, mb_a, mb_e, alpha)
 
-    epoch.rollout = rollout  # exposed for evaluation
-    epoch.agents_update = agents_update
+    epoch.agents_update = agents_update  # exposed for tests
     return epoch
+
+
+def agent_rows(z: jax.Array) -> jax.Array:
+    """[E, T, A, ...] -> [A, E*T, ...]: each agent's rows, ordered by (environment, time), as Samples holds them."""
+    z = jnp.moveaxis(z, 2, 0)
+    return z.reshape((z.shape[0], z.shape[1] * z.shape[2]) + z.shape[3:])
 
 
 def trajectory_points(node, decided, done, node_km, max_len: int):
@@ -378,6 +377,5 @@ def empty_expert(n_agents: int, input_dim: int, m_out: int, n_rows: int = 8) -> 
     return Samples(
         x=z(n_rows, input_dim), mask=jnp.ones((n_agents, n_rows, m_out), bool), action=z(n_rows, dt=jnp.int32),
         reward=z(n_rows), decided=z(n_rows, dt=bool), done=z(n_rows, dt=bool), last_x=z(1, input_dim),
-        segment=z(n_rows, dt=jnp.int32),
     )
 

@@ -22,7 +22,7 @@ from llm.demos import make_demo_rollout
 from llm.feedback import build_feedback, merge_feedback, volatility_threshold
 from llm.service import ExpertService
 from reled_jax.networks import MLP, encode
-from reled_jax.reled import HPOConfig, Samples, policy_apply, trajectory_points
+from reled_jax.reled import HPOConfig, Samples, agent_rows, policy_apply, trajectory_points
 from sim.env import EnvParams, RouteChoiceEnv
 from sim.network import RoadNetwork
 
@@ -109,30 +109,23 @@ class SED:
         """Each agent's rows from the rollout of its own subset, as [A, E'*T] Samples."""
         stacked = jax.tree.map(lambda *z: jnp.stack(z), *demos)  # [m, E', T, A, ...]
         pick = jnp.asarray(subset_of)
-
-        def per_agent(z):  # [m, E', T, A, ...] -> [A, E'*T, ...] taking subset_of[a] for agent a
-            z = jnp.moveaxis(z, 3, 0)  # [A, m, E', T, ...]
-            z = jax.vmap(lambda zi, j: zi[j])(z, pick)  # [A, E', T, ...]
-            return z.reshape((z.shape[0], z.shape[1] * z.shape[2]) + z.shape[3:])
-
-        n_nodes, m_out = self.env.n_nodes, self.env.m_out
-        x = encode(stacked.obs, n_nodes, m_out)  # [m, E', T, A, D]
-        valid = stacked.decided & stacked.valid[..., None]
+        own = lambda z: _own_subset(z, pick)  # noqa: E731  [m, E', T, A, ...] -> [E', T, A, ...]
+        x = own(encode(stacked.obs, self.env.n_nodes, self.env.m_out))
+        valid = own(stacked.decided & stacked.valid[..., None])
         samples = Samples(
-            x=per_agent(x), mask=per_agent(stacked.mask), action=per_agent(stacked.action),
-            reward=per_agent(stacked.reward) * self.hpo.reward_scale, decided=per_agent(valid), done=per_agent(stacked.done),
-            last_x=jax.vmap(lambda zi, j: zi[j])(jnp.moveaxis(x[:, :, -1], 2, 0), pick),  # [A, E', D]
-            segment=jnp.zeros(per_agent(stacked.action).shape, jnp.int32),
+            x=agent_rows(x), mask=agent_rows(own(stacked.mask)), action=agent_rows(own(stacked.action)),
+            reward=agent_rows(own(stacked.reward)) * self.hpo.reward_scale, decided=agent_rows(valid),
+            done=agent_rows(own(stacked.done)),
+            last_x=jnp.swapaxes(x[:, -1], 0, 1),  # [A, E', D]
         )
         # Trajectories for DTW: [E', A, L, 2] from each agent's own subset rollout.
-        node_m = self.env_params.node_xy
-        node, decided, done = (jnp.swapaxes(per_agent_time(z, pick), 0, 1) for z in (stacked.node, valid, stacked.done))  # [T, E', A]
-        xy, length = trajectory_points(node, decided, done, node_m, self.hpo.max_trajectory)
+        node, decided, done = (jnp.swapaxes(z, 0, 1) for z in (own(stacked.node), valid, own(stacked.done)))  # [T, E', A]
+        xy, length = trajectory_points(node, decided, done, self.env_params.node_xy, self.hpo.max_trajectory)
         return samples, (xy, length)
 
 
-def per_agent_time(z, pick):
-    """[m, E', T, A] -> [E', T, A], taking for agent a the rollout of its own subset pick[a]."""
-    z = jnp.moveaxis(z, 3, 0)  # [A, m, E', T]
-    z = jax.vmap(lambda zi, j: zi[j])(z, pick)  # [A, E', T]
-    return jnp.moveaxis(z, 0, 2)  # [E', T, A]
+def _own_subset(z, pick):
+    """[m, E', T, A, ...] -> [E', T, A, ...], taking for agent a the rollout of its own subset pick[a]."""
+    z = jnp.moveaxis(z, 3, 0)  # [A, m, E', T, ...]
+    z = jax.vmap(lambda zi, j: zi[j])(z, pick)  # [A, E', T, ...]
+    return jnp.moveaxis(z, 0, 2)
