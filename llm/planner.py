@@ -55,6 +55,7 @@ class PlannerBackend(OfflineBackend):
         self.origin = np.asarray(agent_origin, int)
         self.dest = np.asarray(agent_dest, int)
         self.depart = np.zeros(len(self.origin), int) if agent_depart is None else np.asarray(agent_depart, int)
+        self.edge_index = {(int(u), int(v)): e for e, (u, v) in enumerate(zip(network.edge_from, network.edge_to))}
         self.interfaces = interfaces
         self.spread_penalty = spread_penalty
         self.detour_tolerance = detour_tolerance
@@ -79,13 +80,13 @@ class PlannerBackend(OfflineBackend):
         for agent in sorted(request.agents, key=lambda a: (self.depart[a], a)):
             o, d = self.origin[agent], self.dest[agent]
             best = _route(net, base, o, d)
-            budget = self.detour_tolerance * _cost(net, base, best)
+            budget = self.detour_tolerance * _cost(self.edge_index, base, best)
             own = base * self.avoid.get(agent, 1.0)
             spread = own * (1.0 + self.spread_penalty * users / net.edge_lanes)
             # Prefer spreading, then the agent's own corrected costs, but never a route slower than the budget.
             route, note = best, "live shortest time"
             for candidate, why in ((_route(net, spread, o, d), "detour off roads shared with earlier agents"), (_route(net, own, o, d), "")):
-                if _cost(net, base, candidate) <= budget:
+                if _cost(self.edge_index, base, candidate) <= budget:
                     route = candidate
                     if candidate != best and why:
                         note = why
@@ -96,7 +97,7 @@ class PlannerBackend(OfflineBackend):
             if agent in self.avoid:
                 note += "; avoids junctions where it hurt other agents"
             routes[agent], notes[agent] = route, note
-            for e in _route_edges(net, route):
+            for e in _route_edges(self.edge_index, route):
                 users[e] += 1
         if not self.interfaces:
             return json.dumps({"plans": [{"agent": a, "route": routes[a]} for a in request.agents]})
@@ -125,7 +126,7 @@ class PlannerBackend(OfflineBackend):
             if not tail or junction in tail:
                 continue
             candidate = route[: k + 1] + tail
-            if _cost(self.network, cost, candidate) <= self.divergence_tolerance * _cost(self.network, cost, route) and candidate != route:
+            if _cost(self.edge_index, cost, candidate) <= self.divergence_tolerance * _cost(self.edge_index, cost, route) and candidate != route:
                 route = candidate
                 adopted.append(junction)
         return route, adopted
@@ -161,17 +162,12 @@ def _route(net: RoadNetwork, cost: np.ndarray, origin: int, dest: int) -> list[i
     return route[::-1]
 
 
-def _edge_index(net: RoadNetwork) -> dict[tuple[int, int], int]:
-    return {(int(u), int(v)): e for e, (u, v) in enumerate(zip(net.edge_from, net.edge_to))}
+def _route_edges(edge_index: dict, route: list[int]) -> list[int]:
+    return [edge_index[(u, v)] for u, v in zip(route[:-1], route[1:])]
 
 
-def _route_edges(net: RoadNetwork, route: list[int]) -> list[int]:
-    index = _edge_index(net)
-    return [index[(u, v)] for u, v in zip(route[:-1], route[1:])]
-
-
-def _cost(net: RoadNetwork, cost: np.ndarray, route: list[int]) -> float:
-    return float(sum(cost[e] for e in _route_edges(net, route))) if len(route) > 1 else 0.0
+def _cost(edge_index: dict, cost: np.ndarray, route: list[int]) -> float:
+    return float(sum(cost[e] for e in _route_edges(edge_index, route))) if len(route) > 1 else 0.0
 
 
 def _static_path(net: RoadNetwork, u: int, v: int) -> list[int]:
