@@ -79,8 +79,9 @@ def test_logit_expert_probabilities_and_seeded_sampling(ladder_network):
     assert texts[0] == texts[1]
     routes = [tuple(p["route"]) for p in json.loads(texts[0])["plans"]]
     assert all(r[0] == 0 and r[-1] == 7 for r in routes)
-    # Two corridors within 1% of each other: both get sampled across 8 agents (p(all same) ~ 2 * 0.5^8).
-    assert len({r[1] for r in routes}) == 2 or texts[0] != texts[2]
+    # Two corridors within 1% of each other: both get sampled across 8 agents, and another seed samples differently.
+    assert {r[1] for r in routes} == {1, 4}
+    assert texts[0] != texts[2]
     svc = ExpertService(ladder_network, np.zeros(2, int), np.full(2, 7), config=ExpertConfig(backend="logit"))
     (out,) = svc.plan([(0, 1)])
     assert svc.stats.execution_rate == 1.0 and all(p.fmt == "route" for p in out.plans.values())
@@ -97,7 +98,7 @@ def test_prompts_carry_topology_agents_interface_and_feedback(line_network):
                   (DivergencePair(0, 0, "move_to_by_shortest_path(1)", 2.3, 1, 2, 0, 0.1),), (), 45.0, 2.3, 10.0)
     user = render_user(ExpertRequest(3, (0,), feedback=fb, errors={0: "line 2: imports are not allowed"}), line_network)
     for part in ["Refinement 3", "RVI = 45", "PDI = 2.3", "instruction 1 `move_to_by_shortest_path(2)`", "agent 2 at junction 1",
-                 "policy prefers 0", "imports are not allowed", "$"[:0]]:
+                 "policy prefers 0", "imports are not allowed"]:
         assert part in user
     assert "$" not in user
 
