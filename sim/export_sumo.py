@@ -13,8 +13,18 @@ Background demand: the JAX simulator keeps `n_background` vehicles in the
 network by re-injecting each arrival at a new OD origin. SUMO gets Poisson
 flows whose total rate keeps the same number on the road at free flow:
 rate_k = n_background * w_k / sum_j (w_j * T_j), with T the free-flow trip time.
-Signal timing is netconvert's static default for now (calibrating it against
-ours is part of the fidelity work still to do).
+Connections: every (incoming edge, outgoing edge) pair our simulator allows at
+a junction, U-turns included, is written to `<scenario>.con.xml`, so netconvert
+cannot drop a turn an agent may choose.
+
+Signals: `<scenario>.tll.xml` holds one fixed-time program per signalised
+junction with our cycle, phase split and offset (SignalConfig): each approach
+group is green ('G') for `green_s`, then yellow ('y', SUMO's clearance, where
+ours is all-red) for `clearance_s`. SUMO runs a program at position
+(t - offset) mod cycle, ours at (t + offset) mod cycle, so the exported offset
+is the negated one. The state SUMO reports after stepping to second t is the one
+that governed the move from t-1 to t, as our tick at t-1 does;
+`tests/test_sumo_export.py` checks the two agree link by link over two cycles.
 """
 
 from __future__ import annotations
@@ -61,7 +71,7 @@ def edge_id(k: int) -> str:
     return f"e{k}"
 
 
-def write_plain_xml(network: RoadNetwork, out: Path, name: str) -> tuple[Path, Path]:
+def write_plain_xml(network: RoadNetwork, out: Path, name: str) -> tuple[Path, Path, Path]:
     nodes = [
         f'  <node id="{junction_id(i)}" x="{x:.2f}" y="{y:.2f}" type="{"traffic_light" if network.node_signalized[i] else "priority"}"/>'
         for i, (x, y) in enumerate(network.node_xy)
@@ -71,18 +81,26 @@ def write_plain_xml(network: RoadNetwork, out: Path, name: str) -> tuple[Path, P
         f'numLanes="{int(network.edge_lanes[k])}" speed="{float(network.edge_speed[k]):.3f}" length="{float(network.edge_length[k]):.2f}"/>'
         for k in range(network.n_edges)
     ]
-    nod, edg = out / f"{name}.nod.xml", out / f"{name}.edg.xml"
+    connections = [
+        f'  <connection from="{edge_id(k)}" to="{edge_id(int(f))}"/>'
+        for k in range(network.n_edges)
+        for f in network.out_edges[network.edge_to[k]]
+        if f >= 0
+    ]
+    nod, edg, con = out / f"{name}.nod.xml", out / f"{name}.edg.xml", out / f"{name}.con.xml"
     nod.write_text("<nodes>\n" + "\n".join(nodes) + "\n</nodes>\n")
     edg.write_text("<edges>\n" + "\n".join(edges) + "\n</edges>\n")
-    return nod, edg
+    con.write_text("<connections>\n" + "\n".join(connections) + "\n</connections>\n")
+    return nod, edg, con
 
 
 def build_net(network: RoadNetwork, out: Path, name: str, lefthand: bool) -> Path:
     """Plain XML -> <name>.net.xml with netconvert; coordinates, ids and junctions kept as ours."""
-    nod, edg = write_plain_xml(network, out, name)
+    nod, edg, con = write_plain_xml(network, out, name)
     net = out / f"{name}.net.xml"
     cmd = [
-        sumo_binary("netconvert"), "--node-files", str(nod), "--edge-files", str(edg), "--output-file", str(net),
+        sumo_binary("netconvert"), "--node-files", str(nod), "--edge-files", str(edg), "--connection-files", str(con),
+        "--output-file", str(net),
         "--offset.disable-normalization", "true", "--geometry.remove", "false", "--junctions.join", "false",
         "--tls.guess", "false", "--no-warnings", "true",
     ]
@@ -92,6 +110,49 @@ def build_net(network: RoadNetwork, out: Path, name: str, lefthand: bool) -> Pat
     if result.returncode != 0 or not net.exists():
         raise RuntimeError(f"netconvert failed for {name} (exit {result.returncode}): {result.stderr.strip()[-500:]}")
     return net
+
+
+def signal_colours(network: RoadNetwork, edges: np.ndarray) -> list[str]:
+    """SUMO link states for each second of our cycle position (t + offset) mod cycle.
+
+    Link j (approach edge k) is green while our tick sees it green, yellow for
+    the clearance that follows (cycle / 2 - green of a two-phase plan), red otherwise.
+    """
+    cycle = int(network.signal_cycle[edges[0]])
+    start, green = network.signal_green_start[edges], network.signal_green_dur[edges]
+    clearance = cycle // 2 - green
+    colours = []
+    for p in range(cycle):
+        since = (p - start) % cycle  # seconds since this approach's green began
+        colours.append("".join(np.where(since < green, "G", np.where(since < green + clearance, "y", "r"))))
+    return colours
+
+
+def write_signals(network: RoadNetwork, net_file: Path, out: Path, name: str) -> Path:
+    """Fixed-time programs equal to ours for every signalised junction (see module doc)."""
+    import sumolib
+
+    net = sumolib.net.readNet(str(net_file))
+    edge_index = {edge_id(k): k for k in range(network.n_edges)}
+    lines = ["<additional>"]
+    for tls in sorted(net.getTrafficLights(), key=lambda x: x.getID()):
+        links = sorted((idx, edge_index[lane_in.getEdge().getID()]) for lane_in, _, idx in tls.getConnections())
+        if [idx for idx, _ in links] != list(range(len(links))):
+            raise RuntimeError(f"traffic light {tls.getID()}: link indices are not 0..{len(links) - 1}")
+        edges = np.array([k for _, k in links])
+        cycle, offset = int(network.signal_cycle[edges[0]]), int(network.signal_offset[edges[0]])
+        colours = signal_colours(network, edges)
+        lines.append(f'  <tlLogic id="{tls.getID()}" type="static" programID="reled" offset="{(-offset) % cycle}">')
+        begin = 0
+        for p in range(1, cycle + 1):
+            if p == cycle or colours[p] != colours[begin]:
+                lines.append(f'    <phase duration="{p - begin}" state="{colours[begin]}"/>')
+                begin = p
+        lines.append("  </tlLogic>")
+    lines.append("</additional>")
+    tll = out / f"{name}.tll.xml"
+    tll.write_text("\n".join(lines) + "\n")
+    return tll
 
 
 def write_demand(network: RoadNetwork, params, out: Path, name: str, od_weight: np.ndarray, n_background: int, t_max: int) -> Path:
@@ -123,6 +184,7 @@ def export(scenario: str, regime: str, out: Path, n_agents: int = 10, seed: int 
     od_table = np.asarray(params.od_table)
     od_weight = np.bincount(od_table, minlength=len(np.asarray(params.od_origin))).astype(float)
     rou = write_demand(network, params, out, name, od_weight, env.n_background, params.t_max)
+    tll = write_signals(network, net, out, name)
     idmap = out / "idmap.json"
     idmap.write_text(json.dumps({
         "junctions": [junction_id(i) for i in range(network.n_nodes)],
@@ -132,13 +194,14 @@ def export(scenario: str, regime: str, out: Path, n_agents: int = 10, seed: int 
     cfg = out / f"{name}.sumocfg"
     cfg.write_text(
         "<configuration>\n"
-        f"  <input><net-file value={quoteattr(net.name)}/><route-files value={quoteattr(rou.name)}/></input>\n"
+        f"  <input><net-file value={quoteattr(net.name)}/><route-files value={quoteattr(rou.name)}/>"
+        f"<additional-files value={quoteattr(tll.name)}/></input>\n"
         f"  <time><begin value=\"0\"/><end value=\"{params.t_max}\"/><step-length value=\"1\"/></time>\n"
         "  <routing><junction-taz value=\"true\"/></routing>\n"
         "  <report><no-warnings value=\"true\"/><no-step-log value=\"true\"/></report>\n"
         "</configuration>\n"
     )
-    return {"net": net, "routes": rou, "config": cfg, "idmap": idmap}
+    return {"net": net, "routes": rou, "signals": tll, "config": cfg, "idmap": idmap}
 
 
 @dataclasses.dataclass(frozen=True)
