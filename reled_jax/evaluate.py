@@ -69,6 +69,8 @@ def evaluate_policies(env: RouteChoiceEnv, params: EnvParams, policies: dict[str
             "arrival_rate": float(arrived.mean()),
             "interaction_steps": int(decisions.sum()),
             "episodes_finished": int(finished.sum()),
+            # [episodes][agents], for paired comparisons (reled_jax.validate_sumo, benchmarks/fidelity.py)
+            "per_agent": {"reward": returns.tolist(), "travel_time_s": travel.tolist(), "arrived": arrived.tolist()},
         }
     return results
 

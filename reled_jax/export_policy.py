@@ -20,8 +20,9 @@ import numpy as np
 class NumpyPolicy:
     """Greedy per-agent policies from exported weights; only NumPy."""
 
-    def __init__(self, path: str | Path):
-        data = np.load(path)
+    def __init__(self, weights: str | Path | dict):
+        """`weights`: an exported .npz path, or the dict `policy_arrays` returns."""
+        data = weights if isinstance(weights, dict) else np.load(weights)
         self.n_agents, self.n_nodes, self.m_out = (int(data[k]) for k in ("n_agents", "n_nodes", "m_out"))
         self.layers = [[(data[f"a{i}_w{layer}"], data[f"a{i}_b{layer}"]) for layer in range(3)] for i in range(self.n_agents)]
 
@@ -50,19 +51,35 @@ class NumpyPolicy:
         return np.argmax(self.logits(features, mask), axis=1)
 
 
-def export(checkpoint: str | Path, out: str | Path, seed_index: int = 0) -> Path:
+def policy_arrays(policy_params: dict, n_nodes: int, m_out: int) -> dict:
+    """Per-agent policy parameters (Flax dict, leaves [A, ...]) -> the flat arrays of the .npz."""
+    dense = policy_params["params"]
+    n_agents = int(dense["Dense_0"]["kernel"].shape[0])
+    arrays = {"n_agents": n_agents, "n_nodes": n_nodes, "m_out": m_out}
+    for i in range(n_agents):
+        for layer in range(3):
+            arrays[f"a{i}_w{layer}"] = np.asarray(dense[f"Dense_{layer}"]["kernel"][i], np.float32)
+            arrays[f"a{i}_b{layer}"] = np.asarray(dense[f"Dense_{layer}"]["bias"][i], np.float32)
+    return arrays
+
+
+def checkpoint_arrays(checkpoint: str | Path, seed_index: int = 0) -> tuple[dict, dict]:
+    """(run config, policy arrays) of one seed of a training checkpoint."""
     ck = pickle.loads(Path(checkpoint).read_bytes())
     from sim.scenarios import load_scenario
 
     run = ck["config"]
     _, env, _ = load_scenario(run["scenario"], run["regime"], n_agents=run["n_agents"], seed=run["seed"])
-    params = ck["state"].params.policy["params"]  # leaves [seeds, agents, ...]
-    arrays = {"n_agents": env.n_agents, "n_nodes": env.n_nodes, "m_out": env.m_out}
-    for i in range(env.n_agents):
-        for layer in range(3):
-            dense = params[f"Dense_{layer}"]
-            arrays[f"a{i}_w{layer}"] = np.asarray(dense["kernel"][seed_index, i], np.float32)
-            arrays[f"a{i}_b{layer}"] = np.asarray(dense["bias"][seed_index, i], np.float32)
+    seeds_stacked = ck["state"].params.policy  # leaves [seeds, agents, ...]
+    n_seeds = int(np.shape(seeds_stacked["params"]["Dense_0"]["kernel"])[0])
+    if not 0 <= seed_index < n_seeds:
+        raise SystemExit(f"--seed-index {seed_index} is out of range: the checkpoint holds {n_seeds} seeds")
+    one_seed = {"params": {name: {k: np.asarray(v)[seed_index] for k, v in layer.items()} for name, layer in seeds_stacked["params"].items()}}
+    return {**run, "epoch": ck["epoch"]}, policy_arrays(one_seed, env.n_nodes, env.m_out)
+
+
+def export(checkpoint: str | Path, out: str | Path, seed_index: int = 0) -> Path:
+    _, arrays = checkpoint_arrays(checkpoint, seed_index)
     out = Path(out)
     np.savez(out, **arrays)
     return out

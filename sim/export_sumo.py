@@ -13,13 +13,18 @@ Background demand: the JAX simulator keeps `n_background` vehicles in the
 network by re-injecting each arrival at a new OD origin. SUMO gets Poisson
 flows whose total rate keeps the same number on the road at free flow:
 rate_k = n_background * w_k / sum_j (w_j * T_j), with T the free-flow trip time.
+Junctions are points, as in our simulator (`--no-internal-links`): SUMO adds
+no extra distance or curve speed limit inside a junction, while its right of
+way between conflicting approaches stays.
+
 Connections: every (incoming edge, outgoing edge) pair our simulator allows at
 a junction, U-turns included, is written to `<scenario>.con.xml`, so netconvert
 cannot drop a turn an agent may choose.
 
 Signals: `<scenario>.tll.xml` holds one fixed-time program per signalised
 junction with our cycle, phase split and offset (SignalConfig): each approach
-group is green ('G') for `green_s`, then yellow ('y', SUMO's clearance, where
+group is green for `green_s` ('g': yield to conflicting green links, since two
+approaches merging into one lane under 'G' collide in SUMO), then yellow ('y', SUMO's clearance, where
 ours is all-red) for `clearance_s`. SUMO runs a program at position
 (t - offset) mod cycle, ours at (t + offset) mod cycle, so the exported offset
 is the negated one. The state SUMO reports after stepping to second t is the one
@@ -102,7 +107,7 @@ def build_net(network: RoadNetwork, out: Path, name: str, lefthand: bool) -> Pat
         sumo_binary("netconvert"), "--node-files", str(nod), "--edge-files", str(edg), "--connection-files", str(con),
         "--output-file", str(net),
         "--offset.disable-normalization", "true", "--geometry.remove", "false", "--junctions.join", "false",
-        "--tls.guess", "false", "--no-warnings", "true",
+        "--tls.guess", "false", "--no-warnings", "true", "--no-internal-links", "true",
     ]
     if lefthand:
         cmd.append("--lefthand")
@@ -115,7 +120,7 @@ def build_net(network: RoadNetwork, out: Path, name: str, lefthand: bool) -> Pat
 def signal_colours(network: RoadNetwork, edges: np.ndarray) -> list[str]:
     """SUMO link states for each second of our cycle position (t + offset) mod cycle.
 
-    Link j (approach edge k) is green while our tick sees it green, yellow for
+    Link j (approach edge k) is green ('g') while our tick sees it green, yellow for
     the clearance that follows (cycle / 2 - green of a two-phase plan), red otherwise.
     """
     cycle = int(network.signal_cycle[edges[0]])
@@ -124,7 +129,7 @@ def signal_colours(network: RoadNetwork, edges: np.ndarray) -> list[str]:
     colours = []
     for p in range(cycle):
         since = (p - start) % cycle  # seconds since this approach's green began
-        colours.append("".join(np.where(since < green, "G", np.where(since < green + clearance, "y", "r"))))
+        colours.append("".join(np.where(since < green, "g", np.where(since < green + clearance, "y", "r"))))
     return colours
 
 
@@ -178,9 +183,13 @@ def write_demand(network: RoadNetwork, params, out: Path, name: str, od_weight: 
 def export(scenario: str, regime: str, out: Path, n_agents: int = 10, seed: int = 0) -> dict:
     """Everything SUMO needs for one scenario and regime; returns the written paths."""
     network, env, params = load_scenario(scenario, regime, n_agents=n_agents, seed=seed)
+    return export_network(network, env, params, out, f"{scenario}-{regime}", lefthand=scenario in LEFTHAND)
+
+
+def export_network(network: RoadNetwork, env, params, out: Path, name: str, lefthand: bool) -> dict:
+    """Network, signals, demand, id map and config for any (network, env, params) triple."""
     out.mkdir(parents=True, exist_ok=True)
-    name = f"{scenario}-{regime}"
-    net = build_net(network, out, name, lefthand=scenario in LEFTHAND)
+    net = build_net(network, out, name, lefthand=lefthand)
     od_table = np.asarray(params.od_table)
     od_weight = np.bincount(od_table, minlength=len(np.asarray(params.od_origin))).astype(float)
     rou = write_demand(network, params, out, name, od_weight, env.n_background, params.t_max)
