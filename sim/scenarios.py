@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sim.env import EnvParams, RouteChoiceEnv, make_env, make_params
+from sim.env import EnvParams, RouteChoiceEnv, TrafficModel, make_env, make_params
 from sim.network import RoadNetwork, SignalConfig, network_from_graph
 from sim.osm import NetworkError, load_osm_graph
 
@@ -96,6 +96,7 @@ def load_scenario(
     n_background: int | None = None,
     t_max: int = 2400,
     signals: SignalConfig = SignalConfig(),
+    traffic: TrafficModel = TrafficModel(),
 ) -> tuple[RoadNetwork, RouteChoiceEnv, EnvParams]:
     """Network, environment and params for a named scenario and regime.
 
@@ -127,6 +128,7 @@ def load_scenario(
         edge_weight=edge_weight,
         n_background=n_bg,
         t_max=t_max,
+        traffic=traffic,
     )
     return network, env, params
 

@@ -156,18 +156,10 @@ class SumoRouteChoice:
         _, state = jax.device_get(self._reset(key, self.params))
         rng = np.random.default_rng(np.asarray(jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key))
         t_max, omega, bonus = self.params.t_max, self.params.omega_d, self.params.terminal_bonus
-        sumo.start([
-            sumo_binary("sumo"), "-n", str(self.net_file), "-a", str(self.signal_file), "--step-length", "1",
-            "--begin", "0", "--seed", str(sumo_seed), "--no-step-log", "true", "--no-warnings", "true",
-        ])
+        self.start(sumo_seed)
         wall0 = time.perf_counter()
         try:
-            # Background vehicles where the JAX reset put them.
-            n_bg = self.env.n_background
-            for v in range(n_bg):
-                edge, pos, dest = int(state.veh_edge[n_ag + v]), float(state.veh_pos[n_ag + v]), int(state.veh_dest[n_ag + v])
-                self._add(f"bg{v}.0", [edge] + self.route_edges(int(self.edge_to[edge]), dest), depart_pos=f"{min(pos, self.sumo_end[edge]):.2f}")
-            trips = np.zeros(n_bg, int)
+            self.insert_background(state)
 
             route: list[list[int]] = [[] for _ in range(n_ag)]
             node = self.origin.copy()  # junction each agent decides at next
@@ -221,7 +213,7 @@ class SumoRouteChoice:
                     deciding = again
                 for i in range(n_ag):  # agents that chose their first edges this second depart now
                     if route[i] and not in_network[i] and not finished[i] and not added[i]:
-                        self._add(f"agent{i}", route[i], depart_pos="base")
+                        self.add_vehicle(f"agent{i}", route[i], depart_pos="base")
                         added[i] = True
 
                 sumo.simulationStep()
@@ -233,11 +225,7 @@ class SumoRouteChoice:
                 vehicle_steps += sumo.vehicle.getIDCount()
                 for vid in sumo.simulation.getArrivedIDList():
                     if vid.startswith("bg"):
-                        v = int(vid[2:].split(".")[0])
-                        trips[v] += 1
-                        od = int(self.od_table[rng.integers(len(self.od_table))])
-                        o, d = int(self.od_origin[od]), int(self.od_dest[od])
-                        self._add(f"bg{v}.{trips[v]}", self.route_edges(o, d), depart_pos="base")
+                        self.reinject(vid, rng)
                         continue
                     i = int(vid[5:])
                     finished[i], in_network[i] = True, False
@@ -271,6 +259,27 @@ class SumoRouteChoice:
         on_edge = self.sumo_end[route[index]] - self.sumo.vehicle.getLanePosition(vid)
         return float(on_edge + self.length[route[index + 1:]].sum())
 
-    def _add(self, vid: str, edges: list[int], depart_pos: str) -> None:
+    def start(self, sumo_seed: int = 0) -> None:
+        """Start SUMO on the exported network with our signal programs; no route file."""
+        self.sumo.start([
+            sumo_binary("sumo"), "-n", str(self.net_file), "-a", str(self.signal_file), "--step-length", "1",
+            "--begin", "0", "--seed", str(sumo_seed), "--no-step-log", "true", "--no-warnings", "true",
+        ])
+
+    def insert_background(self, state) -> None:
+        """Background vehicles where the JAX reset put them, each on its free-flow route to its destination."""
+        n_ag = self.env.n_agents
+        for v in range(self.env.n_background):
+            edge, pos, dest = int(state.veh_edge[n_ag + v]), float(state.veh_pos[n_ag + v]), int(state.veh_dest[n_ag + v])
+            route = [edge] + self.route_edges(int(self.edge_to[edge]), dest)
+            self.add_vehicle(f"bg{v}.0", route, depart_pos=f"{min(pos, self.sumo_end[edge]):.2f}")
+
+    def reinject(self, arrived_id: str, rng: np.random.Generator) -> None:
+        """An arrived background vehicle departs again from the origin of a new OD pair (weighted table)."""
+        v, trip = (int(x) for x in arrived_id[2:].split("."))
+        od = int(self.od_table[rng.integers(len(self.od_table))])
+        self.add_vehicle(f"bg{v}.{trip + 1}", self.route_edges(int(self.od_origin[od]), int(self.od_dest[od])), depart_pos="base")
+
+    def add_vehicle(self, vid: str, edges: list[int], depart_pos: str) -> None:
         self.sumo.route.add(f"r_{vid}", [edge_id(k) for k in edges])
         self.sumo.vehicle.add(vid, f"r_{vid}", depart="now", departPos=depart_pos, departLane="best", departSpeed="max")

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sim.env import make_env, make_params
+from sim.env import RouteChoiceEnv, TrafficModel, make_env, make_params
+from sim.network import SignalConfig, build_network
 from sim.policies import random_policy, shortest_time_policy
 from sim.scenarios import load_scenario
 
@@ -14,8 +15,11 @@ T_MAX = 2400
 
 @pytest.fixture(scope="module")
 def oakland():
-    """Small scenario with enough background traffic that queues and full edges occur."""
-    return load_scenario("oakland", "moderate", n_agents=6, n_background=150, seed=0, t_max=600)
+    """Small scenario with enough background traffic that queues and full edges occur.
+
+    Gridlock release is off here, so storage is a hard limit (it is tested on its own below).
+    """
+    return load_scenario("oakland", "moderate", n_agents=6, n_background=150, seed=0, t_max=600, traffic=TrafficModel(teleport_s=0))
 
 
 def test_free_flow_time_and_exact_eq32_rewards(line_network):
@@ -212,3 +216,76 @@ def test_step_returns_after_max_ticks_without_a_decision(line_network):
     assert int(info["sim_time"]) == 4 and int(info["n_decisions"]) == 1 and float(reward[0]) == 0.0
     obs, state, _, _, info = env.step_env(jax.random.PRNGKey(0), state, jnp.array([0]), params)
     assert int(info["sim_time"]) == 8 and int(info["n_decisions"]) == 0 and not bool(obs.awaiting[0])
+
+
+def _placed(env, params, edges, positions, dests):
+    """A reset state with the background vehicles put on given edges, positions and destinations."""
+    _, state = env.reset(jax.random.PRNGKey(0), params)
+    n_ag = env.n_agents
+    edges, dests = jnp.asarray(edges, jnp.int32), jnp.asarray(dests, jnp.int32)
+    node = params.edge_to[edges]
+    slot = params.next_slot_time[node, dests]
+    nxt = jnp.where(slot >= 0, jnp.take_along_axis(params.out_edges[node], jnp.maximum(slot, 0)[:, None], 1)[:, 0], -1)
+    return state.replace(
+        veh_edge=state.veh_edge.at[n_ag:].set(edges),
+        veh_pos=state.veh_pos.at[n_ag:].set(jnp.asarray(positions, jnp.float32)),
+        veh_node=state.veh_node.at[n_ag:].set(node),
+        veh_dest=state.veh_dest.at[n_ag:].set(dests),
+        veh_next=state.veh_next.at[n_ag:].set(nxt),
+        veh_enter=state.veh_enter.at[n_ag:].set(-jnp.arange(len(dests), 0, -1, dtype=jnp.int32)),
+    )
+
+
+def _run_ticks(env, params, state, n):
+    return jax.lax.scan(lambda s, _: (env.tick(s, params), s), state, None, length=n)
+
+
+def test_gridlock_is_released_after_teleport_time():
+    """Three full one-vehicle edges in a ring, each head waiting for the next: locked until teleport_s."""
+    xy = np.array([[0.0, 0.0], [7.5, 0.0], [3.75, 6.5]])
+    ring = build_network("ring", xy, [(0, 1, 7.5, 7.5, 1), (1, 2, 7.5, 7.5, 1), (2, 0, 7.5, 7.5, 1)], signals=SignalConfig(enabled=False))
+    assert (ring.edge_storage == 1).all()
+    # Fuller than make_env allows on purpose: the ring must be completely full to lock.
+    env = RouteChoiceEnv(n_agents=1, n_background=3, n_nodes=3, n_edges=3, m_out=ring.m_out)
+    edge_of = {(int(u), int(v)): k for k, (u, v) in enumerate(zip(ring.edge_from, ring.edge_to))}
+    edges = [edge_of[(0, 1)], edge_of[(1, 2)], edge_of[(2, 0)]]
+    for teleport_s, released in ((0, False), (20, True)):
+        params = make_params(ring, [0], [2], [0, 1, 2], [2, 0, 1], agent_depart=[10_000], traffic=TrafficModel(teleport_s=teleport_s))
+        state = _placed(env, params, edges, [7.5, 7.5, 7.5], [2, 0, 1])  # each at its stop line, two edges from home
+        final, history = jax.jit(_run_ticks, static_argnums=(0, 3))(env, params, state, 60)
+        trips = np.asarray(history.veh_trips)[:, 1:].sum(1)
+        if not released:
+            assert trips[-1] == 0 and (np.asarray(history.veh_edge)[-1, 1:] == np.asarray(edges)).all()
+        else:
+            first_trip = int(np.argmax(trips > 0))
+            assert trips[-1] > 0 and 20 <= first_trip <= 30
+
+
+@pytest.mark.parametrize("saturation_flow", [0.5, 0.7])
+def test_queue_discharges_at_saturation_flow(line_network, saturation_flow):
+    """A standing single-lane queue, no signal, empty road ahead: departures per second = saturation flow."""
+    env = make_env(line_network, n_agents=1, n_background=8)
+    params = make_params(line_network, [0], [3], [0], [3], agent_depart=[10_000], traffic=TrafficModel(saturation_flow=saturation_flow))
+    first = int(np.flatnonzero((line_network.edge_from == 0) & (line_network.edge_to == 1))[0])
+    state = _placed(env, params, [first] * 8, [100.0] * 8, [3] * 8)
+    final, history = jax.jit(_run_ticks, static_argnums=(0, 3))(env, params, state, 11)
+    left = int((np.asarray(final.veh_edge)[1:] != first).sum())
+    assert left == round(saturation_flow * 10) + 1  # t = 0 .. 10, the bucket starts with one departure
+
+
+def test_multilane_queue_lets_vehicles_pass_a_blocked_head(cross_network):
+    """The head waits for a full edge; the vehicle behind it goes elsewhere only if the edge has two lanes."""
+    results = {}
+    for lanes in (1, 2):
+        xy = np.array([[0.0, 0.0], [100.0, 0.0], [200.0, 0.0], [100.0, 7.5]])
+        roads = [(0, 1, 100.0, 10.0, lanes), (1, 2, 100.0, 10.0, 1), (1, 3, 7.5, 7.5, 1), (3, 1, 7.5, 7.5, 1), (2, 1, 100.0, 10.0, 1), (1, 0, 100.0, 10.0, 1)]
+        net = build_network("fork", xy, roads, signals=SignalConfig(enabled=False))
+        env = make_env(net, n_agents=1, n_background=3)
+        params = make_params(net, [0], [2], [0, 0], [2, 3], agent_depart=[10_000], traffic=TrafficModel(teleport_s=0))
+        edge = {(int(u), int(v)): k for k, (u, v) in enumerate(zip(net.edge_from, net.edge_to))}
+        # Head (first in) bound for 3 via the full one-vehicle edge 1->3; behind it, one bound for 2.
+        state = _placed(env, params, [edge[(0, 1)], edge[(0, 1)], edge[(1, 3)]], [100.0, 100.0, 3.0], [3, 2, 1])
+        state = state.replace(veh_enter=state.veh_enter.at[1:].set(jnp.array([-5, -4, -3], jnp.int32)))
+        final, _ = jax.jit(_run_ticks, static_argnums=(0, 3))(env, params, state, 3)
+        results[lanes] = int(final.veh_edge[2]) == edge[(1, 2)]
+    assert results == {1: False, 2: True}
