@@ -1,15 +1,16 @@
 """Calibrate the JAX simulator's free parameters (sim.env.TrafficModel) against SUMO.
 
-    python -m benchmarks.calibrate [--episodes 4] [--saturation-flow 0.5 0.7] [--critical-occupancy 0.2 0.4 0.6] [--teleport-s 120 180]
+    python -m benchmarks.calibrate [--episodes 4] [--saturation-flow 0.5 0.7] [--critical-occupancy 0.2 0.4] [--teleport-s 120 180] [--speed-factor 1.0]
 
 The reference is SUMO driving the free-flow shortest-time policy through each
 scenario and regime (sim/sumo_run.py, the same initial traffic per episode key);
 that policy ignores the observation, so SUMO's travel times do not depend on our
 parameters and are measured once. Our simulator then runs the same episodes for
 every point of the grid, and each point is scored by the mean absolute relative
-error of the mean travel time over the (scenario, regime) cells. The parameters
+error of the mean travel time over the (scenario, regime) cells, free flow (no
+background traffic) included. The parameters
 are TrafficModel's: saturation flow, critical occupancy, jam speed and the
-gridlock release time `teleport_s` (SUMO's own is 300 s, but SUMO also untangles
+gridlock release time `teleport_s` and free-speed factor (SUMO's own is 300 s, but SUMO also untangles
 queues by using its lanes, which ours cannot; releasing earlier stands in for that). The keys differ
 from benchmarks/fidelity.py's, so fidelity is measured on episodes the
 calibration did not see. Writes benchmarks/results/calibration.json and .png;
@@ -42,15 +43,23 @@ RESULTS = Path(__file__).resolve().parent / "results"
 @dataclasses.dataclass(frozen=True)
 class Args:
     scenarios: tuple[str, ...] = ("hongkong", "grid")
-    regimes: tuple[str, ...] = ("moderate", "congested")
+    regimes: tuple[str, ...] = ("free", "moderate", "congested")  # free: no background traffic
     episodes: int = 4
     seed: int = 777  # calibration keys; fidelity.py evaluates on others
     n_agents: int = 10
     saturation_flow: tuple[float, ...] = (0.5, 0.7)
-    critical_occupancy: tuple[float, ...] = (0.2, 0.4, 0.6)
+    critical_occupancy: tuple[float, ...] = (0.2, 0.4)
     min_speed_frac: tuple[float, ...] = (0.05,)
     teleport_s: tuple[int, ...] = (120, 180)
+    speed_factor: tuple[float, ...] = (1.0,)
     out: str = str(RESULTS / "calibration.json")
+
+
+def load(scenario: str, regime: str, n_agents: int, traffic: TrafficModel = TrafficModel()):
+    """A calibration cell; regime "free" is the moderate scenario without background traffic."""
+    if regime == "free":
+        return load_scenario(scenario, "moderate", n_agents=n_agents, n_background=0, traffic=traffic)
+    return load_scenario(scenario, regime, n_agents=n_agents, traffic=traffic)
 
 
 def sumo_reference(args: Args, workdir: Path) -> dict:
@@ -58,7 +67,7 @@ def sumo_reference(args: Args, workdir: Path) -> dict:
     reference = {}
     keys = jax.random.split(jax.random.PRNGKey(args.seed), args.episodes)
     for scenario, regime in itertools.product(args.scenarios, args.regimes):
-        network, env, params = load_scenario(scenario, regime, n_agents=args.n_agents)
+        network, env, params = load(scenario, regime, args.n_agents)
         runner = SumoRouteChoice(network, env, params, workdir / f"{scenario}-{regime}", lefthand=scenario in LEFTHAND)
         travel = np.stack([runner.run_episode(shortest_time_numpy(params), k, sumo_seed=e).travel_time for e, k in enumerate(keys)])
         reference[f"{scenario}/{regime}"] = float(travel.mean())
@@ -67,7 +76,7 @@ def sumo_reference(args: Args, workdir: Path) -> dict:
 
 
 def jax_travel_time(scenario: str, regime: str, traffic: TrafficModel, args: Args) -> float:
-    _, env, params = load_scenario(scenario, regime, n_agents=args.n_agents, traffic=traffic)
+    _, env, params = load(scenario, regime, args.n_agents, traffic)
     policy = {"shortest": lambda k, o: shortest_time_policy(k, o, params)}
     result = evaluate_policies(env, params, policy, args.episodes, args.seed, max_steps=3000)
     return result["shortest"]["travel_time_s"][0]
@@ -81,7 +90,7 @@ def plot(rows: list[dict], args: Args, path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(args.min_speed_frac), figsize=(5.5 * len(args.min_speed_frac), 4.2), squeeze=False)
     for ax, msf in zip(axes[0], args.min_speed_frac):
-        grid = np.array([[min(r["objective"] for r in rows if r["traffic"] == dataclasses.asdict(TrafficModel(sf, co, msf, r["traffic"]["teleport_s"])))
+        grid = np.array([[min(r["objective"] for r in rows if (r["traffic"]["saturation_flow"], r["traffic"]["critical_occupancy"], r["traffic"]["min_speed_frac"]) == (sf, co, msf))
                           for sf in args.saturation_flow] for co in args.critical_occupancy])
         image = ax.imshow(grid * 100, origin="lower", cmap="viridis_r", aspect="auto")
         for (i, j), v in np.ndenumerate(grid):
@@ -103,9 +112,9 @@ def main(args: Args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         reference = sumo_reference(args, Path(tmp))
     rows = []
-    grid = list(itertools.product(args.saturation_flow, args.critical_occupancy, args.min_speed_frac, args.teleport_s))
-    for n, (sf, co, msf, tp) in enumerate(grid):
-        traffic = TrafficModel(saturation_flow=sf, critical_occupancy=co, min_speed_frac=msf, teleport_s=tp)
+    grid = list(itertools.product(args.saturation_flow, args.critical_occupancy, args.min_speed_frac, args.teleport_s, args.speed_factor))
+    for n, (sf, co, msf, tp, spf) in enumerate(grid):
+        traffic = TrafficModel(saturation_flow=sf, critical_occupancy=co, min_speed_frac=msf, teleport_s=tp, speed_factor=spf)
         ours = {cell: jax_travel_time(*cell.split("/"), traffic, args) for cell in reference}
         errors = {cell: (ours[cell] - reference[cell]) / reference[cell] for cell in reference}
         objective = float(np.mean(np.abs(list(errors.values()))))

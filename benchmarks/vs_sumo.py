@@ -135,7 +135,7 @@ def main(args: Args) -> dict:
         "vehicles": env.n_vehicles,
         "device": f"{device.platform}: {device.device_kind}",
         "cpu": platform.processor() or platform.machine(),
-        "jax": jax.__version__,
+        "jax_version": jax.__version__,
         "config": dataclasses.asdict(args),
         "sumo": sumo,
         "jax": rows,

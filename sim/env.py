@@ -59,6 +59,9 @@ class TrafficModel:
     saturation_flow: vehicles per second per lane leaving a stop line (0.5 = 1800 veh/h/lane).
     critical_occupancy: share of an edge's jam storage below which traffic moves at free speed.
     min_speed_frac: speed at jam density as a share of the free speed.
+    speed_factor: free speed as a share of the speed limit. SUMO's cars accelerate,
+        brake for turns, yield and dawdle, so they cover an empty road more slowly
+        than its limit; the SUMO export keeps the limits themselves.
     teleport_s: a vehicle held at a stop line this long beyond its free-flow time on
         the edge enters its next edge even if that edge is full, as SUMO teleports a
         vehicle stuck for its time-to-teleport: cyclic spillback on short edges otherwise
@@ -67,11 +70,12 @@ class TrafficModel:
     """
 
     # Defaults: best point of benchmarks/results/calibration.json (mean |travel time error|
-    # vs SUMO 2.7 % over hongkong and grid, moderate and congested).
+    # vs SUMO 3.7 % over free flow, moderate and congested on hongkong and grid).
     saturation_flow: float = 0.5
     critical_occupancy: float = 0.4
     min_speed_frac: float = 0.05
     teleport_s: int = 120
+    speed_factor: float = 1.0
 
 
 @struct.dataclass
@@ -521,11 +525,11 @@ def make_params(
         edge_from=jnp.asarray(network.edge_from),
         edge_to=jnp.asarray(network.edge_to),
         edge_length=jnp.asarray(network.edge_length),
-        edge_speed=jnp.asarray(network.edge_speed),
+        edge_speed=jnp.asarray(network.edge_speed * traffic.speed_factor, jnp.float32),
         edge_storage=jnp.asarray(network.edge_storage, jnp.float32),
         edge_discharge=jnp.asarray(np.minimum(traffic.saturation_flow * network.edge_lanes, 1.0), jnp.float32),
         edge_multilane=jnp.asarray(network.edge_lanes > 1),
-        edge_free_time=jnp.asarray(network.edge_free_time),
+        edge_free_time=jnp.asarray(network.edge_free_time / traffic.speed_factor, jnp.float32),
         edge_signal=jnp.asarray(signal, jnp.int32),
         out_edges=jnp.asarray(network.out_edges),
         next_slot_time=jnp.asarray(network.next_slot_time),

@@ -69,6 +69,10 @@ def test_validate_cli_writes_side_by_side_report(tmp_path):
     ours, sumo = (np.mean(shortest[sim]["per_agent"]["travel_time_s"]) for sim in ("jax", "sumo"))
     assert shortest["travel_time_rel_error"] == pytest.approx((ours - sumo) / sumo)
     assert shortest["sumo"]["travel_time_s"][0] == pytest.approx(sumo)
+    from scipy.stats import spearmanr
+
+    means = [np.mean(shortest[sim]["per_agent"]["travel_time_s"], axis=0) for sim in ("jax", "sumo")]
+    assert shortest["agent_mean_spearman"] == pytest.approx(spearmanr(*means).statistic, nan_ok=True)
     assert (tmp_path / "sumo_validation.png").stat().st_size > 10_000
 
 
