@@ -57,14 +57,20 @@ def masked_logits(policy: MLP, params, x: jax.Array, mask: jax.Array) -> jax.Arr
     return jnp.where(mask, policy.apply(params, x), NEG_INF)
 
 
-def init_agents(key: jax.Array, n_agents: int, input_dim: int, m_out: int, hidden: int = 128) -> tuple[AgentParams, MLP, MLP]:
-    """Independent initialisation of every agent's three networks (stacked on axis 0)."""
+def init_agents(
+    key: jax.Array, n_agents: int, input_dim: int, m_out: int, hidden: int = 128, critic_dim: int | None = None
+) -> tuple[AgentParams, MLP, MLP]:
+    """Independent initialisation of every agent's three networks (stacked on axis 0).
+
+    `critic_dim`: input size of the agent value network when it is not the observation's
+    (MAPPO's centralised critic, reled_jax/mappo.py).
+    """
     policy, value = MLP(m_out, hidden), MLP(1, hidden)
     dummy = jnp.zeros((input_dim,))
     keys = jax.random.split(key, (3, n_agents))
     params = AgentParams(
         policy=jax.vmap(policy.init, in_axes=(0, None))(keys[0], dummy),
-        value_agent=jax.vmap(value.init, in_axes=(0, None))(keys[1], dummy),
+        value_agent=jax.vmap(value.init, in_axes=(0, None))(keys[1], jnp.zeros((critic_dim or input_dim,))),
         value_expert=jax.vmap(value.init, in_axes=(0, None))(keys[2], dummy),
     )
     return params, policy, value

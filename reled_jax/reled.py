@@ -1,4 +1,4 @@
-"""RELED's Hybrid Expert-Agent Policy Optimization (paper III-E, Algorithm 1 lines 4 and 18-24), and IPPO.
+"""RELED's Hybrid Expert-Agent Policy Optimization (paper III-E, Algorithm 1 lines 4 and 18-24), IPPO and MAPPO.
 
 One jitted `epoch` does: reset the environments, roll out the current joint
 policy (tau^a), compute bootstrapped returns and advantages for agent and
@@ -16,6 +16,10 @@ positive advantage (agent's own, and expert's under V^e), the entropy term
 pushes towards uniform (exploration), and the value terms pull V^a and V^e to
 their returns (Eq. 27). alpha -> 1 weights the agent's own experience, alpha
 -> 0 imitation of the expert.
+
+IPPO is alpha = 1 without expert samples. MAPPO is IPPO with a centralised
+critic: V^a of agent i sees the global state beside its own observation
+(reled_jax/mappo.py); samples then carry the critic input `cx`.
 """
 
 from __future__ import annotations
@@ -29,10 +33,12 @@ import optax
 from flax import struct
 
 from reled_jax.dtw import dtw_batch
+from reled_jax.mappo import critic_input, global_state
 from reled_jax.networks import MLP, AgentParams, encode, masked_logits
 from sim.env import EnvParams, RouteChoiceEnv
 
-METHODS = ("reled", "reled-norefine", "reled-alpha0.2", "reled-alpha0.5", "reled-logit", "ippo")
+METHODS = ("reled", "reled-norefine", "reled-alpha0.2", "reled-alpha0.5", "reled-logit", "ippo", "mappo")
+EXPERT_FREE = ("ippo", "mappo")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,8 +70,12 @@ class HPOConfig:
             raise ValueError(f"unknown method {self.method!r}; choose one of {METHODS}")
 
     @property
+    def centralised_critic(self) -> bool:
+        return self.method == "mappo"
+
+    @property
     def fixed_alpha(self) -> float | None:
-        if self.method == "ippo":
+        if self.method in EXPERT_FREE:
             return 1.0
         if self.method.startswith("reled-alpha"):
             return float(self.method.removeprefix("reled-alpha"))
@@ -83,6 +93,8 @@ class Samples:
     decided: jax.Array  # [A, N] the agent decided at this step
     done: jax.Array  # [A, N] the agent's episode ended at this step
     last_x: jax.Array  # [A, S, D] observation after the last step of each of S segments (bootstrap)
+    cx: jax.Array | None = None  # [A, N, C] critic input when it is not x (MAPPO: x and the global state)
+    last_cx: jax.Array | None = None  # [A, S, C]
 
 
 @struct.dataclass
@@ -175,7 +187,7 @@ def agent_loss(params_i, policy: MLP, value: MLP, batch_a: dict, batch_e: dict, 
     alpha = jnp.where(has_expert, alpha, 1.0)
     ent = masked_mean(entropy(logits_a, batch_a["mask"]), batch_a["valid"])
     objective = alpha * l_agent + (1.0 - alpha) * l_expert + cfg.entropy_coef * ent  # Eq. 31, maximised
-    v_a = value.apply(params_i.value_agent, batch_a["x"])[..., 0]
+    v_a = value.apply(params_i.value_agent, batch_a.get("cx", batch_a["x"]))[..., 0]
     v_e = value.apply(params_i.value_expert, batch_e["x"])[..., 0]
     value_loss = masked_mean((v_a - batch_a["ret"]) ** 2, batch_a["valid"]) + masked_mean((v_e - batch_e["ret"]) ** 2, batch_e["valid"])
     loss = -objective + cfg.value_coef * value_loss
@@ -207,13 +219,14 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: M
             logits = jnp.swapaxes(logits, 0, 1)
             action = jax.random.categorical(k_act, logits, axis=-1)
             logp = jnp.take_along_axis(jax.nn.log_softmax(logits), action[..., None], axis=-1)[..., 0]
-            v = jax.vmap(lambda p, xi: value.apply(p, xi)[..., 0])(params.value_agent, jnp.swapaxes(x, 0, 1))
+            cx = critic_input(x, jax.vmap(global_state, in_axes=(0, None, None))(state, env_params, n_agents)) if cfg.centralised_critic else x
+            v = jax.vmap(lambda p, xi: value.apply(p, xi)[..., 0])(params.value_agent, jnp.swapaxes(cx, 0, 1))
             prev_arrived = state.agent_arrived
             obs2, state2, reward, done, info = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
                 jax.random.split(k_env, cfg.n_envs), state, action, env_params
             )
             rec = dict(
-                x=x, mask=obs.action_mask, action=action, logp=logp, value=jnp.swapaxes(v, 0, 1), reward=reward,
+                x=x, cx=cx if cfg.centralised_critic else None, mask=obs.action_mask, action=action, logp=logp, value=jnp.swapaxes(v, 0, 1), reward=reward,
                 decided=info["decided"], done=done, node=state.veh_node[:, :n_agents],
                 arrived_now=info["arrived"] & ~prev_arrived, episode_done=info["episode_done"], travel_time=info["travel_time"],
                 arrived=info["arrived"],
@@ -221,21 +234,28 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: M
             return (obs2, state2), rec
 
         (obs, state), traj = jax.lax.scan(one, (obs, state), jax.random.split(k_run, cfg.rollout_steps))
-        return traj, obs
+        return traj, obs, state
 
-    def to_samples(traj, final_obs) -> Samples:
+    def to_samples(traj, final_obs, final_state) -> Samples:
         """[T, E, A, ...] -> per-agent [A, E*T, ...] rows ordered by (env, time)."""
         rows = lambda z: agent_rows(jnp.swapaxes(z, 0, 1))  # noqa: E731
+        last_x = enc(final_obs.features)  # [E, A, D]
+        if cfg.centralised_critic:
+            last_cx = critic_input(last_x, jax.vmap(global_state, in_axes=(0, None, None))(final_state, env_params, n_agents))
+            critic = dict(cx=rows(traj["cx"]), last_cx=jnp.swapaxes(last_cx, 0, 1))
+        else:
+            critic = {}
         return Samples(
             x=rows(traj["x"]), mask=rows(traj["mask"]), action=rows(traj["action"]),
             reward=rows(traj["reward"]) * cfg.reward_scale, decided=rows(traj["decided"]), done=rows(traj["done"]),
-            last_x=jnp.swapaxes(enc(final_obs.features), 0, 1),
+            last_x=jnp.swapaxes(last_x, 0, 1), **critic,
         )
 
     def advantages(samples: Samples, value_params, n_segments: int):
         """Eqs. 26 and 28 for every agent and segment, with that agent's value function."""
-        v = jax.vmap(lambda p, x: value.apply(p, x)[..., 0])(value_params, samples.x)  # [A, N]
-        v_last = jax.vmap(lambda p, x: value.apply(p, x)[..., 0])(value_params, samples.last_x)  # [A, S]
+        x, last_x = (samples.x, samples.last_x) if samples.cx is None else (samples.cx, samples.last_cx)
+        v = jax.vmap(lambda p, x: value.apply(p, x)[..., 0])(value_params, x)  # [A, N]
+        v_last = jax.vmap(lambda p, x: value.apply(p, x)[..., 0])(value_params, last_x)  # [A, S]
         shape = (n_agents, n_segments, -1)
         ret, adv = jax.vmap(jax.vmap(lambda r, d, dn, vv, lv: decision_returns(r, d, dn, vv, lv, cfg.gamma, cfg.gae_lambda)))(
             samples.reward.reshape(shape), samples.decided.reshape(shape), samples.done.reshape(shape), v.reshape(shape), v_last
@@ -245,8 +265,8 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: M
     def epoch(state: TrainState, expert: Samples, expert_nodes: tuple) -> tuple[TrainState, dict]:
         key, k_roll, k_perm = jax.random.split(state.key, 3)
         params = state.params
-        traj, final_obs = rollout(params, k_roll)
-        agent = to_samples(traj, final_obs)
+        traj, final_obs, final_state = rollout(params, k_roll)
+        agent = to_samples(traj, final_obs, final_state)
         ret_a, adv_a = advantages(agent, params.value_agent, cfg.n_envs)
         n_expert_segments = expert.last_x.shape[1]
         ret_e, adv_e = advantages(expert, params.value_expert, n_expert_segments)
@@ -271,6 +291,8 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: M
             return jnp.take_along_axis(jax.nn.log_softmax(logits), samples.action[..., None], axis=-1)[..., 0]
 
         batch_a = dict(x=agent.x, mask=agent.mask, action=agent.action, old_logp=old_logp(agent), adv=adv_a, ret=ret_a, valid=agent.decided)
+        if agent.cx is not None:
+            batch_a["cx"] = agent.cx
         batch_e = dict(x=expert.x, mask=expert.mask, action=expert.action, old_logp=old_logp(expert), adv=adv_e, ret=ret_e, valid=expert.decided)
         params, opt_state, aux = update(params, state.opt_state, batch_a, batch_e, alpha, k_perm)
 

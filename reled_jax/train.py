@@ -32,7 +32,8 @@ from tqdm import tqdm
 from llm.client import LLMConfig, LLMError
 from llm.service import ExpertConfig, ExpertService
 from reled_jax.networks import init_agents
-from reled_jax.reled import METHODS, HPOConfig, empty_expert, init_state, make_epoch
+from reled_jax.mappo import global_state_dim
+from reled_jax.reled import EXPERT_FREE, METHODS, HPOConfig, empty_expert, init_state, make_epoch
 from reled_jax.sed import SED, SEDConfig
 from sim.scenarios import REGIMES, SCENARIOS, load_scenario
 
@@ -51,7 +52,7 @@ PRESETS = {
 class TrainConfig:
     scenario: str = "hongkong"
     regime: str = "moderate"
-    method: str = "reled"  # reled | reled-norefine | reled-alpha0.2 | reled-alpha0.5 | reled-logit | ippo
+    method: str = "reled"  # reled | reled-norefine | reled-alpha0.2 | reled-alpha0.5 | reled-logit | ippo | mappo
     n_agents: int = 10
     epochs: int = 40  # K
     n_envs: int = 8
@@ -115,12 +116,13 @@ def train(cfg: TrainConfig) -> dict:
     network, env, env_params = load_scenario(cfg.scenario, cfg.regime, n_agents=cfg.n_agents, seed=cfg.seed)
     input_dim = 2 * env.n_nodes + 2 * env.m_out
     seeds = [cfg.seed + s for s in range(cfg.seeds)]
-    uses_expert = cfg.method != "ippo"
+    uses_expert = cfg.method not in EXPERT_FREE
+    critic_dim = input_dim + global_state_dim(env.n_agents, env.n_edges) if hpo.centralised_critic else None
 
     # Per-seed initial states, stacked on a leading seed axis.
     states, policy, value = [], None, None
     for s in seeds:
-        params, policy, value = init_agents(jax.random.PRNGKey(s), env.n_agents, input_dim, env.m_out)
+        params, policy, value = init_agents(jax.random.PRNGKey(s), env.n_agents, input_dim, env.m_out, critic_dim=critic_dim)
         states.append(init_state(jax.random.PRNGKey(10_000 + s), params, hpo))
     state = jax.tree.map(lambda *z: jnp.stack(z), *states)
 
