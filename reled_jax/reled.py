@@ -37,8 +37,8 @@ from reled_jax.mappo import critic_input, global_state
 from reled_jax.networks import MLP, AgentParams, encode, masked_logits
 from sim.env import EnvParams, RouteChoiceEnv
 
-METHODS = ("reled", "reled-norefine", "reled-alpha0.2", "reled-alpha0.5", "reled-logit", "ippo", "mappo")
-EXPERT_FREE = ("ippo", "mappo")
+METHODS = ("reled", "reled-norefine", "reled-alpha0.2", "reled-alpha0.5", "reled-logit", "ippo", "mappo", "qmix")
+EXPERT_FREE = ("ippo", "mappo", "qmix")  # qmix is trained by reled_jax/qmix.py, not by this module's epoch
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from llm.client import LLMConfig, LLMError
 from llm.service import ExpertConfig, ExpertService
+from reled_jax import qmix
 from reled_jax.networks import init_agents
 from reled_jax.mappo import global_state_dim
 from reled_jax.reled import EXPERT_FREE, METHODS, HPOConfig, empty_expert, init_state, make_epoch
@@ -52,7 +53,7 @@ PRESETS = {
 class TrainConfig:
     scenario: str = "hongkong"
     regime: str = "moderate"
-    method: str = "reled"  # reled | reled-norefine | reled-alpha0.2 | reled-alpha0.5 | reled-logit | ippo | mappo
+    method: str = "reled"  # reled | reled-norefine | reled-alpha0.2 | reled-alpha0.5 | reled-logit | ippo | mappo | qmix
     n_agents: int = 10
     epochs: int = 40  # K
     n_envs: int = 8
@@ -68,6 +69,8 @@ class TrainConfig:
     resume: bool = False
     preset: str = "default"  # default | paper | smoke (overrides the budget fields)
     entropy_coef: float = 0.01
+    qmix_updates_per_epoch: int = 128  # QMIX only: minibatch updates per epoch
+    qmix_target_every: int = 32  # QMIX only: updates between target-network copies
     lr: float = 3e-4
     update_epochs: int = 8
     n_minibatches: int = 8
@@ -103,6 +106,13 @@ class TrainConfig:
     def out_dir(self) -> Path:
         return Path(self.out or f"runs/{self.scenario}-{self.regime}-{self.method}-s{self.seed}")
 
+    def qmix_config(self) -> qmix.QMixConfig:
+        """QMIX with the same budget (epochs, environments, steps) and learning rate as the PPO methods."""
+        per_epoch = self.n_envs * self.rollout_steps  # small budgets (smoke) sample smaller batches
+        return qmix.QMixConfig(epochs=self.epochs, n_envs=self.n_envs, rollout_steps=self.rollout_steps, lr=self.lr,
+                               batch_size=min(qmix.QMixConfig.batch_size, per_epoch),
+                               updates_per_epoch=self.qmix_updates_per_epoch, target_every=self.qmix_target_every)
+
     def hpo(self) -> HPOConfig:
         return HPOConfig(
             method=self.method, epochs=self.epochs, n_envs=self.n_envs, rollout_steps=self.rollout_steps, entropy_coef=self.entropy_coef, lr=self.lr, update_epochs=self.update_epochs, n_minibatches=self.n_minibatches,
@@ -123,7 +133,11 @@ def train(cfg: TrainConfig) -> dict:
     states, policy, value = [], None, None
     for s in seeds:
         params, policy, value = init_agents(jax.random.PRNGKey(s), env.n_agents, input_dim, env.m_out, critic_dim=critic_dim)
-        states.append(init_state(jax.random.PRNGKey(10_000 + s), params, hpo))
+        if cfg.method == "qmix":  # the same initial networks serve as the agents' Q networks
+            qmix_state, q_net, mixer = qmix.init_state(jax.random.PRNGKey(10_000 + s), env, cfg.qmix_config(), params.policy)
+            states.append(qmix_state)
+        else:
+            states.append(init_state(jax.random.PRNGKey(10_000 + s), params, hpo))
     state = jax.tree.map(lambda *z: jnp.stack(z), *states)
 
     seds = []
@@ -137,7 +151,7 @@ def train(cfg: TrainConfig) -> dict:
     expert = jax.tree.map(lambda *z: jnp.stack(z), *[no_expert] * len(seeds))
     expert_nodes = jax.tree.map(lambda *z: jnp.stack(z), *[no_nodes] * len(seeds))
 
-    epoch_fn = make_epoch(env, env_params, policy, value, hpo)
+    epoch_fn = qmix.make_epoch(env, env_params, q_net, mixer, cfg.qmix_config()) if cfg.method == "qmix" else make_epoch(env, env_params, policy, value, hpo)
 
     def run_chunk(state, expert, nodes, length):
         def body(st, _):

@@ -45,7 +45,7 @@ def test_alpha_follows_eq30():
     np.testing.assert_allclose(np.asarray(dtw_alpha(d, jnp.float32(5), 10)), np.exp(-0.5 * np.array([0.0, 0.5, 2.0])), rtol=1e-6)
     assert HPOConfig(method="reled-alpha0.2").fixed_alpha == 0.2 and HPOConfig(method="ippo").fixed_alpha == 1.0
     with pytest.raises(ValueError, match="unknown method"):
-        HPOConfig(method="qmix")
+        HPOConfig(method="sac")
 
 
 def _tiny_batches(key, n_agents, n, input_dim, m_out, adv_sign=1.0):

@@ -87,7 +87,7 @@ def test_bad_configuration_is_a_clear_error(monkeypatch):
 
     monkeypatch.delenv("RELED_LLM_BASE_URL", raising=False)
     no_url = dict(expert=ExpertConfig(backend="llm"))
-    for bad, match in [(dict(scenario="atlantis"), "unknown scenario"), (dict(method="mappo"), "unknown method"), (dict(m=20), "m <= n_agents"), (no_url, "RELED_LLM_BASE_URL")]:
+    for bad, match in [(dict(scenario="atlantis"), "unknown scenario"), (dict(method="sac"), "unknown method"), (dict(m=20), "m <= n_agents"), (no_url, "RELED_LLM_BASE_URL")]:
         with pytest.raises(SystemExit, match=match):
             TrainConfig(**bad).resolved()
 

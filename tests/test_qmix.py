@@ -1,0 +1,90 @@
+"""QMIX: the mixer is monotonic, the TD target is r + gamma (1 - done) Q_tot^-, idle agents take no credit."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from reled_jax import qmix
+from reled_jax.mappo import global_state_dim
+from reled_jax.networks import MLP, init_agents
+from sim.scenarios import load_scenario
+
+N_AGENTS, G_DIM = 4, 12
+
+
+def _mixer(seed=0):
+    mixer = qmix.Mixer(N_AGENTS, embed=8)
+    return mixer, mixer.init(jax.random.PRNGKey(seed), jnp.zeros((N_AGENTS,)), jnp.zeros((G_DIM,)))
+
+
+def test_mixing_is_monotonic_in_every_agent_q():
+    mixer, params = _mixer()
+    q = 5.0 * jax.random.normal(jax.random.PRNGKey(1), (256, N_AGENTS))  # negative and positive Q-values
+    s = jax.random.normal(jax.random.PRNGKey(2), (256, G_DIM))
+    grads = jax.vmap(jax.grad(lambda qi, si: mixer.apply(params, qi, si)))(q, s)
+    assert (np.asarray(grads) >= 0).all() and (np.asarray(grads) > 0).any()
+    # The hypernetworks' raw outputs take both signs; only abs() makes the mixing weights non-negative.
+    w1 = jnp.abs(s @ params["params"]["hyper_w1"]["kernel"] + params["params"]["hyper_w1"]["bias"])
+    assert (np.asarray(s @ params["params"]["hyper_w1"]["kernel"]) < 0).any() and (np.asarray(w1) >= 0).all()
+
+
+def test_td_target():
+    mixer, params = _mixer(3)
+    s_next = jax.random.normal(jax.random.PRNGKey(4), (G_DIM,))
+    q_next = jnp.array([1.0, -2.0, 3.0, 0.5])
+    acting = jnp.array([True, False, True, False])
+    r, gamma = jnp.float32(0.7), 0.9
+    y = qmix.td_target(r, jnp.bool_(False), q_next, acting, s_next, mixer, params, gamma)
+    expected = r + gamma * mixer.apply(params, jnp.array([1.0, 0.0, 3.0, 0.0]), s_next)
+    np.testing.assert_allclose(y, expected, rtol=1e-6)
+    # Agents that will not act next contribute nothing, whatever their Q.
+    y_other = qmix.td_target(r, jnp.bool_(False), q_next.at[1].set(100.0), acting, s_next, mixer, params, gamma)
+    np.testing.assert_allclose(y_other, y, rtol=1e-6)
+    # At the end of an episode the target is the reward alone.
+    np.testing.assert_allclose(qmix.td_target(r, jnp.bool_(True), q_next, acting, s_next, mixer, params, gamma), r)
+
+
+def _batch(key, n, n_agents, m_out, n_nodes, g_dim, decided):
+    k = jax.random.split(key, 6)
+    f_dim = 2 * m_out + 2
+    features = jnp.concatenate([jax.random.randint(k[0], (n, n_agents, 2), 0, n_nodes).astype(jnp.float32),
+                                jax.random.uniform(k[1], (n, n_agents, f_dim - 2))], -1)
+    return {
+        "features": features, "mask": jnp.ones((n, n_agents, m_out), bool), "action": jax.random.randint(k[2], (n, n_agents), 0, m_out),
+        "decided": jnp.broadcast_to(decided, (n, n_agents)), "reward": jax.random.normal(k[3], (n,)), "done": jnp.zeros((n,), bool),
+        "state": jax.random.normal(k[4], (n, g_dim)), "next_features": features, "next_mask": jnp.ones((n, n_agents, m_out), bool),
+        "next_acting": jnp.ones((n, n_agents), bool), "next_state": jax.random.normal(k[5], (n, g_dim)),
+    }
+
+
+def test_agents_that_did_not_act_get_no_gradient_from_the_td_error():
+    _, env, _ = load_scenario("oakland", "moderate", n_agents=3, seed=0, n_background=20)
+    cfg = qmix.QMixConfig(mixer_embed=8)
+    d = 2 * env.n_nodes + 2 * env.m_out
+    agents, _, _ = init_agents(jax.random.PRNGKey(0), env.n_agents, d, env.m_out)
+    g_dim = global_state_dim(env.n_agents, env.n_edges)
+    mixer = qmix.Mixer(env.n_agents, cfg.mixer_embed)
+    mix_params = mixer.init(jax.random.PRNGKey(1), jnp.zeros((env.n_agents,)), jnp.zeros((g_dim,)))
+    target_q = jax.tree.map(lambda z: z * 0.5, agents.policy)  # targets differ from the online networks
+    batch = _batch(jax.random.PRNGKey(2), 32, env.n_agents, env.m_out, env.n_nodes, g_dim, jnp.array([True, False, True]))
+    grads, aux = jax.grad(qmix.qmix_loss, has_aux=True)(agents.policy, mix_params, target_q, mix_params, batch, MLP(env.m_out), mixer, cfg, env.n_nodes, env.m_out)
+    norm = lambda i: sum(float(jnp.abs(g[i]).sum()) for g in jax.tree.leaves(grads))  # noqa: E731
+    assert norm(1) == 0.0 and norm(0) > 0 and norm(2) > 0
+    assert np.isfinite(float(aux["td_loss"]))
+
+
+def test_epoch_fills_the_buffer_trains_and_copies_targets():
+    _, env, params = load_scenario("oakland", "moderate", n_agents=3, seed=0, n_background=20)
+    cfg = qmix.QMixConfig(epochs=2, n_envs=2, rollout_steps=32, batch_size=32, updates_per_epoch=4, target_every=4, mixer_embed=8)
+    d = 2 * env.n_nodes + 2 * env.m_out
+    agents, _, _ = init_agents(jax.random.PRNGKey(0), env.n_agents, d, env.m_out)
+    state, q_net, mixer = qmix.init_state(jax.random.PRNGKey(1), env, cfg, agents.policy)
+    epoch = jax.jit(qmix.make_epoch(env, params, q_net, mixer, cfg))
+    new, metrics = epoch(state)
+    assert int(new.updates) == 4 and int(new.epoch) == 1
+    assert int(new.buffer.current_index) == cfg.n_envs * cfg.rollout_steps
+    moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), new.params.policy, state.params.policy))
+    assert max(moved) > 0
+    # After target_every updates the targets equal the online networks.
+    jax.tree.map(lambda t, o: np.testing.assert_array_equal(t, o), new.target_q, new.params.policy)
+    assert float(metrics["epsilon"]) == cfg.eps_start and np.isfinite(float(metrics["td_loss"]))
