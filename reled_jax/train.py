@@ -63,6 +63,7 @@ class TrainConfig:
     n_demo_envs: int = 4
     demo_steps: int = 1024
     seeds: int = 1  # seeds seed, seed+1, ... vmapped in one program
+    shard_seeds: bool = True  # split the seed axis across all visible devices when they divide it
     seed: int = 0
     expert: ExpertConfig = ExpertConfig()
     out: str = ""  # default runs/<scenario>-<regime>-<method>-s<seed>
@@ -151,6 +152,9 @@ def train(cfg: TrainConfig) -> dict:
     expert = jax.tree.map(lambda *z: jnp.stack(z), *[no_expert] * len(seeds))
     expert_nodes = jax.tree.map(lambda *z: jnp.stack(z), *[no_nodes] * len(seeds))
 
+    place = seed_placement(len(seeds)) if cfg.shard_seeds else (lambda tree: tree)
+    state, expert, expert_nodes = place((state, expert, expert_nodes))
+
     epoch_fn = qmix.make_epoch(env, env_params, q_net, mixer, cfg.qmix_config()) if cfg.method == "qmix" else make_epoch(env, env_params, policy, value, hpo)
 
     def run_chunk(state, expert, nodes, length):
@@ -171,7 +175,7 @@ def train(cfg: TrainConfig) -> dict:
         ck = pickle.loads(ckpt_path.read_bytes())
         if _comparable(ck["config"]) != _comparable(dataclasses.asdict(cfg)):
             raise SystemExit(f"{ckpt_path} was written by a different configuration; use another --out or drop --resume")
-        state, expert, expert_nodes = jax.tree.map(jnp.asarray, (ck["state"], ck["expert"], ck["expert_nodes"]))
+        state, expert, expert_nodes = place(jax.tree.map(jnp.asarray, (ck["state"], ck["expert"], ck["expert_nodes"])))
         rows, sed_log, start_epoch, wall_offset, steps_done = ck["rows"], ck["sed_log"], ck["epoch"], ck["wall"], ck["steps"]
         for sed, st in zip(seds, ck["seds"]):
             sed.service.load_state_dict(st["service"])
@@ -192,6 +196,7 @@ def train(cfg: TrainConfig) -> dict:
             expert = jax.tree.map(lambda *z: jnp.stack(z), *[r[0] for r in refreshed])
             expert_nodes = jax.tree.map(lambda *z: jnp.stack(z), *[r[1] for r in refreshed])
             sed_log += [{**r[2], "seed": s} for r, s in zip(refreshed, seeds)]
+            expert, expert_nodes = place((expert, expert_nodes))
         length = min(cfg.q, cfg.epochs - epoch)
         state, metrics = run_chunk(state, expert, expert_nodes, length)
         metrics = jax.device_get(metrics)  # [length, seeds]
@@ -230,9 +235,26 @@ def train(cfg: TrainConfig) -> dict:
     return summary
 
 
+def seed_placement(n_seeds: int):
+    """Put the leading seed axis of every array on a 1-D device mesh (`jax.sharding`).
+
+    With D visible devices dividing the seed count, each device runs n_seeds / D seeds of
+    the same jitted program (XLA partitions the vmapped seed axis); otherwise everything
+    stays on the default device. The same code serves 1 CPU, 8 GPUs, or a cluster after
+    `jax.distributed.initialize()` (then jax.devices() lists every host's devices).
+    tests/test_train.py checks that the sharded run equals the unsharded one.
+    """
+    devices = jax.devices()
+    if len(devices) < 2 or n_seeds % len(devices):
+        return lambda tree: tree
+    mesh = jax.sharding.Mesh(np.array(devices), ("seed",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seed"))
+    return lambda tree: jax.device_put(tree, sharding)
+
+
 def _comparable(config: dict) -> dict:
     """The fields that decide a run's result (not where it is written or whether it resumes)."""
-    return {k: v for k, v in config.items() if k not in ("resume", "out")}
+    return {k: v for k, v in config.items() if k not in ("resume", "out", "shard_seeds")}
 
 
 def _fmt(values) -> str:
