@@ -40,7 +40,7 @@ from flax import struct
 
 from reled_jax.mappo import global_state, global_state_dim
 from reled_jax.networks import MLP, NEG_INF, AgentParams, encode
-from reled_jax.reled import _episode_sums
+from reled_jax.reled import rollout_statistics
 from sim.env import EnvParams, RouteChoiceEnv
 
 
@@ -218,15 +218,8 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, q_net: MLP, mixer: Mi
         flat = jax.tree.map(lambda z: z.reshape((-1,) + z.shape[2:]), items)  # [T*E, ...]
         state = state.replace(buffer=buffer.add(state.buffer, flat), key=key)
         state, aux = jax.lax.scan(update, state, jax.random.split(k_upd, cfg.updates_per_epoch))
-        ended = stats["ended"]
-        n_ended = ended.sum() * n_agents
-        per_episode = lambda z: jnp.sum(jnp.where(ended[..., None], z, 0.0)) / n_ended  # noqa: E731
         metrics = {
-            "interaction_steps": stats["decided"].sum(),
-            "episodes": ended.sum(),
-            "episode_reward": per_episode(_episode_sums(stats["reward"], ended)),
-            "travel_time": per_episode(stats["travel_time"]),
-            "arrival_rate": per_episode(stats["arrived"].astype(jnp.float32)),
+            **rollout_statistics(stats["reward"], stats["ended"], stats["travel_time"], stats["arrived"], stats["decided"]),
             "alpha": jnp.float32(1.0),
             "dtw_m": jnp.float32(jnp.nan),
             "d_dtw": jnp.float32(jnp.nan),

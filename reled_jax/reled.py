@@ -296,16 +296,8 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: M
         batch_e = dict(x=expert.x, mask=expert.mask, action=expert.action, old_logp=old_logp(expert), adv=adv_e, ret=ret_e, valid=expert.decided)
         params, opt_state, aux = update(params, state.opt_state, batch_a, batch_e, alpha, k_perm)
 
-        # Episode statistics of the rollout (episodes that ended inside it).
-        ended = traj["episode_done"]  # [T, E]; NaN statistics when no episode ended inside the rollout
-        n_ended = ended.sum() * n_agents
-        per_episode = lambda z: jnp.sum(jnp.where(ended[..., None], z, 0.0)) / n_ended  # noqa: E731
         metrics = {
-            "interaction_steps": traj["decided"].sum(),
-            "episodes": ended.sum(),
-            "episode_reward": per_episode(_episode_sums(traj["reward"], ended)),
-            "travel_time": per_episode(traj["travel_time"]),
-            "arrival_rate": per_episode(traj["arrived"].astype(jnp.float32)),
+            **rollout_statistics(traj["reward"], traj["episode_done"], traj["travel_time"], traj["arrived"], traj["decided"]),
             "alpha": alpha.mean(),
             "dtw_m": dtw_m.mean(),
             "d_dtw": d_dtw.mean(),
@@ -372,6 +364,23 @@ def trajectory_points(node, decided, done, node_km, max_len: int):
     buf = jnp.zeros(node.shape[:-1] + (max_len + 1,), jnp.int32)
     buf = jax.vmap(jax.vmap(lambda b, s, n: b.at[s].set(n)))(buf, slot, node)[..., :max_len]
     return node_km[buf], length
+
+
+def rollout_statistics(reward, ended, travel_time, arrived, decided) -> dict:
+    """Interaction steps and per-agent statistics of the episodes that ended inside a rollout.
+
+    reward, travel_time, arrived, decided: [T, E, A]; ended: [T, E]. NaN statistics when no
+    episode ended inside the rollout.
+    """
+    n_ended = ended.sum() * reward.shape[-1]
+    per_episode = lambda z: jnp.sum(jnp.where(ended[..., None], z, 0.0)) / n_ended  # noqa: E731
+    return {
+        "interaction_steps": decided.sum(),
+        "episodes": ended.sum(),
+        "episode_reward": per_episode(_episode_sums(reward, ended)),
+        "travel_time": per_episode(travel_time),
+        "arrival_rate": per_episode(arrived.astype(jnp.float32)),
+    }
 
 
 def _episode_sums(reward, ended):
