@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pickle
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import tyro
 
-from reled_jax.export_policy import checkpoint_arrays
+from reled_jax.export_policy import checkpoint_arrays, read_checkpoint
 from reled_jax.validate_sumo import compare, reference_pairs, trained_pair
 from sim.export_sumo import LEFTHAND
 from sim.scenarios import load_scenario
@@ -56,9 +55,9 @@ class Args:
 def checkpoint_policies(paths, scenario: str, regime: str, n_nodes: int, m_out: int) -> dict:
     policies = {}
     for path in paths:
-        run = pickle.loads(Path(path).read_bytes())["config"]
-        if (run["scenario"], run["regime"]) == (scenario, regime):
-            run, arrays = checkpoint_arrays(path)
+        ck = read_checkpoint(path)
+        if (ck["config"]["scenario"], ck["config"]["regime"]) == (scenario, regime):
+            run, arrays = checkpoint_arrays(ck)
             policies[f"{run['method']} (epoch {run['epoch']})"] = trained_pair(arrays, n_nodes, m_out)
     return policies
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pickle
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import tyro
 
+from reled_jax.export_policy import read_checkpoint
 from reled_jax.networks import MLP, encode
 from reled_jax.reled import policy_apply
 from sim.env import EnvParams, RouteChoiceEnv
@@ -89,9 +89,7 @@ def main(cfg: EvalConfig) -> dict:
     policies: dict[str, Callable] = {}
     if cfg.checkpoint:
         path = Path(cfg.checkpoint)
-        if not path.exists():
-            raise SystemExit(f"checkpoint {path} not found; train first (python -m reled_jax.train) or pass --checkpoint")
-        ck = pickle.loads(path.read_bytes())
+        ck = read_checkpoint(path)
         run = ck["config"]
         _, env, params = load_scenario(run["scenario"], run["regime"], n_agents=run["n_agents"], seed=run["seed"])
         policy_params = ck["state"].params.policy

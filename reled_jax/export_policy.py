@@ -63,23 +63,29 @@ def policy_arrays(policy_params: dict, n_nodes: int, m_out: int) -> dict:
     return arrays
 
 
-def checkpoint_arrays(checkpoint: str | Path, seed_index: int = 0) -> tuple[dict, dict]:
-    """(run config, policy arrays) of one seed of a training checkpoint."""
-    ck = pickle.loads(Path(checkpoint).read_bytes())
-    from sim.scenarios import load_scenario
+def read_checkpoint(path: str | Path) -> dict:
+    """A training checkpoint (reled_jax.train), or a clear exit when there is none."""
+    path = Path(path)
+    if not path.exists():
+        raise SystemExit(f"checkpoint {path} not found; train first (python -m reled_jax.train) or pass --checkpoint")
+    return pickle.loads(path.read_bytes())
 
-    run = ck["config"]
-    _, env, _ = load_scenario(run["scenario"], run["regime"], n_agents=run["n_agents"], seed=run["seed"])
-    seeds_stacked = ck["state"].params.policy  # leaves [seeds, agents, ...]
-    n_seeds = int(np.shape(seeds_stacked["params"]["Dense_0"]["kernel"])[0])
+
+def checkpoint_arrays(ck: dict, seed_index: int = 0) -> tuple[dict, dict]:
+    """(run config with its epoch, policy arrays) of one seed of a loaded checkpoint."""
+    seeds_stacked = ck["state"].params.policy["params"]  # leaves [seeds, agents, ...]
+    n_seeds, _, input_dim, _ = np.shape(seeds_stacked["Dense_0"]["kernel"])
+    m_out = int(np.shape(seeds_stacked["Dense_2"]["kernel"])[-1])
     if not 0 <= seed_index < n_seeds:
         raise SystemExit(f"--seed-index {seed_index} is out of range: the checkpoint holds {n_seeds} seeds")
-    one_seed = {"params": {name: {k: np.asarray(v)[seed_index] for k, v in layer.items()} for name, layer in seeds_stacked["params"].items()}}
-    return {**run, "epoch": ck["epoch"]}, policy_arrays(one_seed, env.n_nodes, env.m_out)
+    one_seed = {"params": {name: {k: np.asarray(v)[seed_index] for k, v in layer.items()} for name, layer in seeds_stacked.items()}}
+    # The input is the encoded observation, 2 N + 2 M wide (reled_jax.networks.encode).
+    n_nodes = (int(input_dim) - 2 * m_out) // 2
+    return {**ck["config"], "epoch": ck["epoch"]}, policy_arrays(one_seed, n_nodes, m_out)
 
 
 def export(checkpoint: str | Path, out: str | Path, seed_index: int = 0) -> Path:
-    _, arrays = checkpoint_arrays(checkpoint, seed_index)
+    _, arrays = checkpoint_arrays(read_checkpoint(checkpoint), seed_index)
     out = Path(out)
     np.savez(out, **arrays)
     return out
@@ -93,8 +99,6 @@ class Args:
 
 
 def main(args: Args) -> None:
-    if not Path(args.checkpoint).exists():
-        raise SystemExit(f"checkpoint {args.checkpoint} not found; train first (python -m reled_jax.train)")
     out = args.out or str(Path(args.checkpoint).parent / f"policy_seed{args.seed_index}.npz")
     print(f"wrote {export(args.checkpoint, out, args.seed_index)}")
 

@@ -27,7 +27,7 @@ import tyro
 from scipy.stats import spearmanr
 
 from reled_jax.evaluate import evaluate_policies, trained_policy
-from reled_jax.export_policy import NumpyPolicy, checkpoint_arrays
+from reled_jax.export_policy import NumpyPolicy, checkpoint_arrays, read_checkpoint
 from sim.env import EnvParams, RouteChoiceEnv
 from sim.export_sumo import LEFTHAND, SumoNotInstalled
 from sim.network import RoadNetwork
@@ -199,9 +199,7 @@ def main(cfg: ValidateConfig) -> dict:
     policies: dict[str, PolicyPair] = {}
     if cfg.checkpoint:
         path = Path(cfg.checkpoint)
-        if not path.exists():
-            raise SystemExit(f"checkpoint {path} not found; train first (python -m reled_jax.train) or pass --checkpoint")
-        run, arrays = checkpoint_arrays(path, cfg.seed_index)
+        run, arrays = checkpoint_arrays(read_checkpoint(path), cfg.seed_index)
         scenario, regime = run["scenario"], run["regime"]
         network, env, params = load_scenario(scenario, regime, n_agents=run["n_agents"], seed=run["seed"])
         policies[f"{run['method']} (epoch {run['epoch']})"] = trained_pair(arrays, env.n_nodes, env.m_out)
