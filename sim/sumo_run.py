@@ -41,7 +41,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from sim.env import EnvParams, RouteChoiceEnv
+from sim.env import EnvParams, RouteChoiceEnv, edge_speed
 from sim.export_sumo import SUMO_EXTRA, SumoNotInstalled, edge_id, export_network, sumo_binary
 from sim.network import RoadNetwork
 
@@ -108,7 +108,7 @@ class SumoRouteChoice:
         p = jax.device_get(params)
         self.edge_to, self.out_edges = np.asarray(p.edge_to), np.asarray(p.out_edges)
         self.length, self.free_time = np.asarray(p.edge_length), np.asarray(p.edge_free_time)
-        self.speed, self.storage, self.discharge = np.asarray(p.edge_speed), np.asarray(p.edge_storage), np.asarray(p.edge_discharge)
+        self.discharge = np.asarray(p.edge_discharge)
         self.node_xy, self.next_slot = np.asarray(p.node_xy), np.asarray(p.next_slot_time)
         self.origin, self.dest, self.depart = np.asarray(p.agent_origin), np.asarray(p.agent_dest), np.asarray(p.agent_depart)
         self.od_origin, self.od_dest, self.od_table = np.asarray(p.od_origin), np.asarray(p.od_dest), np.asarray(p.od_table)
@@ -135,15 +135,14 @@ class SumoRouteChoice:
         exists = out >= 0
         score = np.full(len(out), -1.0, np.float32)
         end = np.full(len(out), -1.0, np.float32)
-        for slot in np.nonzero(exists)[0]:
-            k = int(out[slot])
-            count = self.sumo.edge.getLastStepVehicleNumber(edge_id(k))
-            queue = self.sumo.edge.getLastStepHaltingNumber(edge_id(k))
-            occupancy = count / self.storage[k]
-            speed = self.speed[k] * np.clip((1.0 - occupancy) / (1.0 - self.params.critical_occupancy), self.params.min_speed_frac, 1.0)
-            est = self.length[k] / speed + queue / self.discharge[k]
-            score[slot] = self.free_time[k] / max(est, self.free_time[k])
-            end[slot] = self.edge_to[k]
+        edges = out[exists]
+        count = np.zeros(len(self.length), np.float32)
+        count[edges] = [self.sumo.edge.getLastStepVehicleNumber(edge_id(int(k))) for k in edges]
+        queue = np.array([self.sumo.edge.getLastStepHaltingNumber(edge_id(int(k))) for k in edges])
+        speed = np.asarray(edge_speed(count, self.params))[edges]  # our fundamental diagram on SUMO's counts
+        est = self.length[edges] / speed + queue / self.discharge[edges]
+        score[exists] = self.free_time[edges] / np.maximum(est, self.free_time[edges])
+        end[exists] = self.edge_to[edges]
         features = np.concatenate([[node, dest], np.stack([score, end], axis=1).reshape(-1)]).astype(np.float32)
         return features, exists
 
