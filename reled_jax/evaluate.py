@@ -39,40 +39,61 @@ class EvalConfig:
     n_agents: int = 10
 
 
+def test_episode(env: RouteChoiceEnv, params: EnvParams, policy: Callable, key: jax.Array, max_steps: int):
+    """One test episode (no auto-reset): per-agent return, travel time and arrival, decisions, finished."""
+    obs, state = env.reset(key, params)
+
+    def body(carry, _):
+        key, obs, state, finished = carry
+        key, k_act, k_step = jax.random.split(key, 3)
+        obs_next, state_next, reward, _, info = env.step_env(k_step, state, policy(k_act, obs), params)
+        state = jax.tree.map(lambda old, new: jnp.where(finished, old, new), state, state_next)
+        obs = jax.tree.map(lambda old, new: jnp.where(finished, old, new), obs, obs_next)
+        reward = jnp.where(finished, 0.0, reward)
+        return (key, obs, state, finished | info["episode_done"]), (reward, jnp.where(finished, 0, info["n_decisions"]))
+
+    (_, _, state, finished), (rewards, decisions) = jax.lax.scan(body, (key, obs, state, jnp.bool_(False)), None, length=max_steps)
+    travel = jnp.where(state.agent_arrived, state.agent_travel_time, state.t.astype(jnp.float32) - params.agent_depart)
+    return rewards.sum(0), travel, state.agent_arrived, decisions.sum(), finished
+
+
+def episode_summary(returns, travel, arrived, decisions, finished) -> dict:
+    """Mean ± SD across episodes of the per-agent mean reward and travel time; raw [episodes][agents] arrays."""
+    per_episode_reward, per_episode_travel = returns.mean(1), travel.mean(1)
+    return {
+        "reward_per_agent": [float(per_episode_reward.mean()), float(per_episode_reward.std())],
+        "travel_time_s": [float(per_episode_travel.mean()), float(per_episode_travel.std())],
+        "arrival_rate": float(arrived.mean()),
+        "interaction_steps": int(decisions.sum()),
+        "episodes_finished": int(finished.sum()),
+        # [episodes][agents], for paired comparisons (reled_jax.validate_sumo, benchmarks/fidelity.py)
+        "per_agent": {"reward": returns.tolist(), "travel_time_s": travel.tolist(), "arrived": arrived.tolist()},
+    }
+
+
+def test_keys(seed: int, n_episodes: int) -> jax.Array:
+    return jax.random.split(jax.random.PRNGKey(seed), n_episodes)
+
+
 def evaluate_policies(env: RouteChoiceEnv, params: EnvParams, policies: dict[str, Callable], n_episodes: int, seed: int, max_steps: int) -> dict:
     """Episode statistics of each `policy(key, obs) -> actions [A]` over the same `n_episodes` keys."""
+    keys = test_keys(seed, n_episodes)
     results = {}
-    keys = jax.random.split(jax.random.PRNGKey(seed), n_episodes)
     for name, policy in policies.items():
-
-        def episode(key, policy=policy):
-            obs, state = env.reset(key, params)
-
-            def body(carry, _):
-                key, obs, state, finished = carry
-                key, k_act, k_step = jax.random.split(key, 3)
-                obs_next, state_next, reward, _, info = env.step_env(k_step, state, policy(k_act, obs), params)
-                state = jax.tree.map(lambda old, new: jnp.where(finished, old, new), state, state_next)
-                obs = jax.tree.map(lambda old, new: jnp.where(finished, old, new), obs, obs_next)
-                reward = jnp.where(finished, 0.0, reward)
-                return (key, obs, state, finished | info["episode_done"]), (reward, jnp.where(finished, 0, info["n_decisions"]))
-
-            (_, _, state, finished), (rewards, decisions) = jax.lax.scan(body, (key, obs, state, jnp.bool_(False)), None, length=max_steps)
-            travel = jnp.where(state.agent_arrived, state.agent_travel_time, state.t.astype(jnp.float32) - params.agent_depart)
-            return rewards.sum(0), travel, state.agent_arrived, decisions.sum(), finished
-
-        returns, travel, arrived, decisions, finished = jax.device_get(jax.jit(jax.vmap(episode))(keys))
-        per_episode_reward, per_episode_travel = returns.mean(1), travel.mean(1)
-        results[name] = {
-            "reward_per_agent": [float(per_episode_reward.mean()), float(per_episode_reward.std())],
-            "travel_time_s": [float(per_episode_travel.mean()), float(per_episode_travel.std())],
-            "arrival_rate": float(arrived.mean()),
-            "interaction_steps": int(decisions.sum()),
-            "episodes_finished": int(finished.sum()),
-            # [episodes][agents], for paired comparisons (reled_jax.validate_sumo, benchmarks/fidelity.py)
-            "per_agent": {"reward": returns.tolist(), "travel_time_s": travel.tolist(), "arrived": arrived.tolist()},
-        }
+        run = jax.jit(jax.vmap(lambda key, policy=policy: test_episode(env, params, policy, key, max_steps)))
+        results[name] = episode_summary(*jax.device_get(run(keys)))
     return results
+
+
+def evaluate_seeds(env: RouteChoiceEnv, params: EnvParams, policy_params, n_episodes: int, seed: int, max_steps: int, stochastic: bool = False) -> list[dict]:
+    """`evaluate_policies` for policies stacked on a leading seed axis, as one compiled program (seeds vmapped)."""
+
+    def per_seed(p):
+        policy = trained_policy(p, env.n_nodes, env.m_out, stochastic)
+        return jax.vmap(lambda key: test_episode(env, params, policy, key, max_steps))(test_keys(seed, n_episodes))
+
+    out = jax.device_get(jax.jit(jax.vmap(per_seed))(policy_params))
+    return [episode_summary(*(x[s] for x in out)) for s in range(out[0].shape[0])]
 
 
 def trained_policy(policy_params, n_nodes: int, m_out: int, stochastic: bool) -> Callable:
@@ -85,6 +106,18 @@ def trained_policy(policy_params, n_nodes: int, m_out: int, stochastic: bool) ->
     return act
 
 
+def checkpoint_policies(ck: dict, env: RouteChoiceEnv, stochastic: bool = False) -> dict[str, Callable]:
+    """One policy per seed stacked in a loaded checkpoint, named '<method> (seed s, epoch k)', seeds in order."""
+    run = ck["config"]
+    policy_params = ck["state"].params.policy
+    n_seeds = jax.tree.leaves(policy_params)[0].shape[0]
+    policies = {}
+    for s in range(n_seeds):
+        p = jax.tree.map(lambda z, s=s: jnp.asarray(z[s]), policy_params)
+        policies[f"{run['method']} (seed {run['seed'] + s}, epoch {ck['epoch']})"] = trained_policy(p, env.n_nodes, env.m_out, stochastic)
+    return policies
+
+
 def main(cfg: EvalConfig) -> dict:
     policies: dict[str, Callable] = {}
     if cfg.checkpoint:
@@ -92,11 +125,7 @@ def main(cfg: EvalConfig) -> dict:
         ck = read_checkpoint(path)
         run = ck["config"]
         _, env, params = load_scenario(run["scenario"], run["regime"], n_agents=run["n_agents"], seed=run["seed"])
-        policy_params = ck["state"].params.policy
-        n_seeds = jax.tree.leaves(policy_params)[0].shape[0]
-        for s in range(n_seeds):
-            p = jax.tree.map(lambda z, s=s: jnp.asarray(z[s]), policy_params)
-            policies[f"{run['method']} (seed {run['seed'] + s}, epoch {ck['epoch']})"] = trained_policy(p, env.n_nodes, env.m_out, cfg.stochastic)
+        policies.update(checkpoint_policies(ck, env, cfg.stochastic))
         out_path = path.parent / "evaluation.json"
     else:
         _, env, params = load_scenario(cfg.scenario, cfg.regime, n_agents=cfg.n_agents)

@@ -1,0 +1,204 @@
+"""The paper's experiments (Section V) as sweeps: methods x scenarios x regimes x agent counts x seeds.
+
+    python -m benchmarks.sweep --experiment fig4   --budget small   # Fig. 4, 5, 7: all methods, both maps, both regimes
+    python -m benchmarks.sweep --experiment table4 --budget small   # Fig. 9 and Table IV: the ablation variants
+    python -m benchmarks.sweep --experiment fig8   --budget small   # Fig. 8: 5 ... 200 agents
+    python -m benchmarks.sweep --experiment fig4   --budget paper   # the paper's 500 epochs x ~1,000 steps (GPU)
+
+Every cell is one `reled_jax.train` run with all its seeds vmapped in one
+compiled program (and split across devices when several are visible: see
+`reled_jax.train.seed_placement`), followed by 20 greedy test episodes per
+seed (`reled_jax.evaluate.evaluate_seeds`) and, once per environment, the
+shortest-time and random reference policies on the same test keys.
+
+A cell's run directory is its cache: rerunning a sweep resumes unfinished runs
+and reuses finished ones (an ablation shares its RELED and IPPO runs with
+Fig. 4). After every cell the results JSON is rewritten, so a long sweep shows
+its progress and keeps what it finished. `python -m benchmarks.report` turns
+the JSON files into plots and REPORT.md.
+
+Nothing is tuned per method: every method gets the same budget, learning
+rate, network sizes and evaluation (paper IV-A2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import tyro
+
+from benchmarks.common import RESULTS, machine, write_json
+from reled_jax.evaluate import evaluate_policies, evaluate_seeds
+from reled_jax.export_policy import read_checkpoint
+from reled_jax.reled import METHODS
+from reled_jax.train import TrainConfig, train
+from sim.policies import REFERENCE_POLICIES
+from sim.scenarios import load_scenario
+
+PAPER_BASELINES = ("reled", "ippo", "mappo", "qmix")
+ABLATIONS = ("reled", "reled-norefine", "reled-alpha0.2", "reled-alpha0.5", "reled-logit", "ippo")
+
+EXPERIMENTS = {
+    # Fig. 4 (reward and travel time vs interaction steps), Fig. 5 (vs wall-clock), Fig. 7 (DTW and alpha).
+    "fig4": {"methods": PAPER_BASELINES, "scenarios": ("grid", "hongkong"), "regimes": ("moderate", "congested"), "n_agents": (10,)},
+    # Fig. 9 and Table IV: ablations on the moderate regime of both maps.
+    "table4": {"methods": ABLATIONS, "scenarios": ("grid", "hongkong"), "regimes": ("moderate",), "n_agents": (10,)},
+    # Fig. 8: agent counts, the paper's 5-20 and beyond.
+    "fig8": {"methods": PAPER_BASELINES, "scenarios": ("hongkong",), "regimes": ("moderate",), "n_agents": (5, 10, 15, 20, 50, 100, 200)},
+}
+
+BUDGETS = {
+    # Fits the 2-core CPU: 20 epochs x 2 envs x 1,024 steps (~50k interaction steps per seed, a tenth of the paper's).
+    "small": {"epochs": 20, "n_envs": 2, "rollout_steps": 1024, "n_demo_envs": 2},
+    # `python -m reled_jax.train`'s default: 40 x 8 x 1,024 (~380k interaction steps per seed).
+    "default": {},
+    # Paper IV-A2: 500 epochs x ~1,000 interaction steps.
+    "paper": {"preset": "paper"},
+    # Seconds: for tests.
+    "smoke": {"preset": "smoke"},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    experiment: str = "fig4"  # fig4 | table4 | fig8
+    budget: str = "small"  # small | default | paper | smoke
+    seeds: int = 5  # seeds 0..seeds-1, vmapped in each run
+    methods: tuple[str, ...] = ()  # empty: the experiment's
+    scenarios: tuple[str, ...] = ()
+    regimes: tuple[str, ...] = ()
+    n_agents: tuple[int, ...] = ()
+    episodes: int = 20  # greedy test episodes per seed
+    eval_seed: int = 12345
+    max_steps: int = 3000
+    runs_dir: str = "runs/sweep"
+    tag: str = ""  # results file suffix, e.g. "gpu": sweep_fig4_small_gpu.json
+    out: str = ""  # default benchmarks/results/sweep_<experiment>_<budget>[_<tag>].json
+
+    def grid(self) -> list[tuple[str, str, int, str]]:
+        if self.experiment not in EXPERIMENTS:
+            raise SystemExit(f"unknown experiment {self.experiment!r}; choose one of {sorted(EXPERIMENTS)}")
+        if self.budget not in BUDGETS:
+            raise SystemExit(f"unknown budget {self.budget!r}; choose one of {sorted(BUDGETS)}")
+        spec = EXPERIMENTS[self.experiment]
+        methods = self.methods or spec["methods"]
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown:
+            raise SystemExit(f"unknown method(s) {unknown}; choose from {METHODS}")
+        if self.seeds < 2:
+            raise SystemExit("a sweep needs --seeds >= 2 for its confidence intervals (5 or more recommended)")
+        return [
+            (scenario, regime, n, method)
+            for scenario in (self.scenarios or spec["scenarios"])
+            for regime in (self.regimes or spec["regimes"])
+            for n in (self.n_agents or spec["n_agents"])
+            for method in methods
+        ]
+
+    @property
+    def out_path(self) -> Path:
+        name = f"sweep_{self.experiment}_{self.budget}" + (f"_{self.tag}" if self.tag else "")
+        return Path(self.out) if self.out else RESULTS / f"{name}.json"
+
+    def train_config(self, scenario: str, regime: str, n_agents: int, method: str) -> TrainConfig:
+        run = Path(self.runs_dir) / self.budget / f"{scenario}-{regime}-a{n_agents}-{method}-x{self.seeds}"
+        return TrainConfig(scenario=scenario, regime=regime, method=method, n_agents=n_agents, seeds=self.seeds, seed=0, out=str(run), resume=True, **BUDGETS[self.budget])
+
+
+CURVE_KEYS = ("interaction_steps", "wall_s", "episode_reward", "travel_time", "arrival_rate", "dtw_m", "alpha", "expert_reward", "execution_rate")
+
+
+def curves(run_dir: Path, seeds: int) -> dict[str, list[list[float]]]:
+    """Per-epoch training metrics as [seed][epoch] lists (NaN where a metric is absent or undefined)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    by_seed = [[r for r in rows if r["seed"] == s] for s in range(seeds)]
+    return {k: [[float(r.get(k, float("nan"))) for r in rs] for rs in by_seed] for k in CURVE_KEYS}
+
+
+def run_cell(cfg: SweepConfig, scenario: str, regime: str, n_agents: int, method: str) -> dict:
+    tcfg = cfg.train_config(scenario, regime, n_agents, method)
+    t0 = time.perf_counter()
+    summary = train(tcfg)
+    run_dir = tcfg.out_dir
+    ck = read_checkpoint(run_dir / "checkpoint.pkl")
+    _, env, params = load_scenario(scenario, regime, n_agents=n_agents, seed=0)
+    tests = evaluate_seeds(env, params, ck["state"].params.policy, cfg.episodes, cfg.eval_seed, cfg.max_steps)
+    return {
+        "method": method, "scenario": scenario, "regime": regime, "n_agents": n_agents, "seeds": cfg.seeds,
+        "run_dir": str(run_dir), "train_wall_s": summary["wall_s"], "cell_wall_s": round(time.perf_counter() - t0, 1),
+        "interaction_steps_per_seed": summary["interaction_steps_per_seed"],
+        "expert": summary.get("expert", []),
+        "curves": curves(run_dir, cfg.seeds),
+        # Per seed: mean over the test episodes of the per-agent reward / travel time, and the raw episode means.
+        "test": [{
+            "reward": t["reward_per_agent"][0], "travel_time_s": t["travel_time_s"][0], "arrival_rate": t["arrival_rate"],
+            "episode_reward": np.mean(t["per_agent"]["reward"], axis=1).tolist(),
+            "episode_travel_time_s": np.mean(t["per_agent"]["travel_time_s"], axis=1).tolist(),
+        } for t in tests],
+    }
+
+
+def references(cfg: SweepConfig, scenario: str, regime: str, n_agents: int) -> dict:
+    """Shortest-time and random policies on the same test keys as the trained ones."""
+    _, env, params = load_scenario(scenario, regime, n_agents=n_agents, seed=0)
+    policies = {name: (lambda key, obs, ref=ref: ref(key, obs, params)) for name, ref in REFERENCE_POLICIES.items()}
+    res = evaluate_policies(env, params, policies, cfg.episodes, cfg.eval_seed, cfg.max_steps)
+    return {name: {"reward": r["reward_per_agent"][0], "travel_time_s": r["travel_time_s"][0], "arrival_rate": r["arrival_rate"],
+                   "episode_reward": np.mean(r["per_agent"]["reward"], axis=1).tolist()} for name, r in res.items()}
+
+
+def cell_key(c: dict) -> str:
+    return f"{c['scenario']}/{c['regime']}/a{c['n_agents']}/{c['method']}"
+
+
+def sweep(cfg: SweepConfig) -> dict:
+    grid = cfg.grid()
+    out = cfg.out_path
+    budget = dataclasses.asdict(cfg.train_config(*grid[0]).resolved())
+    budget = {k: budget[k] for k in ("epochs", "n_envs", "rollout_steps", "q", "m", "n_demo_envs", "lr", "preset")}
+    result = {
+        "benchmark": "sweep", "experiment": cfg.experiment, "budget": cfg.budget, "budget_config": budget, "seeds": cfg.seeds,
+        "episodes": cfg.episodes, "machine": machine(), "command": "python -m benchmarks.sweep " + _cli_args(cfg), "cells": [], "references": {},
+    }
+    if out.exists():  # keep finished cells of an earlier, interrupted sweep with the same settings
+        old = json.loads(out.read_text())
+        if old.get("budget_config") == budget and old.get("seeds") == cfg.seeds and old.get("episodes") == cfg.episodes:
+            result["cells"], result["references"] = old["cells"], old["references"]
+            result["command"] = old["command"] if result["command"] in old["command"] else f"{old['command']}; {result['command']}"
+    done = {cell_key(c) for c in result["cells"]}
+    t_start = time.perf_counter()
+    for i, (scenario, regime, n_agents, method) in enumerate(grid):
+        key = f"{scenario}/{regime}/a{n_agents}/{method}"
+        env_key = f"{scenario}/{regime}/a{n_agents}"
+        print(f"[sweep {cfg.experiment}/{cfg.budget}] cell {i + 1}/{len(grid)}: {key} ({time.perf_counter() - t_start:.0f} s so far)", flush=True)
+        if env_key not in result["references"]:
+            result["references"][env_key] = references(cfg, scenario, regime, n_agents)
+        if key not in done:
+            result["cells"].append(run_cell(cfg, scenario, regime, n_agents, method))
+            done.add(key)
+        write_json(out, result)
+    print(f"wrote {out} ({len(result['cells'])} cells); plots and report: python -m benchmarks.report")
+    return result
+
+
+def _cli_args(cfg: SweepConfig) -> str:
+    args = [f"--experiment {cfg.experiment}", f"--budget {cfg.budget}", f"--seeds {cfg.seeds}"]
+    for name in ("methods", "scenarios", "regimes", "n_agents"):
+        if getattr(cfg, name):
+            args.append(f"--{name.replace('_', '-')} " + " ".join(map(str, getattr(cfg, name))))
+    if cfg.tag:
+        args.append(f"--tag {cfg.tag}")
+    return " ".join(args)
+
+
+def main() -> None:
+    sweep(tyro.cli(SweepConfig, description=__doc__))
+
+
+if __name__ == "__main__":
+    main()

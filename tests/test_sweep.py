@@ -1,0 +1,79 @@
+"""The experiment sweep and its report: cells, seed-vmapped evaluation, reuse of finished runs, CI verdicts."""
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks import report
+from benchmarks.sweep import SweepConfig, sweep
+from reled_jax.evaluate import EvalConfig
+from reled_jax.evaluate import main as evaluate
+
+
+def test_sweep_evaluates_every_seed_like_evaluate_and_reuses_finished_runs(tmp_path):
+    cfg = SweepConfig(experiment="fig4", budget="smoke", seeds=2, methods=("ippo", "mappo"), scenarios=("oakland",), regimes=("moderate",),
+                      episodes=3, max_steps=300, runs_dir=str(tmp_path / "runs"), out=str(tmp_path / "sweep.json"))
+    result = sweep(cfg)
+    assert [c["method"] for c in result["cells"]] == ["ippo", "mappo"]
+    ippo = result["cells"][0]
+    # Curves are [seed][epoch]; the smoke preset trains 4 epochs.
+    assert np.array(ippo["curves"]["episode_reward"]).shape == (2, 4)
+    assert np.all(np.diff(np.array(ippo["curves"]["interaction_steps"]), axis=1) > 0)
+    # The seed-vmapped test episodes give what `python -m reled_jax.evaluate` gives policy by policy on the same keys.
+    ck = tmp_path / "runs" / "smoke" / "oakland-moderate-a10-ippo-x2" / "checkpoint.pkl"
+    single = evaluate(EvalConfig(checkpoint=str(ck), episodes=3, max_steps=300, seed=cfg.eval_seed))
+    per_seed = [v["reward_per_agent"][0] for k, v in single.items() if k.startswith("ippo")]
+    np.testing.assert_allclose([t["reward"] for t in ippo["test"]], per_seed, rtol=1e-5)
+    assert result["references"]["oakland/moderate/a10"]["shortest"]["reward"] == pytest.approx(single["shortest"]["reward_per_agent"][0], rel=1e-5)
+
+    # A second sweep reuses the finished runs: nothing retrains and the results are the same.
+    mtime = ck.stat().st_mtime_ns
+    again = sweep(cfg)
+    assert ck.stat().st_mtime_ns == mtime
+    assert json.dumps(again["cells"]) == json.dumps(result["cells"])
+
+
+def _cell(method: str, rewards: list[float]) -> dict:
+    return {"method": method, "scenario": "grid", "regime": "moderate", "n_agents": 10,
+            "test": [{"reward": r, "travel_time_s": 500.0, "arrival_rate": 1.0, "episode_reward": [r]} for r in rewards]}
+
+
+def test_verdicts_follow_the_confidence_intervals():
+    tight_high, tight_low = [1000.0, 1010.0, 990.0, 1005.0, 995.0], [500.0, 510.0, 490.0, 505.0, 495.0]
+    wide = [200.0, 1800.0, 600.0, 1400.0, 1000.0]
+    assert report.verdict_best([_cell("reled", tight_high), _cell("ippo", tight_low)])[0] == "holds"
+    assert report.verdict_best([_cell("reled", tight_low), _cell("ippo", tight_high)])[0] == "does not hold"
+    assert report.verdict_best([_cell("reled", tight_high), _cell("ippo", wide)])[0].startswith("not resolved")
+    # A higher mean alone is not enough when another method's CI overlaps.
+    assert report.verdict_best([_cell("reled", tight_high), _cell("ippo", tight_low), _cell("mappo", wide)])[0].startswith("not resolved")
+
+
+def test_forward_fill_carries_the_last_finished_episode():
+    filled = report.forward_fill([[np.nan, 1.0, np.nan, 3.0], [2.0, np.nan, np.nan, np.nan]])
+    np.testing.assert_array_equal(filled[0, 1:], [1.0, 1.0, 3.0])
+    assert np.isnan(filled[0, 0])
+    np.testing.assert_array_equal(filled[1], [2.0, 2.0, 2.0, 2.0])
+
+
+def test_report_tables_every_cell_and_draws_the_figures(tmp_path):
+    cells = []
+    for method, base in (("reled", 900.0), ("ippo", 400.0)):
+        for regime in ("moderate", "congested"):
+            c = _cell(method, [base + d for d in (0.0, 5.0, -5.0)])
+            c.update(regime=regime, train_wall_s=100.0, seeds=3, curves={
+                "interaction_steps": [[1000, 2000, 3000]] * 3, "wall_s": [[10, 20, 30]] * 3,
+                "episode_reward": [[np.nan, base / 2, base]] * 3, "travel_time": [[900, 700, 500]] * 3,
+                "dtw_m": [[9000, 5000, 3000]] * 3, "alpha": [[1.0, 0.6, 0.3]] * 3})
+            cells.append(c)
+    refs = {f"grid/{r}/a10": {"shortest": {"reward": 1000.0, "travel_time_s": 300.0, "arrival_rate": 1.0, "episode_reward": [1000.0]}} for r in ("moderate", "congested")}
+    sweep_json = {"experiment": "fig4", "budget": "smoke", "seeds": 3, "episodes": 1, "command": "python -m benchmarks.sweep",
+                  "budget_config": {"epochs": 3, "n_envs": 1, "rollout_steps": 8},
+                  "machine": {"device": "cpu: cpu", "n_devices": 1, "cpu_count": 2, "jax": "x"}, "cells": cells, "references": refs}
+    (tmp_path / "sweep_fig4_smoke.json").write_text(json.dumps(sweep_json))
+    text = report.write_report(report.ReportConfig(results=str(tmp_path))).read_text()
+    for regime in ("moderate", "congested"):
+        assert f"| Fig. 4: RELED converges to the highest reward — Grid (Orlando's stand-in) – {regime} (smoke budget) | holds |" in text
+    assert "9.00 km → 3.00 km" in text
+    for fig in ("fig4", "fig5", "fig7"):
+        assert (tmp_path / f"fig4_smoke_{fig}.png").stat().st_size > 10_000
