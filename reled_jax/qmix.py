@@ -12,10 +12,16 @@
   non-negative with abs, so dQ_tot/dQ_i >= 0 (monotonicity: each agent's greedy
   action is the team's).
 * Decisions in this environment are asynchronous: at an environment step only
-  the agents at a junction act. The mixer takes Q_i(o_i, a_i) of the agents that
-  acted and 0 for the others; the target takes max_a Q_i^-(o'_i, a) of the
-  agents that will act at the next step. Team reward = sum of the agents' Eq. 32
-  rewards at the step (scaled like the PPO methods').
+  the agents at a junction act, and a chosen edge is a macro-action that lasts
+  until the agent's next junction. As in macro-action QMIX (MacDec-POMDP, Xiao
+  et al., 2020), every agent on its way holds its last decision: the mixer takes
+  Q_i(o_i, a_i) of that decision for every *active* agent (departed, not yet
+  arrived) and 0 for the others, and the target takes max_a Q_i^-(o'_i, a) for
+  the agents that act at the next step and Q_i^-(o_i, a_i) of the held decision
+  for the agents still on their way. Without holding, Q_tot at a step covered
+  only the few agents that acted and the bootstrap dropped the value of every
+  agent in transit, and QMIX did not learn (README, Training). Team reward = sum
+  of the agents' Eq. 32 rewards at the step (scaled by `reward_scale`).
 * TD target y = r + gamma (1 - done) Q_tot^-(s', max q'), with target networks
   (agent and mixer) copied every `target_every` updates; loss (Q_tot - y)^2.
 * Replay: a flashbax item buffer of transitions; epsilon-greedy exploration over
@@ -102,9 +108,10 @@ def _q_values(q_net: MLP, q_params, x, mask):
     return jnp.moveaxis(jnp.where(ma, q, NEG_INF), 0, lead)
 
 
-def td_target(reward, done, next_q_max, next_acting, next_state, mixer: Mixer, target_mixer_params, gamma: float):
-    """y = r + gamma * (1 - done) * Q_tot^-(s', max_a Q_i^-(o'_i, a)) over the agents acting next (others 0)."""
-    q_next = jnp.where(next_acting, next_q_max, 0.0)
+def td_target(reward, done, next_q_max, next_acting, held_q, next_active, next_state, mixer: Mixer, target_mixer_params, gamma: float):
+    """y = r + gamma * (1 - done) * Q_tot^-(s', q') with q'_i = max_a Q_i^-(o'_i, a) for agents acting next,
+    Q_i^-(o_i, a_i) of the held decision for agents still on their way, 0 for agents not on the road."""
+    q_next = jnp.where(next_acting, next_q_max, jnp.where(next_active, held_q, 0.0))
     return reward + gamma * (1.0 - done.astype(jnp.float32)) * mixer.apply(target_mixer_params, q_next, next_state)
 
 
@@ -113,10 +120,12 @@ def qmix_loss(q_params, mixer_params, target_q, target_mixer, batch: dict, q_net
     x_next = encode(batch["next_features"], n_nodes, m_out)
     q = _q_values(q_net, q_params, x, batch["mask"])  # [B, A, M]
     chosen = jnp.take_along_axis(q, batch["action"][..., None], axis=-1)[..., 0]
-    chosen = jnp.where(batch["decided"], chosen, 0.0)
+    chosen = jnp.where(batch["active"], chosen, 0.0)
     q_tot = mixer.apply(mixer_params, chosen, batch["state"])
     next_q = _q_values(q_net, target_q, x_next, batch["next_mask"]).max(-1)
-    y = td_target(batch["reward"], batch["done"], next_q, batch["next_acting"], batch["next_state"], mixer, target_mixer, cfg.gamma)
+    q_target = _q_values(q_net, target_q, x, batch["mask"])
+    held_q = jnp.take_along_axis(q_target, batch["action"][..., None], axis=-1)[..., 0]
+    y = td_target(batch["reward"], batch["done"], next_q, batch["next_acting"], held_q, batch["next_active"], batch["next_state"], mixer, target_mixer, cfg.gamma)
     td = q_tot - jax.lax.stop_gradient(y)
     return jnp.mean(td**2), {"td_loss": jnp.mean(td**2), "q_tot": jnp.mean(q_tot)}
 
@@ -134,10 +143,10 @@ def init_state(key: jax.Array, env: RouteChoiceEnv, cfg: QMixConfig, q_params: d
     f_dim = 2 * env.m_out + 2
     item = {
         "features": jnp.zeros((env.n_agents, f_dim)), "mask": jnp.zeros((env.n_agents, env.m_out), bool),
-        "action": jnp.zeros((env.n_agents,), jnp.int32), "decided": jnp.zeros((env.n_agents,), bool),
+        "action": jnp.zeros((env.n_agents,), jnp.int32), "active": jnp.zeros((env.n_agents,), bool),
         "reward": jnp.zeros(()), "done": jnp.zeros((), bool), "state": jnp.zeros((g_dim,)),
         "next_features": jnp.zeros((env.n_agents, f_dim)), "next_mask": jnp.zeros((env.n_agents, env.m_out), bool),
-        "next_acting": jnp.zeros((env.n_agents,), bool), "next_state": jnp.zeros((g_dim,)),
+        "next_acting": jnp.zeros((env.n_agents,), bool), "next_active": jnp.zeros((env.n_agents,), bool), "next_state": jnp.zeros((g_dim,)),
     }
     tx = make_optimizer(cfg)
     state = QMixState(
@@ -172,7 +181,7 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, q_net: MLP, mixer: Mi
         eps = epsilon(state.epoch.astype(jnp.float32), cfg)
 
         def one(carry, step_key):
-            obs, env_state = carry
+            obs, env_state, held = carry
             k_greedy, k_rand, k_pick, k_env = jax.random.split(step_key, 4)
             q = _q_values(q_net, state.params.policy, encode(obs.features, n_nodes, m_out), obs.action_mask)  # [E, A, M]
             greedy = jnp.argmax(q, -1)
@@ -182,17 +191,25 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, q_net: MLP, mixer: Mi
             obs2, env_state2, reward, done, info = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
                 jax.random.split(k_env, cfg.n_envs), env_state, action, env_params
             )
+            # Agents that decided now replace their held decision; every agent on the road keeps one.
+            dec = info["decided"]
+            pick = lambda new, old: jnp.where(dec.reshape(dec.shape + (1,) * (new.ndim - dec.ndim)), new, old)  # noqa: E731
+            held = {"features": pick(obs.features, held["features"]), "mask": pick(obs.action_mask, held["mask"]),
+                    "action": pick(action.astype(jnp.int32), held["action"]), "active": (held["active"] | dec) & ~env_state.agent_arrived}
+            still_on_road = held["active"] & ~env_state2.agent_arrived & ~info["episode_done"][:, None]
             # After an episode ends, obs2/env_state2 are the reset; the target is cut by `done` anyway.
             item = {
-                "features": obs.features, "mask": obs.action_mask, "action": action.astype(jnp.int32), "decided": info["decided"],
-                "reward": reward.sum(-1) * cfg.reward_scale, "done": info["episode_done"], "state": g,
+                **held, "reward": reward.sum(-1) * cfg.reward_scale, "done": info["episode_done"], "state": g,
                 "next_features": obs2.features, "next_mask": obs2.action_mask, "next_acting": obs2.awaiting,
-                "next_state": g_of(env_state2, env_params, n_agents),
+                "next_active": still_on_road & ~obs2.awaiting, "next_state": g_of(env_state2, env_params, n_agents),
             }
+            held = {**held, "active": still_on_road}
             stats = dict(reward=reward, ended=info["episode_done"], travel_time=info["travel_time"], arrived=info["arrived"], decided=info["decided"])
-            return (obs2, env_state2), (item, stats)
+            return (obs2, env_state2, held), (item, stats)
 
-        _, (items, stats) = jax.lax.scan(one, (obs, env_state), jax.random.split(k_run, cfg.rollout_steps))
+        held = {"features": jnp.zeros_like(obs.features), "mask": jnp.zeros_like(obs.action_mask),
+                "action": jnp.zeros(obs.awaiting.shape, jnp.int32), "active": jnp.zeros(obs.awaiting.shape, bool)}
+        _, (items, stats) = jax.lax.scan(one, (obs, env_state, held), jax.random.split(k_run, cfg.rollout_steps))
         return items, stats, eps
 
     def update(carry, key):

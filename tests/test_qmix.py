@@ -1,4 +1,4 @@
-"""QMIX: the mixer is monotonic, the TD target is r + gamma (1 - done) Q_tot^-, idle agents take no credit."""
+"""QMIX: the mixer is monotonic, the TD target is r + gamma (1 - done) Q_tot^- with held macro-actions, agents off the road take no credit."""
 
 import jax
 import jax.numpy as jnp
@@ -31,33 +31,35 @@ def test_mixing_is_monotonic_in_every_agent_q():
 def test_td_target():
     mixer, params = _mixer(3)
     s_next = jax.random.normal(jax.random.PRNGKey(4), (G_DIM,))
-    q_next = jnp.array([1.0, -2.0, 3.0, 0.5])
-    acting = jnp.array([True, False, True, False])
+    q_next = jnp.array([1.0, -2.0, 3.0, 0.5])  # max_a Q^-(o'_i, a)
+    held_q = jnp.array([7.0, 4.0, -5.0, 9.0])  # Q^-(o_i, a_i) of each agent's held decision
+    acting = jnp.array([True, False, True, False])  # agents 0, 2 choose at s'
+    on_road = jnp.array([False, True, False, False])  # agent 1 is still driving its held edge; agent 3 has arrived
     r, gamma = jnp.float32(0.7), 0.9
-    y = qmix.td_target(r, jnp.bool_(False), q_next, acting, s_next, mixer, params, gamma)
-    expected = r + gamma * mixer.apply(params, jnp.array([1.0, 0.0, 3.0, 0.0]), s_next)
+    y = qmix.td_target(r, jnp.bool_(False), q_next, acting, held_q, on_road, s_next, mixer, params, gamma)
+    expected = r + gamma * mixer.apply(params, jnp.array([1.0, 4.0, 3.0, 0.0]), s_next)
     np.testing.assert_allclose(y, expected, rtol=1e-6)
-    # Agents that will not act next contribute nothing, whatever their Q.
-    y_other = qmix.td_target(r, jnp.bool_(False), q_next.at[1].set(100.0), acting, s_next, mixer, params, gamma)
+    # An agent off the road contributes nothing, whatever its Q-values.
+    y_other = qmix.td_target(r, jnp.bool_(False), q_next.at[3].set(100.0), acting, held_q.at[3].set(-100.0), on_road, s_next, mixer, params, gamma)
     np.testing.assert_allclose(y_other, y, rtol=1e-6)
     # At the end of an episode the target is the reward alone.
-    np.testing.assert_allclose(qmix.td_target(r, jnp.bool_(True), q_next, acting, s_next, mixer, params, gamma), r)
+    np.testing.assert_allclose(qmix.td_target(r, jnp.bool_(True), q_next, acting, held_q, on_road, s_next, mixer, params, gamma), r)
 
 
-def _batch(key, n, n_agents, m_out, n_nodes, g_dim, decided):
+def _batch(key, n, n_agents, m_out, n_nodes, g_dim, active):
     k = jax.random.split(key, 6)
     f_dim = 2 * m_out + 2
     features = jnp.concatenate([jax.random.randint(k[0], (n, n_agents, 2), 0, n_nodes).astype(jnp.float32),
                                 jax.random.uniform(k[1], (n, n_agents, f_dim - 2))], -1)
     return {
         "features": features, "mask": jnp.ones((n, n_agents, m_out), bool), "action": jax.random.randint(k[2], (n, n_agents), 0, m_out),
-        "decided": jnp.broadcast_to(decided, (n, n_agents)), "reward": jax.random.normal(k[3], (n,)), "done": jnp.zeros((n,), bool),
+        "active": jnp.broadcast_to(active, (n, n_agents)), "reward": jax.random.normal(k[3], (n,)), "done": jnp.zeros((n,), bool),
         "state": jax.random.normal(k[4], (n, g_dim)), "next_features": features, "next_mask": jnp.ones((n, n_agents, m_out), bool),
-        "next_acting": jnp.ones((n, n_agents), bool), "next_state": jax.random.normal(k[5], (n, g_dim)),
+        "next_acting": jnp.ones((n, n_agents), bool), "next_active": jnp.zeros((n, n_agents), bool), "next_state": jax.random.normal(k[5], (n, g_dim)),
     }
 
 
-def test_agents_that_did_not_act_get_no_gradient_from_the_td_error():
+def test_agents_off_the_road_get_no_gradient_from_the_td_error():
     _, env, _ = load_scenario("oakland", "moderate", n_agents=3, seed=0, n_background=20)
     cfg = qmix.QMixConfig(mixer_embed=8)
     d = 2 * env.n_nodes + 2 * env.m_out
@@ -88,3 +90,24 @@ def test_epoch_fills_the_buffer_trains_and_copies_targets():
     # After target_every updates the targets equal the online networks.
     jax.tree.map(lambda t, o: np.testing.assert_array_equal(t, o), new.target_q, new.params.policy)
     assert float(metrics["epsilon"]) == cfg.eps_start and np.isfinite(float(metrics["td_loss"]))
+
+
+def test_rollout_holds_each_agents_decision_until_it_chooses_again():
+    _, env, params = load_scenario("oakland", "moderate", n_agents=3, seed=0, n_background=20)
+    cfg = qmix.QMixConfig(epochs=2, n_envs=1, rollout_steps=64, batch_size=32, updates_per_epoch=1, mixer_embed=8)
+    d = 2 * env.n_nodes + 2 * env.m_out
+    agents, _, _ = init_agents(jax.random.PRNGKey(0), env.n_agents, d, env.m_out)
+    state, q_net, mixer = qmix.init_state(jax.random.PRNGKey(1), env, cfg, agents.policy)
+    new, _ = jax.jit(qmix.make_epoch(env, params, q_net, mixer, cfg))(state)
+    x = jax.tree.map(lambda z: np.asarray(z[0, : cfg.rollout_steps]), new.buffer.experience)  # one env: item t is step t
+    active, nxt_active, nxt_acting, done = x["active"], x["next_active"], x["next_acting"], x["done"]
+    # A held decision is always a legal edge of the junction where it was taken.
+    assert np.take_along_axis(x["mask"], x["action"][..., None], -1)[..., 0][active].all()
+    assert not (nxt_active & nxt_acting).any()
+    # An agent still driving at t+1 without choosing carries the very same decision into t+1's mixer input.
+    held = nxt_active[:-1] & ~done[:-1, None]
+    assert held.sum() > 10
+    t, i = np.nonzero(held)
+    assert active[t + 1, i].all()
+    np.testing.assert_array_equal(x["features"][t + 1, i], x["features"][t, i])
+    np.testing.assert_array_equal(x["action"][t + 1, i], x["action"][t, i])
