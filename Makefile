@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: train test install bench demos plots clean
+.PHONY: train test install bench demos plots fig4 table4 fig8 report clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,22 @@ demos: $(STAMP)
 
 plots: $(STAMP)
 	$(BIN)/python -m sim.plot_networks
+
+# The paper's experiments (Section V) at the budget that fits a 2-core CPU; BUDGET=paper for full scale.
+BUDGET ?= small
+SEEDS  ?= 5
+
+fig4: $(STAMP)
+	$(BIN)/python -m benchmarks.sweep --experiment fig4 --budget $(BUDGET) --seeds $(SEEDS)
+
+table4: $(STAMP)
+	$(BIN)/python -m benchmarks.sweep --experiment table4 --budget $(BUDGET) --seeds $(SEEDS)
+
+fig8: $(STAMP)
+	$(BIN)/python -m benchmarks.sweep --experiment fig8 --budget $(BUDGET) --seeds $(SEEDS)
+
+report: $(STAMP)
+	$(BIN)/python -m benchmarks.report
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -144,26 +144,28 @@ def plot_curves(result: dict, path: Path, x: str, keys: tuple[str, ...], title: 
 
 
 def plot_dtw(result: dict, path: Path, title: str) -> None:
+    """Top: DTW (left axis) and training reward (right axis); bottom: alpha (Eq. 30). Mean ± SD over seeds."""
     reled = [c for c in result["cells"] if c["method"] == "reled"]
     if not reled:
         return
-    fig, axes = plt.subplots(1, len(reled), figsize=(4.4 * len(reled), 3.4), squeeze=False)
-    for ax, cell in zip(axes[0], reled):
+    fig, axes = plt.subplots(2, len(reled), figsize=(4.4 * len(reled), 5.6), squeeze=False, sharex="col", gridspec_kw={"height_ratios": [2, 1]})
+    for col, cell in enumerate(reled):
+        ax, ax_alpha = axes[0, col], axes[1, col]
         epochs = np.arange(1, len(cell["curves"]["dtw_m"][0]) + 1)
-        dtw = np.array(cell["curves"]["dtw_m"], float) / 1000.0
-        ax.plot(epochs, np.nanmean(dtw, 0), color="tab:red", label="DTW agent vs expert (km)")
-        ax.fill_between(epochs, np.nanmean(dtw, 0) - np.nanstd(dtw, 0), np.nanmean(dtw, 0) + np.nanstd(dtw, 0), color="tab:red", alpha=0.18, linewidth=0)
-        alpha = np.array(cell["curves"]["alpha"], float)
-        ax.plot(epochs, np.nanmean(alpha, 0), color="tab:gray", ls=":", label="α (Eq. 30)")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("DTW (km) / α")
-        ax2 = ax.twinx()
+        for a, key, scale, colour, label in ((ax, "dtw_m", 1e-3, "tab:red", "DTW agent vs expert (km)"), (ax_alpha, "alpha", 1.0, "tab:gray", "α (Eq. 30)")):
+            v = np.array(cell["curves"][key], float) * scale
+            a.plot(epochs, np.nanmean(v, 0), color=colour, label=label)
+            a.fill_between(epochs, np.nanmean(v, 0) - np.nanstd(v, 0), np.nanmean(v, 0) + np.nanstd(v, 0), color=colour, alpha=0.18, linewidth=0)
+            a.grid(alpha=0.3)
+        ax.set_ylabel("DTW (km)", color="tab:red")
+        ax_alpha.set_ylabel("α")
+        ax_alpha.set_ylim(0, 1.05)
+        ax_alpha.set_xlabel("epoch")
+        twin = ax.twinx()
         _, mean, _ = band(cell, "episode_reward", "interaction_steps")
-        ax2.plot(epochs, mean, color="tab:blue", label="episode reward")
-        ax2.set_ylabel("episode reward", color="tab:blue")
+        twin.plot(epochs, mean, color="tab:blue")
+        twin.set_ylabel("training episode reward", color="tab:blue")
         ax.set_title(f"{MAP_NAMES.get(cell['scenario'], cell['scenario'])} – {cell['regime']}", fontsize=10)
-        ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=7, loc="upper right")
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -368,6 +370,35 @@ def section_fig8(result: dict, name: str, extra: list[dict]) -> list[str]:
     return lines
 
 
+def setting(sweeps: dict) -> list[str]:
+    """What the numbers are and are not, computed from the budgets that were run."""
+    lines = ["## Setting and caveats", ""]
+    for name, result in sweeps.items():
+        b = result["budget_config"]
+        agent_steps = b["epochs"] * b["n_envs"] * b["rollout_steps"]
+        refreshes = -(-b["epochs"] // b.get("q", 10))
+        demo_steps = refreshes * b.get("n_demo_envs", 4) * b.get("demo_steps", 1024)
+        ten = [c["interaction_steps_per_seed"] for c in result["cells"] if c["n_agents"] == 10]
+        steps = f"≈{np.mean(ten):,.0f} interaction steps with 10 agents, {np.mean(ten) / 5e5:.0%} of the paper's 5×10⁵" if ten else "interaction steps grow with the number of agents"
+        lines.append(f"- `{name}`: {b['epochs']} epochs × {b['n_envs']} envs × {b['rollout_steps']} env steps = {agent_steps:,} env steps per seed "
+                     f"({steps}), {result['seeds']} seeds, on {machine_line(result)}. "
+                     f"RELED variants also roll out {demo_steps:,} demonstration env steps per seed ({demo_steps / agent_steps:.0%} extra), "
+                     "which the interaction-step axes, like the paper's, do not count.")
+    lines += [
+        "- At a budget far below the paper's, 'converged' (Table IV) means 'after the budget': most runs are still improving, "
+        "so these numbers test early sample efficiency, not converged performance.",
+        "- The expert is the offline planner (`llm/planner.py`: congestion-aware shortest-time plans through the same sandboxed "
+        "interpreter an LLM's plans go through), not GPT-3.5; the LLM path is exercised by the tests and `benchmarks/llm_demos.py`.",
+        "- Reward and travel time are per agent, from greedy test episodes of our simulator (Eq. 32 reward; 2,400 s cap for "
+        "agents that never arrive), not SUMO time steps; `fidelity.json` puts our travel times within 5 % of SUMO's.",
+        "- Wall-clock curves (Fig. 5) include compilation and the expert service. The committed CPU sweeps ran one cell after "
+        "another on a 2-core development machine that also ran other work part of the time, so their times are indicative; "
+        "GPU times are not comparable with CPU times.",
+        "",
+    ]
+    return lines
+
+
 def write_report(cfg: ReportConfig) -> Path:
     results_dir = Path(cfg.results)
     sweeps = {p.stem: json.loads(p.read_text()) for p in sorted(results_dir.glob("sweep_*.json"))}
@@ -392,9 +423,10 @@ def write_report(cfg: ReportConfig) -> Path:
             for c in [c for c in result["cells"] if c["method"] == "reled"]:
                 dtw = np.nanmean(np.array(c["curves"]["dtw_m"], float), axis=0)
                 k = max(1, dtw.size // 10)
-                drops = np.nanmean(dtw[-k:]) < np.nanmean(dtw[:k])
-                claims.append(f"| Fig. 7: DTW drops and stays low — {MAP_NAMES.get(c['scenario'], c['scenario'])} – {c['regime']} | {'holds' if drops else 'does not hold'} | "
-                              f"{np.nanmean(dtw[:k]) / 1000:.2f} km → {np.nanmean(dtw[-k:]) / 1000:.2f} km |")
+                first, last = np.nanmean(dtw[:k]), np.nanmean(dtw[-k:])
+                verdict = "holds" if last <= 0.75 * first else "partly (falls < 25 %)" if last < first else "does not hold"
+                claims.append(f"| Fig. 7: DTW drops and stays low — {MAP_NAMES.get(c['scenario'], c['scenario'])} – {c['regime']} | {verdict} | "
+                              f"{first / 1000:.2f} km → {last / 1000:.2f} km ({last / first - 1:+.0%}) over the first → last 10 % of epochs |")
     for name, result in sweeps.items():
         stem = name.replace("sweep_", "")
         if result["experiment"] == "table4":
@@ -423,7 +455,7 @@ def write_report(cfg: ReportConfig) -> Path:
                "A claim holds when RELED's 95 % confidence interval (over seeds) lies entirely above every compared method's; "
                "'does not hold' when some method's interval lies entirely above RELED's.", "",
                "| claim (paper Section V) | verdict | detail |", "|---|---|---|"] + claims + [""]
-    lines = lines[:4] + summary + ["## Experiments", ""] + lines[4:] + [
+    lines = lines[:4] + summary + setting(sweeps) + ["## Experiments", ""] + lines[4:] + [
         "## Reproduce", "",
         "Small budget (fits a 2-core CPU, about 100 minutes for Fig. 4 and Table IV together):", "",
         "    python -m benchmarks.sweep --experiment fig4 --budget small --seeds 5",

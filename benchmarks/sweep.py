@@ -160,7 +160,7 @@ def sweep(cfg: SweepConfig) -> dict:
     grid = cfg.grid()
     out = cfg.out_path
     budget = dataclasses.asdict(cfg.train_config(*grid[0]).resolved())
-    budget = {k: budget[k] for k in ("epochs", "n_envs", "rollout_steps", "q", "m", "n_demo_envs", "lr", "preset")}
+    budget = {k: budget[k] for k in ("epochs", "n_envs", "rollout_steps", "q", "m", "n_demo_envs", "demo_steps", "lr", "preset")}
     result = {
         "benchmark": "sweep", "experiment": cfg.experiment, "budget": cfg.budget, "budget_config": budget, "seeds": cfg.seeds,
         "episodes": cfg.episodes, "machine": machine(), "command": "python -m benchmarks.sweep " + _cli_args(cfg), "cells": [], "references": {},

@@ -74,6 +74,6 @@ def test_report_tables_every_cell_and_draws_the_figures(tmp_path):
     text = report.write_report(report.ReportConfig(results=str(tmp_path))).read_text()
     for regime in ("moderate", "congested"):
         assert f"| Fig. 4: RELED converges to the highest reward — Grid (Orlando's stand-in) – {regime} (smoke budget) | holds |" in text
-    assert "9.00 km → 3.00 km" in text
+    assert "9.00 km → 3.00 km (-67%)" in text and "| Fig. 7: DTW drops and stays low — Grid (Orlando's stand-in) – moderate | holds |" in text
     for fig in ("fig4", "fig5", "fig7"):
         assert (tmp_path / f"fig4_smoke_{fig}.png").stat().st_size > 10_000
