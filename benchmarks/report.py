@@ -173,7 +173,7 @@ def plot_dtw(result: dict, path: Path, title: str) -> None:
 
 
 def plot_agents(result: dict, path: Path, title: str, extra_cells: list[dict] = ()) -> None:
-    cells = list(result["cells"]) + [c for c in extra_cells if c["scenario"] in {x["scenario"] for x in result["cells"]}]
+    cells = list(result["cells"]) + list(extra_cells)
     ns = sorted({c["n_agents"] for c in cells})
     methods = list(dict.fromkeys(c["method"] for c in cells))
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(ns) * len(methods) / 2), 4))
@@ -347,12 +347,13 @@ def section_table4(result: dict, name: str) -> list[str]:
 def section_fig8(result: dict, name: str, extra: list[dict]) -> list[str]:
     stem = name.replace("sweep_", "")
     lines = [f"### Fig. 8: agent counts (`{name}`)", "", f"Command(s): `{result['command']}`  ", f"Hardware: {machine_line(result)}", "", f"![Fig. 8]({stem}_fig8.png)", ""]
-    cells = list(result["cells"]) + [c for c in extra if c["scenario"] in {x["scenario"] for x in result["cells"]} and c["regime"] in {x["regime"] for x in result["cells"]}]
+    cells = list(result["cells"]) + list(extra)
     ns = sorted({c["n_agents"] for c in cells})
     methods = list(dict.fromkeys(c["method"] for c in cells))
     lines += ["| agents | " + " | ".join(f"{LABELS.get(m, m)} median reward (arrival)" for m in methods) + " | shortest-time | train wall-clock per method (s) |", "|" + "---|" * (len(methods) + 3)]
+    extra_ns = {c["n_agents"] for c in extra} - {c["n_agents"] for c in result["cells"]}
     for n in ns:
-        row = [str(n)]
+        row = [f"{n} (the fig4 sweep's runs)" if n in extra_ns else str(n)]
         walls = []
         for m in methods:
             c = [x for x in cells if x["method"] == m and x["n_agents"] == n]
@@ -444,8 +445,11 @@ def write_report(cfg: ReportConfig) -> Path:
     for name, result in sweeps.items():
         stem = name.replace("sweep_", "")
         if result["experiment"] == "fig8":
-            extra = [c for c in fig4_cells if c["n_agents"] not in {x["n_agents"] for x in result["cells"]}]
+            # Cells of other sweeps at the same budget on the same map and regime fill in agent counts this sweep did not run.
+            envs = {(x["scenario"], x["regime"]) for x in result["cells"]}
+            extra = [c for c in fig4_cells if c["n_agents"] not in {x["n_agents"] for x in result["cells"]} and (c["scenario"], c["regime"]) in envs]
             same_budget = [c for c in extra if any(s["budget"] == result["budget"] and c in s["cells"] for s in sweeps.values())]
+            result = {**result, "references": {**{k: v for s in sweeps.values() if s["budget"] == result["budget"] for k, v in s["references"].items()}, **result["references"]}}
             plot_agents(result, results_dir / f"{stem}_fig8.png", f"Fig. 8: test reward vs agents ({result['budget']} budget, {result['seeds']} seeds x {result['episodes']} episodes)", same_budget)
             lines += section_fig8(result, name, same_budget)
             for n in sorted({c["n_agents"] for c in result["cells"]}):

@@ -61,7 +61,7 @@ def test_report_tables_every_cell_and_draws_the_figures(tmp_path):
     for method, base in (("reled", 900.0), ("ippo", 400.0)):
         for regime in ("moderate", "congested"):
             c = _cell(method, [base + d for d in (0.0, 5.0, -5.0)])
-            c.update(regime=regime, train_wall_s=100.0, seeds=3, curves={
+            c.update(regime=regime, train_wall_s=100.0, seeds=3, interaction_steps_per_seed=3000, curves={
                 "interaction_steps": [[1000, 2000, 3000]] * 3, "wall_s": [[10, 20, 30]] * 3,
                 "episode_reward": [[np.nan, base / 2, base]] * 3, "travel_time": [[900, 700, 500]] * 3,
                 "dtw_m": [[9000, 5000, 3000]] * 3, "alpha": [[1.0, 0.6, 0.3]] * 3})
