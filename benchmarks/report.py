@@ -335,12 +335,14 @@ def section_table4(result: dict, name: str) -> list[str]:
             paper = PAPER_TABLE_IV.get(m, {}).get(scenario)
             if paper and m != "reled":
                 p_drop = (paper[0][0] - PAPER_TABLE_IV["reled"][scenario][0][0]) / abs(PAPER_TABLE_IV["reled"][scenario][0][0])
-                versus = f"paper {paper[0][0]:,.0f} ({p_drop:+.1%}); ours {compare(mine[0], full[0]) if full else '–'} than full"
+                relation = {"better": "above full", "worse": "below full", "tie": "CIs overlap full's"}[compare(mine[0], full[0])] if full else "–"
+                versus = f"paper {paper[0][0]:,.0f} ({p_drop:+.1%}); ours: {relation}"
             else:
                 versus = f"paper {paper[0][0]:,.0f}" if paper else "–"
             row += [f"{fmt(r, rsd)} {drop}", versus, f"{fmt(t, tsd)} {rise}"]
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "'ours better/worse/tie than full': the variant's test reward against RELED (full), decided by non-overlapping 95 % CIs over seeds.", ""]
+    lines += ["", "'ours: above/below full': the variant's test reward against RELED (full) with non-overlapping 95 % CIs over seeds; "
+              "'CIs overlap': no difference shown. Drop/rise % are relative to RELED (full), as in the paper (negative reward % = lower reward).", ""]
     return lines
 
 
