@@ -392,6 +392,9 @@ def setting(sweeps: dict) -> list[str]:
         "so these numbers test early sample efficiency, not converged performance.",
         "- The expert is the offline planner (`llm/planner.py`: congestion-aware shortest-time plans through the same sandboxed "
         "interpreter an LLM's plans go through), not GPT-3.5; the LLM path is exercised by the tests and `benchmarks/llm_demos.py`.",
+        "- α follows Eq. 30 everywhere: it weights the agent's own loss and 1 − α the expert's, so RELED-α0.2 puts 80 % of the "
+        "objective on the expert and RELED-α0.5 50 %. The paper's ablation text calls α the 'expert weight' (Section V-E), "
+        "which would swap the two; we follow the equation.",
         "- Reward and travel time are per agent, from greedy test episodes of our simulator (Eq. 32 reward; 2,400 s cap for "
         "agents that never arrive), not SUMO time steps; `fidelity.json` puts our travel times within 5 % of SUMO's.",
         "- Wall-clock curves (Fig. 5) include compilation and the expert service. The committed CPU sweeps ran one cell after "
