@@ -17,6 +17,14 @@ pushes towards uniform (exploration), and the value terms pull V^a and V^e to
 their returns (Eq. 27). alpha -> 1 weights the agent's own experience, alpha
 -> 0 imitation of the expert.
 
+Expert advantages. Eq. 28 measures A^e against the expert's own value V^e.
+Once V^e fits the demonstrations, their advantages are noise around zero,
+and PPO-normalised noise moves a policy away from the expert as often as
+towards it (benchmarks/expert_agreement.py measures this). `reled-va` is a
+variant outside the paper: A^e = R^e - V^a(o^e), uncentred, i.e. how much
+better the expert did than the agent expects to do from the same state, so
+agents imitate while the expert is better and stop as they catch up.
+
 IPPO is alpha = 1 without expert samples. MAPPO is IPPO with a centralised
 critic: V^a of agent i sees the global state beside its own observation
 (reled_jax/mappo.py); samples then carry the critic input `cx`.
@@ -37,7 +45,7 @@ from reled_jax.mappo import critic_input, global_state
 from reled_jax.networks import MLP, AgentParams, encode, masked_logits
 from sim.env import EnvParams, RouteChoiceEnv
 
-METHODS = ("reled", "reled-norefine", "reled-alpha0.2", "reled-alpha0.5", "reled-logit", "ippo", "mappo", "qmix")
+METHODS = ("reled", "reled-norefine", "reled-alpha0.2", "reled-alpha0.5", "reled-logit", "reled-va", "ippo", "mappo", "qmix")
 EXPERT_FREE = ("ippo", "mappo", "qmix")  # qmix is trained by reled_jax/qmix.py, not by this module's epoch
 
 
@@ -64,10 +72,26 @@ class HPOConfig:
     dtw_scale_m: float = 200.0
     max_trajectory: int = 64  # junctions kept per trajectory for DTW
     center_expert_advantages: bool = True  # False: only scale expert advantages (see agent_loss)
+    # Baseline of the expert advantage A^e = R^e - V(o^e). "expert": V^e, as Eq. 28 writes it. "agent": V^a,
+    # a variant outside the paper: demonstrations then score how much better the expert did than the agent
+    # expects to do from the same observation (uncentred: imitation while the agent is worse than the
+    # expert, fading as it catches up). V^e is trained on its returns either way (Eq. 27). Method
+    # "reled-va" is RELED with both switches set (agent baseline, uncentred), whatever these fields say.
+    expert_baseline: str = "expert"
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {METHODS}")
+        if self.expert_baseline not in ("expert", "agent"):
+            raise ValueError(f"unknown expert_baseline {self.expert_baseline!r}; choose 'expert' (Eq. 28) or 'agent'")
+
+    @property
+    def expert_advantage_baseline(self) -> str:
+        return "agent" if self.method == "reled-va" else self.expert_baseline
+
+    @property
+    def center_expert(self) -> bool:
+        return self.center_expert_advantages and self.method != "reled-va"
 
     @property
     def centralised_critic(self) -> bool:
@@ -172,17 +196,18 @@ def agent_loss(params_i, policy: MLP, value: MLP, batch_a: dict, batch_e: dict, 
         logits = masked_logits(policy, params_i.policy, batch["x"], batch["mask"])
         logp = jnp.take_along_axis(jax.nn.log_softmax(logits), batch["action"][..., None], axis=-1)[..., 0]
         adv = batch["adv"]
-        mean = masked_mean(adv, batch["valid"])
-        std = jnp.sqrt(masked_mean((adv - mean) ** 2, batch["valid"]) + 1e-8)
         # Advantages are centred and scaled per minibatch as usual in PPO. For expert samples this
-        # can be switched off (scale only), which pulls harder towards every demonstrated action;
-        # on hongkong that learned more slowly (README, Training), so centring is the default.
-        adv = (adv - mean) / std if center else adv / std
+        # can be switched off (center=False): they arrive already scaled by their whole batch's
+        # spread (see `epoch`), since a minibatch may hold only one or two expert decisions.
+        if center:
+            mean = masked_mean(adv, batch["valid"])
+            std = jnp.sqrt(masked_mean((adv - mean) ** 2, batch["valid"]) + 1e-8)
+            adv = (adv - mean) / std
         surrogate, clipfrac = clipped_surrogate(logp, batch["old_logp"], adv, batch["valid"], cfg.clip_eps)
         return surrogate, clipfrac, logits
 
     l_agent, clip_a, logits_a = policy_terms(batch_a, center=True)
-    l_expert, _, _ = policy_terms(batch_e, center=cfg.center_expert_advantages)
+    l_expert, _, _ = policy_terms(batch_e, center=cfg.center_expert)
     has_expert = jnp.any(batch_e["valid"])
     alpha = jnp.where(has_expert, alpha, 1.0)
     ent = masked_mean(entropy(logits_a, batch_a["mask"]), batch_a["valid"])
@@ -262,14 +287,28 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: M
         )
         return ret.reshape(n_agents, -1), adv.reshape(n_agents, -1)
 
+    def expert_advantages(expert: Samples, params: AgentParams):
+        """R^e (Eq. 26, bootstrapped with V^e) and A^e = R^e - V^e(o^e) (Eq. 28), or R^e - V^a(o^e) (reled-va).
+
+        Uncentred expert advantages (reled-va) leave here already divided by their spread; centred
+        ones are standardised per minibatch in `agent_loss` like the agent's.
+        """
+        ret_e, adv_e = advantages(expert, params.value_expert, expert.last_x.shape[1])
+        if cfg.expert_advantage_baseline == "agent" and cfg.method not in EXPERT_FREE:  # V^e keeps R^e as its target either way
+            v_agent = jax.vmap(lambda p, x: value.apply(p, x)[..., 0])(params.value_agent, expert.x)
+            adv_e = jnp.where(expert.decided, ret_e - v_agent, 0.0)
+        if not cfg.center_expert:  # scale only, by each agent's spread over all its expert decisions (a minibatch may hold one)
+            spread = jax.vmap(lambda a, v: jnp.sqrt(masked_mean((a - masked_mean(a, v)) ** 2, v)))(adv_e, expert.decided)
+            adv_e = adv_e / jnp.maximum(spread, 1e-6)[:, None]
+        return ret_e, adv_e
+
     def epoch(state: TrainState, expert: Samples, expert_nodes: tuple) -> tuple[TrainState, dict]:
         key, k_roll, k_perm = jax.random.split(state.key, 3)
         params = state.params
         traj, final_obs, final_state = rollout(params, k_roll)
         agent = to_samples(traj, final_obs, final_state)
         ret_a, adv_a = advantages(agent, params.value_agent, cfg.n_envs)
-        n_expert_segments = expert.last_x.shape[1]
-        ret_e, adv_e = advantages(expert, params.value_expert, n_expert_segments)
+        ret_e, adv_e = expert_advantages(expert, params)
 
         # alpha per agent (Eq. 30): DTW between each agent's own and expert first-episode trajectories.
         a_xy, a_len = trajectory_points(traj["node"], traj["decided"], traj["done"], node_m, cfg.max_trajectory)
@@ -340,6 +379,7 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: M
         return jax.vmap(single)(params, opt_state, mb_a, mb_e, alpha)
 
     epoch.agents_update = agents_update  # exposed for tests
+    epoch.expert_advantages = expert_advantages
     return epoch
 
 

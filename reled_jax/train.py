@@ -53,7 +53,7 @@ PRESETS = {
 class TrainConfig:
     scenario: str = "hongkong"
     regime: str = "moderate"
-    method: str = "reled"  # reled | reled-norefine | reled-alpha0.2 | reled-alpha0.5 | reled-logit | ippo | mappo | qmix
+    method: str = "reled"  # reled | reled-norefine | reled-alpha0.2 | reled-alpha0.5 | reled-logit | reled-va | ippo | mappo | qmix
     n_agents: int = 10
     epochs: int = 40  # K
     n_envs: int = 8

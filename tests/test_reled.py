@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from reled_jax.networks import encode, init_agents
-from reled_jax.reled import HPOConfig, agent_loss, clipped_surrogate, decision_returns, dtw_alpha, entropy, init_state, make_epoch
+from reled_jax.reled import HPOConfig, Samples, agent_loss, clipped_surrogate, decision_returns, dtw_alpha, entropy, init_state, make_epoch
 from sim.scenarios import load_scenario
 
 
@@ -130,3 +130,35 @@ def test_value_losses_eq27(tiny):
     v_e = value.apply(p0.value_expert, b_e["x"])[:, 0]
     want = np.mean((np.asarray(v_a) - np.asarray(b_a["ret"])) ** 2) + np.mean((np.asarray(v_e)[4:] - np.asarray(b_e["ret"])[4:]) ** 2)
     assert float(aux["value_loss"]) == pytest.approx(want, rel=1e-5)
+
+
+def test_expert_advantage_baselines(tiny):
+    """Eq. 28's A^e = R^e - V^e(o^e) by default; the "agent" variant swaps in V^a and keeps R^e."""
+    env, params, cfg, agent_params, policy, value, input_dim = tiny
+    n_agents, n, segments = env.n_agents, 12, 2
+    k = jax.random.split(jax.random.PRNGKey(8), 4)
+    decided = jax.random.bernoulli(k[0], 0.5, (n_agents, n))
+    expert = Samples(
+        x=jax.random.normal(k[1], (n_agents, n, input_dim)), mask=jnp.ones((n_agents, n, env.m_out), bool),
+        action=jnp.zeros((n_agents, n), jnp.int32), reward=jax.random.normal(k[2], (n_agents, n)), decided=decided,
+        done=jnp.zeros((n_agents, n), bool).at[:, n // 2 - 1].set(True), last_x=jax.random.normal(k[3], (n_agents, segments, input_dim)),
+    )
+    v = lambda vp: np.asarray(jax.vmap(lambda p, x: value.apply(p, x)[..., 0])(vp, expert.x))  # noqa: E731
+    ret_e, adv_e = make_epoch(env, params, policy, value, cfg).expert_advantages(expert, agent_params)
+    ret_a, adv_a = make_epoch(env, params, policy, value, dataclasses.replace(cfg, expert_baseline="agent")).expert_advantages(expert, agent_params)
+    ret_v, adv_v = make_epoch(env, params, policy, value, dataclasses.replace(cfg, method="reled-va")).expert_advantages(expert, agent_params)
+    on = np.asarray(decided)
+    np.testing.assert_allclose(np.asarray(ret_a), np.asarray(ret_e), rtol=1e-6)  # the same returns (bootstrapped with V^e)
+    np.testing.assert_allclose(np.asarray(adv_e)[on], (np.asarray(ret_e) - v(agent_params.value_expert))[on], rtol=1e-5, atol=1e-5)
+    want = np.where(on, np.asarray(ret_e) - v(agent_params.value_agent), 0.0)
+    np.testing.assert_allclose(np.asarray(adv_a), want, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(np.asarray(adv_a)[on], np.asarray(adv_e)[on])
+    # reled-va: the same advantages, uncentred, divided by each agent's spread over its decisions.
+    spread = np.array([want[i][on[i]].std() for i in range(n_agents)])
+    np.testing.assert_allclose(np.asarray(adv_v), want / spread[:, None], rtol=1e-4, atol=1e-5)
+    # reled-va is RELED with the agent baseline and uncentred expert advantages.
+    va = HPOConfig(method="reled-va")
+    assert (va.expert_advantage_baseline, va.center_expert, va.fixed_alpha) == ("agent", False, None)
+    assert (cfg.expert_advantage_baseline, cfg.center_expert) == ("expert", True)
+    with pytest.raises(ValueError, match="expert_baseline"):
+        HPOConfig(expert_baseline="both")
