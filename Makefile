@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: train test install bench demos plots fig4 table4 fig8 report clean
+.PHONY: train test install bench demos plots fig4 table4 fig8 agreement report clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ table4: $(STAMP)
 
 fig8: $(STAMP)
 	$(BIN)/python -m benchmarks.sweep --experiment fig8 --budget $(BUDGET) --seeds $(SEEDS)
+
+agreement: $(STAMP)  # after fig4/table4: how closely each method's agents follow the expert
+	$(BIN)/python -m benchmarks.expert_agreement --budget $(BUDGET) --seeds $(SEEDS) --scenario hongkong --regime moderate
+	$(BIN)/python -m benchmarks.expert_agreement --budget $(BUDGET) --seeds $(SEEDS) --scenario grid --regime moderate
 
 report: $(STAMP)
 	$(BIN)/python -m benchmarks.report

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from benchmarks import report
+from benchmarks.expert_agreement import AgreementConfig, agreement
 from benchmarks.sweep import SweepConfig, sweep
 from reled_jax.evaluate import EvalConfig
 from reled_jax.evaluate import main as evaluate
@@ -33,6 +34,18 @@ def test_sweep_evaluates_every_seed_like_evaluate_and_reuses_finished_runs(tmp_p
     assert ck.stat().st_mtime_ns == mtime
     assert json.dumps(again["cells"]) == json.dumps(result["cells"])
 
+    # Expert agreement on the same runs: its test rewards are the sweep's (same keys), and the report tables it.
+    agree = agreement(AgreementConfig(budget="smoke", scenario="oakland", seeds=2, methods=("ippo", "mappo", "reled"), episodes=2, demo_steps=300,
+                                      test_episodes=3, max_steps=300, runs_dir=str(tmp_path / "runs"), out=str(tmp_path / "expert_agreement_smoke.json")))
+    assert list(agree["methods"]) == ["initial", "ippo", "mappo"]  # reled has no run here: skipped
+    for cell in result["cells"]:
+        rows = agree["methods"][cell["method"]]["per_seed"]
+        np.testing.assert_allclose([r["test_reward"] for r in rows], [t["reward"] for t in cell["test"]], rtol=1e-5)
+        assert all(0.0 <= r["argmax_agreement"] <= 1.0 and 0.0 < r["p_expert_action"] <= 1.0 and r["decisions"] > 0 for r in rows)
+    assert (tmp_path / "expert_agreement_smoke.png").exists()
+    lines, claims = report.section_agreement({"expert_agreement_smoke": agree})
+    assert sum(line.startswith(("| untrained", "| IPPO", "| MAPPO")) for line in lines) == 3 and claims == []  # no RELED run, no claim
+
 
 def _cell(method: str, rewards: list[float]) -> dict:
     return {"method": method, "scenario": "grid", "regime": "moderate", "n_agents": 10,
@@ -45,6 +58,9 @@ def test_verdicts_follow_the_confidence_intervals():
     assert report.verdict_best([_cell("reled", tight_high), _cell("ippo", tight_low)])[0] == "holds"
     assert report.verdict_best([_cell("reled", tight_low), _cell("ippo", tight_high)])[0] == "does not hold"
     assert report.verdict_best([_cell("reled", tight_high), _cell("ippo", wide)])[0].startswith("not resolved")
+    # Other RELED forms are not baselines: a variant above RELED does not decide the claim.
+    assert report.verdict_best([_cell("reled", tight_high), _cell("ippo", tight_low), _cell("reled-va", [2000.0] * 5)])[0] == "holds"
+    assert report.verdict_best([_cell("reled-va", tight_high), _cell("ippo", tight_low), _cell("reled", tight_low)], method="reled-va")[0] == "holds"
     # A higher mean alone is not enough when another method's CI overlaps.
     assert report.verdict_best([_cell("reled", tight_high), _cell("ippo", tight_low), _cell("mappo", wide)])[0].startswith("not resolved")
 
