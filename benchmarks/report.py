@@ -30,11 +30,14 @@ from benchmarks.common import RESULTS, ci95  # noqa: E402
 COLOURS = {
     "reled": "tab:red", "ippo": "tab:blue", "mappo": "tab:green", "qmix": "tab:purple",
     "reled-norefine": "tab:orange", "reled-alpha0.2": "tab:brown", "reled-alpha0.5": "tab:pink", "reled-logit": "tab:olive",
+    "reled-va": "darkred",
 }
 LABELS = {
     "reled": "RELED (full)", "reled-norefine": "RELED w/o refn.", "reled-alpha0.2": "RELED-α0.2", "reled-alpha0.5": "RELED-α0.5",
     "reled-logit": "RELED-Logit", "ippo": "IPPO", "mappo": "MAPPO", "qmix": "QMIX",
+    "reled-va": "RELED-Vᵃ (not in paper)",
 }
+OUTSIDE_PAPER = ("reled-va",)  # variants of ours: drawn dashed, never counted as the paper's RELED or as a baseline
 MAP_NAMES = {"grid": "Grid (Orlando's stand-in)", "hongkong": "Hong Kong"}
 
 # Paper Table IV (mean ± SD over runs; Orlando - Moderate, Hong Kong - Moderate). Our "grid" stands in for Orlando.
@@ -127,7 +130,7 @@ def plot_curves(result: dict, path: Path, x: str, keys: tuple[str, ...], title: 
             for cell in cells_by(result, scenario=scenario, regime=regime, n_agents=n):
                 xs, mean, sd = band(cell, key, x)
                 colour = COLOURS.get(cell["method"])
-                ax.plot(xs, mean, color=colour, label=LABELS.get(cell["method"], cell["method"]))
+                ax.plot(xs, mean, color=colour, label=LABELS.get(cell["method"], cell["method"]), ls="--" if cell["method"] in OUTSIDE_PAPER else "-")
                 ax.fill_between(xs, mean - sd, mean + sd, color=colour, alpha=0.18, linewidth=0)
             ref_key = {"episode_reward": "reward", "travel_time": "travel_time_s"}[key]
             if "shortest" in refs:
@@ -224,9 +227,13 @@ def compare(a: dict, b: dict, key: str = "reward", higher_better: bool = True) -
 
 
 def verdict_best(cells: list[dict], method: str = "reled") -> tuple[str, str]:
-    """Does `method` have the highest test reward among `cells`? (verdict, detail)."""
+    """Does `method` have the highest test reward among the paper's baselines in `cells`? (verdict, detail).
+
+    The other RELED forms (ablations, our variants) are not baselines: they are compared elsewhere.
+    """
     mine = [c for c in cells if c["method"] == method]
-    others = [c for c in cells if c["method"] != method]
+    others = [c for c in cells if c["method"] != method and not c["method"].startswith("reled")]
+    cells = mine + others
     if not mine or not others:
         return "not run", ""
     results = {o["method"]: compare(mine[0], o) for o in others}
@@ -373,6 +380,43 @@ def section_fig8(result: dict, name: str, extra: list[dict]) -> list[str]:
     return lines
 
 
+def interval_order(a: tuple[float, float], b: tuple[float, float]) -> str:
+    """'above', 'below' or 'overlap': where the 95 % CI (mean, half-width) a lies against b."""
+    (ma, ha), (mb, hb) = a, b
+    ha, hb = np.nan_to_num(ha), np.nan_to_num(hb)
+    return "above" if ma - ha > mb + hb else "below" if ma + ha < mb - hb else "overlap"
+
+
+def section_agreement(agreements: dict[str, dict]) -> tuple[list[str], list[str]]:
+    """Tables of `benchmarks.expert_agreement` results, and a claim row per plain sweep (no label)."""
+    if not agreements:
+        return [], []
+    lines = ["### Do the agents imitate the expert? (`expert_agreement_*.json`)", "",
+             "Every agent follows the planner expert's plans; at each expert decision we score the trained policy of that agent on the "
+             "same observation: how often its most likely action is the expert's, and the probability it gives the expert's action "
+             "(mean [95 % CI half-width] over seeds). 'untrained' is the networks every run starts from. Test reward as in Fig. 4.", ""]
+    claims = []
+    for name, r in agreements.items():
+        what = r["label"] or f"{r['budget']} budget sweep runs"
+        lines += [f"{MAP_NAMES.get(r['scenario'], r['scenario'])} – {r['regime']}, {what} (`{r['command']}`, {r['seeds']} seeds × {r['episodes']} demonstration episodes):", "",
+                  f"![expert agreement]({name}.png)", "",
+                  "| policy | most likely = expert's | P(expert's action) | test reward | test arrival |", "|---|---|---|---|---|"]
+        for m, row in r["methods"].items():
+            label = "untrained" if m == "initial" else LABELS.get(m, m)
+            arrive = np.mean([x["test_arrival_rate"] for x in row["per_seed"]])
+            p = "– (Q values)" if not np.isfinite(row["p_expert_action"][0]) else f"{row['p_expert_action'][0]:.3f} [±{np.nan_to_num(row['p_expert_action'][1]):.3f}]"
+            lines.append(f"| {label} | {row['argmax_agreement'][0]:.3f} [±{np.nan_to_num(row['argmax_agreement'][1]):.3f}] | {p} | "
+                         f"{row['test_reward'][0]:,.0f} [±{np.nan_to_num(row['test_reward'][1]):,.0f}] | {arrive:.0%} |")
+        lines.append("")
+        if not r["label"] and "reled" in r["methods"]:
+            order = interval_order(r["methods"]["reled"]["argmax_agreement"], r["methods"]["initial"]["argmax_agreement"])
+            verdict = {"above": "holds", "below": "does not hold", "overlap": "not resolved (CIs overlap)"}[order]
+            detail = ", ".join(f"{LABELS.get(m, 'untrained')} {r['methods'][m]['argmax_agreement'][0]:.2f}" for m in ("initial", "reled", "reled-va", "ippo") if m in r["methods"])
+            claims.append(f"| III-E: HPO moves agents towards the expert's decisions — {MAP_NAMES.get(r['scenario'], r['scenario'])} – {r['regime']} "
+                          f"({r['budget']} budget) | {verdict} | agreement with the expert: {detail} |")
+    return lines, claims
+
+
 def setting(sweeps: dict) -> list[str]:
     """What the numbers are and are not, computed from the budgets that were run."""
     lines = ["## Setting and caveats", ""]
@@ -426,6 +470,10 @@ def write_report(cfg: ReportConfig) -> Path:
             for scenario, regime, n in envs_of(result):
                 v, detail = verdict_best(cells_by(result, scenario=scenario, regime=regime, n_agents=n))
                 claims.append(f"| Fig. 4: RELED converges to the highest reward — {MAP_NAMES.get(scenario, scenario)} – {regime} ({result['budget']} budget) | {v} | {detail} |")
+                if cells_by(result, scenario=scenario, regime=regime, n_agents=n, method="reled-va"):
+                    v, detail = verdict_best(cells_by(result, scenario=scenario, regime=regime, n_agents=n), method="reled-va")
+                    claims.append(f"| Fig. 4 with our variant (A^e against V^a, not Eq. 28): RELED-Vᵃ has the highest reward — "
+                                  f"{MAP_NAMES.get(scenario, scenario)} – {regime} | {v} | {detail} |")
             for c in [c for c in result["cells"] if c["method"] == "reled"]:
                 dtw = np.nanmean(np.array(c["curves"]["dtw_m"], float), axis=0)
                 k = max(1, dtw.size // 10)
@@ -460,6 +508,10 @@ def write_report(cfg: ReportConfig) -> Path:
             for n in sorted({c["n_agents"] for c in result["cells"]}):
                 v, detail = verdict_best([c for c in result["cells"] if c["n_agents"] == n])
                 claims.append(f"| Fig. 8: RELED has the highest reward with {n} agents | {v} | {detail} |")
+    agreements = {p.stem: json.loads(p.read_text()) for p in sorted(results_dir.glob("expert_agreement_*.json"))}
+    agreement_lines, agreement_claims = section_agreement(agreements)
+    lines += agreement_lines
+    claims += agreement_claims
     summary = ["## Do the paper's claims hold here?", "",
                "A claim holds when RELED's 95 % confidence interval (over seeds) lies entirely above every compared method's; "
                "'does not hold' when some method's interval lies entirely above RELED's.", "",
@@ -470,6 +522,7 @@ def write_report(cfg: ReportConfig) -> Path:
         "    python -m benchmarks.sweep --experiment fig4 --budget small --seeds 5",
         "    python -m benchmarks.sweep --experiment table4 --budget small --seeds 5",
         "    python -m benchmarks.sweep --experiment fig8 --budget small --seeds 5 --tag gpu",
+        *(f"    {r['command']}" for r in agreements.values()),
         "    python -m benchmarks.report", "",
         "Full scale (GPU or a long CPU run; seeds are vmapped and split over all visible devices):", "",
         "    python -m benchmarks.sweep --experiment fig4 --budget paper --seeds 5 --tag gpu",
