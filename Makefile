@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: train test install bench demos plots fig4 table4 fig8 agreement report clean
+.PHONY: train test install bench demos plots fig4 table4 table4-va fig8 agreement report clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ fig4: $(STAMP)
 
 table4: $(STAMP)
 	$(BIN)/python -m benchmarks.sweep --experiment table4 --budget $(BUDGET) --seeds $(SEEDS)
+
+table4-va: $(STAMP)  # the same ablations on RELED-Va (our variant of the expert advantage)
+	$(BIN)/python -m benchmarks.sweep --experiment table4-va --budget $(BUDGET) --seeds $(SEEDS)
 
 fig8: $(STAMP)
 	$(BIN)/python -m benchmarks.sweep --experiment fig8 --budget $(BUDGET) --seeds $(SEEDS)

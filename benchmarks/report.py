@@ -3,7 +3,7 @@
 Reads every `benchmarks/results/sweep_<experiment>_<budget>[_<tag>].json`
 written by `benchmarks.sweep`, draws the paper's figures for each
 (fig4/fig5/fig7 from a fig4 sweep, fig8 from a fig8 sweep, fig9 from a table4
-sweep) and writes `benchmarks/results/REPORT.md`: our numbers beside the
+or table4-va sweep) and writes `benchmarks/results/REPORT.md`: our numbers beside the
 paper's, and for each of the paper's claims whether it holds in our setting,
 judged from 95 % confidence intervals over seeds.
 
@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 import tyro  # noqa: E402
 
 from benchmarks.common import RESULTS, ci95  # noqa: E402
+from reled_jax.reled import VA_RELED, split_method  # noqa: E402
 
 COLOURS = {
     "reled": "tab:red", "ippo": "tab:blue", "mappo": "tab:green", "qmix": "tab:purple",
@@ -37,7 +38,12 @@ LABELS = {
     "reled-logit": "RELED-Logit", "ippo": "IPPO", "mappo": "MAPPO", "qmix": "QMIX",
     "reled-va": "RELED-Vᵃ (not in paper)",
 }
-OUTSIDE_PAPER = ("reled-va",)  # variants of ours: drawn dashed, never counted as the paper's RELED or as a baseline
+# Table IV's ablations on RELED-Va: the paper variant's colour, "RELED-Vᵃ" in place of "RELED".
+COLOURS |= {va: COLOURS[split_method(va)[0]] for va in VA_RELED[1:]}
+LABELS |= {va: LABELS[split_method(va)[0]].replace("RELED", "RELED-Vᵃ") for va in VA_RELED[1:]}
+OUTSIDE_PAPER = VA_RELED  # variants of ours: drawn dashed, never counted as the paper's RELED or as a baseline
+# Which method is "full" in an ablation sweep: the paper's RELED, or RELED-Va for the ablations on top of it.
+FULL_METHOD = {"table4": "reled", "table4-va": "reled-va"}
 MAP_NAMES = {"grid": "Grid (Orlando's stand-in)", "hongkong": "Hong Kong"}
 
 # Paper Table IV (mean ± SD over runs; Orlando - Moderate, Hong Kong - Moderate). Our "grid" stands in for Orlando.
@@ -320,7 +326,10 @@ def section_dtw(result: dict) -> list[str]:
 
 def section_table4(result: dict, name: str) -> list[str]:
     stem = name.replace("sweep_", "")
-    lines = [f"### Fig. 9 and Table IV: ablations (`{name}`)", "", f"Command(s): `{result['command']}`  ", f"Hardware: {machine_line(result)}", "",
+    full_m = FULL_METHOD[result["experiment"]]
+    title = "ablations" if full_m == "reled" else ("ablations on RELED-Vᵃ (ours, not the paper's): the same variants with A^e against V^a; "
+                                                    "'paper' is the paper's number for the corresponding variant of its RELED")
+    lines = [f"### Fig. 9 and Table IV: {title} (`{name}`)", "", f"Command(s): `{result['command']}`  ", f"Hardware: {machine_line(result)}", "",
              f"![Fig. 9]({stem}_fig9.png)", ""]
     lines += ["| variant | " + " | ".join(f"{MAP_NAMES.get(s, s)} reward (drop %) | ours vs paper | {MAP_NAMES.get(s, s)} time s (rise %)" for s, _, _ in envs_of(result)) + " |",
               "|---|" + "---|---|---|" * len(envs_of(result))]
@@ -329,7 +338,7 @@ def section_table4(result: dict, name: str) -> list[str]:
         for scenario, regime, n in envs_of(result):
             cells = cells_by(result, scenario=scenario, regime=regime, n_agents=n)
             mine = [c for c in cells if c["method"] == m]
-            full = [c for c in cells if c["method"] == "reled"]
+            full = [c for c in cells if c["method"] == full_m]
             if not mine:
                 row += ["–", "–", "–"]
                 continue
@@ -337,10 +346,10 @@ def section_table4(result: dict, name: str) -> list[str]:
             t, tsd, _ = test_stat(mine[0], "travel_time_s")
             r0 = test_stat(full[0])[0] if full else float("nan")
             t0 = test_stat(full[0], "travel_time_s")[0] if full else float("nan")
-            drop = "(–)" if m == "reled" else f"({(r - r0) / abs(r0):+.1%})"
-            rise = "(–)" if m == "reled" else f"({(t - t0) / t0:+.1%})"
-            paper = PAPER_TABLE_IV.get(m, {}).get(scenario)
-            if paper and m != "reled":
+            drop = "(–)" if m == full_m else f"({(r - r0) / abs(r0):+.1%})"
+            rise = "(–)" if m == full_m else f"({(t - t0) / t0:+.1%})"
+            paper = PAPER_TABLE_IV.get(split_method(m)[0], {}).get(scenario)
+            if paper and m != full_m:
                 p_drop = (paper[0][0] - PAPER_TABLE_IV["reled"][scenario][0][0]) / abs(PAPER_TABLE_IV["reled"][scenario][0][0])
                 relation = {"better": "above full", "worse": "below full", "tie": "CIs overlap full's"}[compare(mine[0], full[0])] if full else "–"
                 versus = f"paper {paper[0][0]:,.0f} ({p_drop:+.1%}); ours: {relation}"
@@ -348,8 +357,8 @@ def section_table4(result: dict, name: str) -> list[str]:
                 versus = f"paper {paper[0][0]:,.0f}" if paper else "–"
             row += [f"{fmt(r, rsd)} {drop}", versus, f"{fmt(t, tsd)} {rise}"]
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "'ours: above/below full': the variant's test reward against RELED (full) with non-overlapping 95 % CIs over seeds; "
-              "'CIs overlap': no difference shown. Drop/rise % are relative to RELED (full), as in the paper (negative reward % = lower reward).", ""]
+    lines += ["", f"'ours: above/below full': the variant's test reward against {LABELS[full_m]} with non-overlapping 95 % CIs over seeds; "
+              f"'CIs overlap': no difference shown. Drop/rise % are relative to {LABELS[full_m]}, as in the paper (negative reward % = lower reward).", ""]
     return lines
 
 
@@ -483,17 +492,20 @@ def write_report(cfg: ReportConfig) -> Path:
                               f"{first / 1000:.2f} km → {last / 1000:.2f} km ({last / first - 1:+.0%}) over the first → last 10 % of epochs |")
     for name, result in sweeps.items():
         stem = name.replace("sweep_", "")
-        if result["experiment"] == "table4":
-            plot_curves(result, results_dir / f"{stem}_fig9.png", "interaction_steps", ("episode_reward",), f"Fig. 9: ablations ({result['budget']} budget, {result['seeds']} seeds, mean ± SD)")
+        if result["experiment"] in FULL_METHOD:
+            full_m = FULL_METHOD[result["experiment"]]
+            on = "" if full_m == "reled" else " on RELED-Vᵃ"
+            plot_curves(result, results_dir / f"{stem}_fig9.png", "interaction_steps", ("episode_reward",), f"Fig. 9: ablations{on} ({result['budget']} budget, {result['seeds']} seeds, mean ± SD)")
             lines += section_table4(result, name)
+            claim = "Table IV" if full_m == "reled" else "Table IV with our variant (A^e against V^a, not Eq. 28)"
             for scenario, regime, n in envs_of(result):
                 cells = cells_by(result, scenario=scenario, regime=regime, n_agents=n)
-                full = [c for c in cells if c["method"] == "reled"]
+                full = [c for c in cells if c["method"] == full_m]
                 for c in cells:
-                    if c["method"] != "reled" and full:
+                    if c["method"] != full_m and full:
                         v = compare(full[0], c)
                         verdict = {"better": "holds", "worse": "does not hold", "tie": "not resolved (CIs overlap)"}[v]
-                        claims.append(f"| Table IV: RELED (full) beats {LABELS.get(c['method'], c['method'])} — {MAP_NAMES.get(scenario, scenario)} | {verdict} | "
+                        claims.append(f"| {claim}: {LABELS[full_m]} beats {LABELS.get(c['method'], c['method'])} — {MAP_NAMES.get(scenario, scenario)} | {verdict} | "
                                       f"{test_stat(full[0])[0]:,.0f} vs {test_stat(c)[0]:,.0f} |")
     for name, result in sweeps.items():
         stem = name.replace("sweep_", "")
@@ -521,6 +533,7 @@ def write_report(cfg: ReportConfig) -> Path:
         "Small budget (fits a 2-core CPU, about 100 minutes for Fig. 4 and Table IV together):", "",
         "    python -m benchmarks.sweep --experiment fig4 --budget small --seeds 5",
         "    python -m benchmarks.sweep --experiment table4 --budget small --seeds 5",
+        "    python -m benchmarks.sweep --experiment table4-va --budget small --seeds 5",
         "    python -m benchmarks.sweep --experiment fig8 --budget small --seeds 5 --tag gpu",
         *(f"    {r['command']}" for r in agreements.values()),
         "    python -m benchmarks.report", "",

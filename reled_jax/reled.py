@@ -24,6 +24,8 @@ towards it (benchmarks/expert_agreement.py measures this). `reled-va` is a
 variant outside the paper: A^e = R^e - V^a(o^e), uncentred, i.e. how much
 better the expert did than the agent expects to do from the same state, so
 agents imitate while the expert is better and stop as they catch up.
+`reled-va-norefine`, `reled-va-alpha0.2`, ... are Table IV's ablations with
+that expert advantage.
 
 IPPO is alpha = 1 without expert samples. MAPPO is IPPO with a centralised
 critic: V^a of agent i sees the global state beside its own observation
@@ -45,8 +47,18 @@ from reled_jax.mappo import critic_input, global_state
 from reled_jax.networks import MLP, AgentParams, encode, masked_logits
 from sim.env import EnvParams, RouteChoiceEnv
 
-METHODS = ("reled", "reled-norefine", "reled-alpha0.2", "reled-alpha0.5", "reled-logit", "reled-va", "ippo", "mappo", "qmix")
+PAPER_RELED = ("reled", "reled-norefine", "reled-alpha0.2", "reled-alpha0.5", "reled-logit")  # Table IV's variants
+# The same variants with reled-va's expert advantages: "reled-va", "reled-va-norefine", ...
+VA_RELED = tuple(m.replace("reled", "reled-va", 1) for m in PAPER_RELED)
 EXPERT_FREE = ("ippo", "mappo", "qmix")  # qmix is trained by reled_jax/qmix.py, not by this module's epoch
+METHODS = (*PAPER_RELED, *VA_RELED, *EXPERT_FREE)
+
+
+def split_method(method: str) -> tuple[str, bool]:
+    """("reled-va-alpha0.2") -> ("reled-alpha0.2", True): the paper's variant, and whether A^e is against V^a."""
+    if method in VA_RELED:
+        return method.replace("reled-va", "reled", 1), True
+    return method, False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,8 +87,8 @@ class HPOConfig:
     # Baseline of the expert advantage A^e = R^e - V(o^e). "expert": V^e, as Eq. 28 writes it. "agent": V^a,
     # a variant outside the paper: demonstrations then score how much better the expert did than the agent
     # expects to do from the same observation (uncentred: imitation while the agent is worse than the
-    # expert, fading as it catches up). V^e is trained on its returns either way (Eq. 27). Method
-    # "reled-va" is RELED with both switches set (agent baseline, uncentred), whatever these fields say.
+    # expert, fading as it catches up). V^e is trained on its returns either way (Eq. 27). Methods
+    # "reled-va*" are RELED's variants with both switches set (agent baseline, uncentred), whatever these fields say.
     expert_baseline: str = "expert"
 
     def __post_init__(self):
@@ -86,12 +98,17 @@ class HPOConfig:
             raise ValueError(f"unknown expert_baseline {self.expert_baseline!r}; choose 'expert' (Eq. 28) or 'agent'")
 
     @property
+    def variant(self) -> str:
+        """The paper's method this one is a form of (Table IV's names): reled-va-logit -> reled-logit."""
+        return split_method(self.method)[0]
+
+    @property
     def expert_advantage_baseline(self) -> str:
-        return "agent" if self.method == "reled-va" else self.expert_baseline
+        return "agent" if split_method(self.method)[1] else self.expert_baseline
 
     @property
     def center_expert(self) -> bool:
-        return self.center_expert_advantages and self.method != "reled-va"
+        return self.center_expert_advantages and not split_method(self.method)[1]
 
     @property
     def centralised_critic(self) -> bool:
@@ -101,8 +118,8 @@ class HPOConfig:
     def fixed_alpha(self) -> float | None:
         if self.method in EXPERT_FREE:
             return 1.0
-        if self.method.startswith("reled-alpha"):
-            return float(self.method.removeprefix("reled-alpha"))
+        if self.variant.startswith("reled-alpha"):
+            return float(self.variant.removeprefix("reled-alpha"))
         return None
 
 

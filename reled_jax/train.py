@@ -34,7 +34,7 @@ from llm.service import ExpertConfig, ExpertService
 from reled_jax import qmix
 from reled_jax.networks import init_agents
 from reled_jax.mappo import global_state_dim
-from reled_jax.reled import EXPERT_FREE, METHODS, HPOConfig, empty_expert, init_state, make_epoch
+from reled_jax.reled import EXPERT_FREE, METHODS, HPOConfig, empty_expert, init_state, make_epoch, split_method
 from reled_jax.sed import SED, SEDConfig
 from sim.scenarios import REGIMES, SCENARIOS, load_scenario
 
@@ -53,7 +53,7 @@ PRESETS = {
 class TrainConfig:
     scenario: str = "hongkong"
     regime: str = "moderate"
-    method: str = "reled"  # reled | reled-norefine | reled-alpha0.2 | reled-alpha0.5 | reled-logit | reled-va | ippo | mappo | qmix
+    method: str = "reled"  # reled | reled-norefine | reled-alpha0.2 | reled-alpha0.5 | reled-logit | reled-va (and reled-va-norefine, -alpha0.2, -alpha0.5, -logit) | ippo | mappo | qmix
     n_agents: int = 10
     epochs: int = 40  # K
     n_envs: int = 8
@@ -87,7 +87,7 @@ class TrainConfig:
         if self.method not in METHODS:
             raise SystemExit(f"unknown method {self.method!r}; choose one of {METHODS}")
         cfg = dataclasses.replace(self, **PRESETS[self.preset])
-        if cfg.method == "reled-logit":
+        if split_method(cfg.method)[0] == "reled-logit":
             cfg = dataclasses.replace(cfg, expert=dataclasses.replace(cfg.expert, backend="logit"))
         if cfg.expert.backend == "llm":
             # Flags win; RELED_LLM_BASE_URL / RELED_LLM_MODEL / RELED_LLM_API_KEY fill what they leave empty.
@@ -102,6 +102,11 @@ class TrainConfig:
         if cfg.q < 1 or cfg.m < 1 or cfg.m > cfg.n_agents or cfg.seeds < 1 or cfg.epochs < 1:
             raise SystemExit(f"need q >= 1, 1 <= m <= n_agents, seeds >= 1, epochs >= 1 (got q={cfg.q}, m={cfg.m}, seeds={cfg.seeds}, epochs={cfg.epochs})")
         return cfg
+
+    @property
+    def refine_plans(self) -> bool:
+        """Whether the expert refines its plans from feedback (Section III-C); "w/o refn." variants do not."""
+        return split_method(self.method)[0] != "reled-norefine"
 
     @property
     def out_dir(self) -> Path:
@@ -145,7 +150,7 @@ def train(cfg: TrainConfig) -> dict:
     if uses_expert:
         for s in seeds:
             service = ExpertService(network, np.asarray(env_params.agent_origin), np.asarray(env_params.agent_dest), config=dataclasses.replace(cfg.expert, seed=s), t_max=env_params.t_max)
-            sed_cfg = SEDConfig(q=cfg.q, m=cfg.m, n_demo_envs=cfg.n_demo_envs, demo_steps=cfg.demo_steps, refine=cfg.method != "reled-norefine")
+            sed_cfg = SEDConfig(q=cfg.q, m=cfg.m, n_demo_envs=cfg.n_demo_envs, demo_steps=cfg.demo_steps, refine=cfg.refine_plans)
             seds.append(SED(env, env_params, network, policy, hpo, sed_cfg, service, seed=s))
     no_expert = empty_expert(env.n_agents, input_dim, env.m_out)
     no_nodes = (jnp.zeros((1, env.n_agents, hpo.max_trajectory, 2)), jnp.zeros((1, env.n_agents), jnp.int32))

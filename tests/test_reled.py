@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from reled_jax.networks import encode, init_agents
-from reled_jax.reled import HPOConfig, Samples, agent_loss, clipped_surrogate, decision_returns, dtw_alpha, entropy, init_state, make_epoch
+from reled_jax.reled import PAPER_RELED, VA_RELED, HPOConfig, Samples, agent_loss, clipped_surrogate, decision_returns, dtw_alpha, entropy, init_state, make_epoch, split_method
+from reled_jax.train import TrainConfig
 from sim.scenarios import load_scenario
 
 
@@ -156,9 +157,16 @@ def test_expert_advantage_baselines(tiny):
     # reled-va: the same advantages, uncentred, divided by each agent's spread over its decisions.
     spread = np.array([want[i][on[i]].std() for i in range(n_agents)])
     np.testing.assert_allclose(np.asarray(adv_v), want / spread[:, None], rtol=1e-4, atol=1e-5)
-    # reled-va is RELED with the agent baseline and uncentred expert advantages.
-    va = HPOConfig(method="reled-va")
-    assert (va.expert_advantage_baseline, va.center_expert, va.fixed_alpha) == ("agent", False, None)
-    assert (cfg.expert_advantage_baseline, cfg.center_expert) == ("expert", True)
+    # reled-va* are RELED's Table IV variants with the agent baseline and uncentred expert advantages;
+    # everything else about a variant (fixed alpha, refinement, expert backend) is the paper variant's.
+    for paper, va_method in zip(PAPER_RELED, VA_RELED, strict=True):
+        assert split_method(va_method) == (paper, True) and split_method(paper) == (paper, False)
+        va, pv = HPOConfig(method=va_method), HPOConfig(method=paper)
+        assert (va.expert_advantage_baseline, va.center_expert, va.fixed_alpha) == ("agent", False, pv.fixed_alpha)
+        assert (pv.expert_advantage_baseline, pv.center_expert) == ("expert", True)
+    assert HPOConfig(method="reled-va-alpha0.2").fixed_alpha == 0.2 and HPOConfig(method="reled-va").fixed_alpha is None
+    for method, backend, refine in (("reled-va-logit", "logit", True), ("reled-va-norefine", "planner", False), ("reled-va", "planner", True)):
+        tcfg = TrainConfig(method=method).resolved()
+        assert (tcfg.expert.backend, tcfg.refine_plans) == (backend, refine), method
     with pytest.raises(ValueError, match="expert_baseline"):
         HPOConfig(expert_baseline="both")
