@@ -6,8 +6,8 @@
     python -m benchmarks.sweep --experiment fig4   --budget paper   # the paper's 500 epochs x ~1,000 steps (GPU)
 
 Every cell is one `reled_jax.train` run with all its seeds vmapped in one
-compiled program (and split across devices when several are visible: see
-`reled_jax.train.seed_placement`), followed by 20 greedy test episodes per
+compiled program (and split across devices when several are visible, on one
+host or on several with `--cluster.enabled`: see `reled_jax.train.seed_placement`), followed by 20 greedy test episodes per
 seed (`reled_jax.evaluate.evaluate_seeds`) and, once per environment, the
 shortest-time and random reference policies on the same test keys.
 
@@ -36,7 +36,7 @@ from benchmarks.common import RESULTS, machine, write_json
 from reled_jax.evaluate import evaluate_policies, evaluate_seeds
 from reled_jax.export_policy import read_checkpoint
 from reled_jax.reled import METHODS, PAPER_RELED, VA_RELED
-from reled_jax.train import TrainConfig, train
+from reled_jax.train import ClusterConfig, TrainConfig, join_cluster, train
 from sim.policies import REFERENCE_POLICIES
 from sim.scenarios import load_scenario
 
@@ -83,6 +83,7 @@ class SweepConfig:
     runs_dir: str = "runs/sweep"
     tag: str = ""  # results file suffix, e.g. "gpu": sweep_fig4_small_gpu.json
     out: str = ""  # default benchmarks/results/sweep_<experiment>_<budget>[_<tag>].json
+    cluster: ClusterConfig = ClusterConfig()  # several hosts train each cell together; process 0 writes
 
     def grid(self) -> list[tuple[str, str, int, str]]:
         if self.experiment not in EXPERIMENTS:
@@ -111,7 +112,7 @@ class SweepConfig:
 
     def train_config(self, scenario: str, regime: str, n_agents: int, method: str) -> TrainConfig:
         run = Path(self.runs_dir) / self.budget / f"{scenario}-{regime}-a{n_agents}-{method}-x{self.seeds}"
-        return TrainConfig(scenario=scenario, regime=regime, method=method, n_agents=n_agents, seeds=self.seeds, seed=0, out=str(run), resume=True, **BUDGETS[self.budget])
+        return TrainConfig(scenario=scenario, regime=regime, method=method, n_agents=n_agents, seeds=self.seeds, seed=0, out=str(run), resume=True, cluster=self.cluster, **BUDGETS[self.budget])
 
 
 CURVE_KEYS = ("interaction_steps", "wall_s", "episode_reward", "travel_time", "arrival_rate", "dtw_m", "alpha", "expert_reward", "execution_rate")
@@ -124,10 +125,9 @@ def curves(run_dir: Path, seeds: int) -> dict[str, list[list[float]]]:
     return {k: [[float(r.get(k, float("nan"))) for r in rs] for rs in by_seed] for k in CURVE_KEYS}
 
 
-def run_cell(cfg: SweepConfig, scenario: str, regime: str, n_agents: int, method: str) -> dict:
-    tcfg = cfg.train_config(scenario, regime, n_agents, method)
-    t0 = time.perf_counter()
-    summary = train(tcfg)
+def evaluate_cell(cfg: SweepConfig, tcfg: TrainConfig, summary: dict, t0: float) -> dict:
+    """A trained cell's curves and greedy test episodes (process 0 only: it holds the run directory)."""
+    scenario, regime, n_agents, method = tcfg.scenario, tcfg.regime, tcfg.n_agents, tcfg.method
     run_dir = tcfg.out_dir
     ck = read_checkpoint(run_dir / "checkpoint.pkl")
     _, env, params = load_scenario(scenario, regime, n_agents=n_agents, seed=0)
@@ -175,18 +175,24 @@ def sweep(cfg: SweepConfig) -> dict:
             result["cells"], result["references"] = old["cells"], old["references"]
             result["command"] = old["command"] if result["command"] in old["command"] else f"{old['command']}; {result['command']}"
     done = {cell_key(c) for c in result["cells"]}
+    writer = jax.process_index() == 0  # other processes of a cluster only train their share of each cell's seeds
     t_start = time.perf_counter()
     for i, (scenario, regime, n_agents, method) in enumerate(grid):
         key = f"{scenario}/{regime}/a{n_agents}/{method}"
         env_key = f"{scenario}/{regime}/a{n_agents}"
         print(f"[sweep {cfg.experiment}/{cfg.budget}] cell {i + 1}/{len(grid)}: {key} ({time.perf_counter() - t_start:.0f} s so far)", flush=True)
-        if env_key not in result["references"]:
+        if writer and env_key not in result["references"]:
             result["references"][env_key] = references(cfg, scenario, regime, n_agents)
         if key not in done:
-            result["cells"].append(run_cell(cfg, scenario, regime, n_agents, method))
+            tcfg, t0 = cfg.train_config(scenario, regime, n_agents, method), time.perf_counter()
+            summary = train(tcfg)
+            if writer:
+                result["cells"].append(evaluate_cell(cfg, tcfg, summary, t0))
             done.add(key)
-        write_json(out, result)
-    print(f"wrote {out} ({len(result['cells'])} cells); plots and report: python -m benchmarks.report")
+        if writer:
+            write_json(out, result)
+    if writer:
+        print(f"wrote {out} ({len(result['cells'])} cells); plots and report: python -m benchmarks.report")
     return result
 
 
@@ -201,7 +207,9 @@ def _cli_args(cfg: SweepConfig) -> str:
 
 
 def main() -> None:
-    sweep(tyro.cli(SweepConfig, description=__doc__))
+    cfg = tyro.cli(SweepConfig, description=__doc__)
+    join_cluster(cfg.cluster)
+    sweep(cfg)
 
 
 if __name__ == "__main__":

@@ -4,12 +4,17 @@
     python -m reled_jax.train --method ippo --seeds 3
     python -m reled_jax.train --scenario grid --regime congested --expert.backend llm --expert.llm.base-url http://127.0.0.1:8080/v1
     python -m reled_jax.train --preset paper                   # the paper's budget: 500 epochs x ~1000 interaction steps
+    python -m reled_jax.train --seeds 16 --cluster.enabled     # one process per host (SLURM, Open MPI, ... detected)
 
 Data flow: scenario -> env params -> per-seed states (stacked) -> every q epochs the
 SED module asks the expert service for plans and rolls out demonstrations (host:
 the only round trip) -> q epochs of rollout + HPO update as one compiled program,
 seeds vmapped -> metrics (CSV, JSONL), checkpoint, progress bar -> plots and summary.
 A killed run resumes from its last checkpoint (`--resume`) to the same result.
+
+Devices: the seed axis is split across every visible device (`seed_placement`); with
+`--cluster.enabled` every host runs this same program, `jax.distributed` joins their
+devices into one mesh, and process 0 alone writes the run directory.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tyro
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from llm.client import LLMConfig, LLMError
@@ -50,6 +56,33 @@ PRESETS = {
 
 
 @dataclasses.dataclass(frozen=True)
+class ClusterConfig:
+    """Several processes (hosts) as one device mesh via `jax.distributed.initialize`.
+
+    Leave the three fields empty on a cluster JAX detects (SLURM, Open MPI, MPICH, Cloud
+    TPU, ...); set them to run several processes by hand, e.g. two on one machine.
+    """
+
+    enabled: bool = False
+    coordinator_address: str | None = None  # host:port of process 0
+    num_processes: int | None = None
+    process_id: int | None = None
+
+
+def join_cluster(cluster: ClusterConfig) -> None:
+    """Connect this process to the others before any JAX computation (no-op when not enabled)."""
+    if not cluster.enabled:
+        return
+    # CPU processes exchange arrays through gloo; GPU processes use NCCL whatever this says.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize(coordinator_address=cluster.coordinator_address, num_processes=cluster.num_processes, process_id=cluster.process_id)
+    except (RuntimeError, ValueError) as err:
+        raise SystemExit(f"could not join the cluster ({err}); on a cluster JAX does not detect, pass "
+                         "--cluster.coordinator-address HOST:PORT --cluster.num-processes N --cluster.process-id I") from None
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     scenario: str = "hongkong"
     regime: str = "moderate"
@@ -64,6 +97,7 @@ class TrainConfig:
     demo_steps: int = 1024
     seeds: int = 1  # seeds seed, seed+1, ... vmapped in one program
     shard_seeds: bool = True  # split the seed axis across all visible devices when they divide it
+    cluster: ClusterConfig = ClusterConfig()  # several hosts: see join_cluster
     seed: int = 0
     expert: ExpertConfig = ExpertConfig()
     out: str = ""  # default runs/<scenario>-<regime>-<method>-s<seed>
@@ -158,6 +192,8 @@ def train(cfg: TrainConfig) -> dict:
     expert_nodes = jax.tree.map(lambda *z: jnp.stack(z), *[no_nodes] * len(seeds))
 
     place = seed_placement(len(seeds)) if cfg.shard_seeds else (lambda tree: tree)
+    writer = jax.process_index() == 0  # with several processes, process 0 alone writes the run directory
+    log = print if writer else (lambda *args: None)
     state, expert, expert_nodes = place((state, expert, expert_nodes))
 
     epoch_fn = qmix.make_epoch(env, env_params, q_net, mixer, cfg.qmix_config()) if cfg.method == "qmix" else make_epoch(env, env_params, policy, value, hpo)
@@ -171,7 +207,8 @@ def train(cfg: TrainConfig) -> dict:
     run_chunk = jax.jit(run_chunk, static_argnums=3)
 
     out = cfg.out_dir
-    out.mkdir(parents=True, exist_ok=True)
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pkl"
     rows: list[dict] = []
     sed_log: list[dict] = []
@@ -180,31 +217,34 @@ def train(cfg: TrainConfig) -> dict:
         ck = pickle.loads(ckpt_path.read_bytes())
         if _comparable(ck["config"]) != _comparable(dataclasses.asdict(cfg)):
             raise SystemExit(f"{ckpt_path} was written by a different configuration; use another --out or drop --resume")
-        state, expert, expert_nodes = place(jax.tree.map(jnp.asarray, (ck["state"], ck["expert"], ck["expert_nodes"])))
+        state, expert, expert_nodes = place(jax.tree.map(np.asarray, (ck["state"], ck["expert"], ck["expert_nodes"])))
         rows, sed_log, start_epoch, wall_offset, steps_done = ck["rows"], ck["sed_log"], ck["epoch"], ck["wall"], ck["steps"]
         for sed, st in zip(seds, ck["seds"]):
             sed.service.load_state_dict(st["service"])
             sed.feedback, sed.history = st["feedback"], st["history"]
-        print(f"resumed {out} at epoch {start_epoch}")
+        log(f"resumed {out} at epoch {start_epoch}")
     elif ckpt_path.exists():
         raise SystemExit(f"{out} already holds a run; pass --resume to continue it or --out to start elsewhere")
 
-    print(f"{cfg.method} on {cfg.scenario}/{cfg.regime}: {network.n_nodes} junctions, {env.n_agents} agents, "
+    log(f"{cfg.method} on {cfg.scenario}/{cfg.regime}: {network.n_nodes} junctions, {env.n_agents} agents, "
           f"{len(seeds)} seed(s), {cfg.epochs} epochs of {cfg.n_envs} envs x {cfg.rollout_steps} steps; expert: "
           f"{cfg.expert.backend if uses_expert else 'none'}; output {out}")
     wall_start = time.perf_counter() - wall_offset
-    bar = tqdm(total=cfg.epochs, initial=start_epoch, unit="epoch", desc=cfg.method)
+    bar = tqdm(total=cfg.epochs, initial=start_epoch, unit="epoch", desc=cfg.method, disable=not writer)
     epoch = start_epoch
     while epoch < cfg.epochs:
         if uses_expert:
-            refreshed = [sed.refresh(jax.tree.map(lambda z, i=i: z[i], state.params.policy), epoch) for i, sed in enumerate(seds)]
-            expert = jax.tree.map(lambda *z: jnp.stack(z), *[r[0] for r in refreshed])
-            expert_nodes = jax.tree.map(lambda *z: jnp.stack(z), *[r[1] for r in refreshed])
+            policy_params = to_host(state.params.policy)
+            refreshed = [sed.refresh(jax.tree.map(lambda z, i=i: z[i], policy_params), epoch) for i, sed in enumerate(seds)]
+            expert = jax.tree.map(lambda *z: np.stack(z), *[r[0] for r in refreshed])
+            expert_nodes = jax.tree.map(lambda *z: np.stack(z), *[r[1] for r in refreshed])
+            if jax.process_count() > 1:  # an LLM may answer each host differently: every host takes process 0's plans
+                expert, expert_nodes = multihost_utils.broadcast_one_to_all((expert, expert_nodes))
             sed_log += [{**r[2], "seed": s} for r, s in zip(refreshed, seeds)]
             expert, expert_nodes = place((expert, expert_nodes))
         length = min(cfg.q, cfg.epochs - epoch)
         state, metrics = run_chunk(state, expert, expert_nodes, length)
-        metrics = jax.device_get(metrics)  # [length, seeds]
+        metrics = to_host(metrics)  # [length, seeds]
         chunk_start = rows[-1]["wall_s"] if rows else wall_offset
         wall = time.perf_counter() - wall_start
         for k in range(length):
@@ -222,21 +262,25 @@ def train(cfg: TrainConfig) -> dict:
         recent = [r for r in rows if r["epoch"] == epoch]
         bar.update(length)
         bar.set_postfix(reward=_fmt([r["episode_reward"] for r in recent]), travel=_fmt([r["travel_time"] for r in recent]) + "s", alpha=f"{np.mean([r['alpha'] for r in recent]):.2f}")
-        _write_metrics(out, rows)
-        _atomic_pickle(ckpt_path, {
-            "config": dataclasses.asdict(cfg), "epoch": epoch, "wall": wall, "steps": steps_done, "rows": rows, "sed_log": sed_log,
-            "state": jax.device_get(state), "expert": jax.device_get(expert), "expert_nodes": jax.device_get(expert_nodes),
-            "seds": [{"service": sed.service.state_dict(), "feedback": sed.feedback, "history": sed.history} for sed in seds],
-        })
+        arrays = to_host({"state": state, "expert": expert, "expert_nodes": expert_nodes})  # every process gathers
+        if writer:
+            _write_metrics(out, rows)
+            _atomic_pickle(ckpt_path, {
+                "config": dataclasses.asdict(cfg), "epoch": epoch, "wall": wall, "steps": steps_done, "rows": rows, "sed_log": sed_log, **arrays,
+                "seds": [{"service": sed.service.state_dict(), "feedback": sed.feedback, "history": sed.history} for sed in seds],
+            })
     bar.close()
     for sed in seds:
         sed.service.close()
-    (out / "sed.json").write_text(json.dumps(sed_log, indent=1, default=_jsonable))
     summary = _summary(cfg, rows, seds)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_jsonable))
-    plot_run(out)
-    print(json.dumps(summary, indent=1, default=_jsonable))
-    print(f"wrote {out}/metrics.csv, metrics.jsonl, sed.json, summary.json, training.png, checkpoint.pkl")
+    if writer:
+        (out / "sed.json").write_text(json.dumps(sed_log, indent=1, default=_jsonable))
+        (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_jsonable))
+        plot_run(out)
+        print(json.dumps(summary, indent=1, default=_jsonable))
+        print(f"wrote {out}/metrics.csv, metrics.jsonl, sed.json, summary.json, training.png, checkpoint.pkl")
+    if jax.process_count() > 1:  # nobody reads the run directory before process 0 has finished it
+        multihost_utils.sync_global_devices("reled_jax.train finished")
     return summary
 
 
@@ -254,12 +298,24 @@ def seed_placement(n_seeds: int):
         return lambda tree: tree
     mesh = jax.sharding.Mesh(np.array(devices), ("seed",))
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seed"))
-    return lambda tree: jax.device_put(tree, sharding)
+    # From host memory: with several processes each holds the same whole array and keeps its own shards.
+    return lambda tree: jax.device_put(to_host(tree), sharding)
+
+
+def to_host(tree):
+    """NumPy copies of a tree's arrays on this process; arrays spread over several hosts are
+    gathered first (a collective: every process must call it at the same point)."""
+    def fetch(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+
+    return jax.tree.map(fetch, tree)
 
 
 def _comparable(config: dict) -> dict:
     """The fields that decide a run's result (not where it is written or whether it resumes)."""
-    return {k: v for k, v in config.items() if k not in ("resume", "out", "shard_seeds")}
+    return {k: v for k, v in config.items() if k not in ("resume", "out", "shard_seeds", "cluster")}
 
 
 def _fmt(values) -> str:
@@ -353,7 +409,9 @@ def plot_run(out: Path) -> None:
 
 
 def main() -> None:
-    train(tyro.cli(TrainConfig, description=__doc__))
+    cfg = tyro.cli(TrainConfig, description=__doc__)
+    join_cluster(cfg.cluster)
+    train(cfg)
 
 
 if __name__ == "__main__":

@@ -108,25 +108,63 @@ def test_training_survives_a_dead_llm_and_counts_fallbacks(tmp_path):
     assert len(_rows(tmp_path / "run")) == 4
 
 
-def test_seeds_sharded_across_devices_equal_the_unsharded_run(tmp_path):
-    """Four forced host devices, four seeds: one seed per device gives the same metrics as all on one."""
+def test_seeds_sharded_across_devices_and_hosts_equal_the_unsharded_run(tmp_path):
+    """Four seeds on four forced host devices, then on two processes of two devices joined by
+    jax.distributed: both give the metrics of all seeds on one device, and only process 0 writes."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    run = "train(TrainConfig(scenario='oakland', n_agents=3, preset='smoke', seeds=4, q=2, m=1, out=out, shard_seeds=shard, cluster=cluster))\n"
+    one_host = (
+        "import sys, jax; from reled_jax.train import ClusterConfig, TrainConfig, train, seed_placement\n"
+        "assert jax.device_count() == 4\n"
+        "placed = seed_placement(4)(jax.numpy.zeros((4, 3)))\n"
+        "assert len(placed.sharding.device_set) == 4, placed.sharding\n"
+        "out, shard, cluster = sys.argv[1], sys.argv[2] == '1', ClusterConfig()\n" + run
+    )
+    two_hosts = (
+        "import sys, jax; from reled_jax.train import ClusterConfig, TrainConfig, join_cluster, train, seed_placement\n"
+        "cluster = ClusterConfig(enabled=True, coordinator_address=sys.argv[2], num_processes=2, process_id=int(sys.argv[3]))\n"
+        "join_cluster(cluster)\n"
+        "assert jax.process_count() == 2 and jax.device_count() == 4 and jax.local_device_count() == 2\n"
+        "placed = seed_placement(4)(jax.numpy.zeros((4, 3)))\n"
+        "assert len(placed.sharding.device_set) == 4 and not placed.is_fully_addressable\n"
+        "out, shard = sys.argv[1] + '/p' + sys.argv[3], True\n" + run
+    )
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", PYTHONHASHSEED="0")
+    for shard in ("1", "0"):
+        result = subprocess.run([sys.executable, "-c", one_host, str(tmp_path / shard), shard], env=env, capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, result.stderr[-2000:]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        coordinator = f"127.0.0.1:{s.getsockname()[1]}"
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    procs = [subprocess.Popen([sys.executable, "-c", two_hosts, str(tmp_path / "hosts"), coordinator, str(pid)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for pid in (0, 1)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, err[-2000:]
+    assert not (tmp_path / "hosts" / "p1").exists()  # process 1 trained its shards but wrote nothing
+
+    dirs = {"1": tmp_path / "1", "0": tmp_path / "0", "hosts": tmp_path / "hosts" / "p0"}
+    rows = {name: [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()] for name, d in dirs.items()}
+    assert len(rows["1"]) == len(rows["0"]) == len(rows["hosts"]) == 4 * 4  # 4 epochs x 4 seeds
+    for name in ("1", "hosts"):
+        for placed_row, single in zip(rows[name], rows["0"]):
+            for key in ("episode_reward", "value_loss", "entropy", "alpha", "interaction_steps"):
+                np.testing.assert_allclose(placed_row[key], single[key], rtol=1e-4, err_msg=f"{name}: {key}")
+
+
+def test_cluster_that_cannot_be_joined_is_a_clear_error():
+    """--cluster.enabled with no cluster to detect and no coordinator names the flags to pass."""
     import os
     import subprocess
     import sys
 
-    script = (
-        "import sys, jax; from reled_jax.train import TrainConfig, train, seed_placement\n"
-        "assert jax.device_count() == 4\n"
-        "placed = seed_placement(4)(jax.numpy.zeros((4, 3)))\n"
-        "assert len(placed.sharding.device_set) == 4, placed.sharding\n"
-        "train(TrainConfig(scenario='oakland', n_agents=3, preset='smoke', seeds=4, q=2, m=1, out=sys.argv[1], shard_seeds=sys.argv[2] == '1'))\n"
-    )
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", PYTHONHASHSEED="0")
-    for shard in ("1", "0"):
-        result = subprocess.run([sys.executable, "-c", script, str(tmp_path / shard), shard], env=env, capture_output=True, text=True, timeout=900)
-        assert result.returncode == 0, result.stderr[-2000:]
-    rows = {shard: [json.loads(line) for line in (tmp_path / shard / "metrics.jsonl").read_text().splitlines()] for shard in ("1", "0")}
-    assert len(rows["1"]) == len(rows["0"]) == 4 * 4  # 4 epochs x 4 seeds
-    for sharded, single in zip(rows["1"], rows["0"]):
-        for key in ("episode_reward", "value_loss", "entropy", "alpha", "interaction_steps"):
-            np.testing.assert_allclose(sharded[key], single[key], rtol=1e-4, err_msg=key)
+    script = "from reled_jax.train import ClusterConfig, join_cluster; join_cluster(ClusterConfig(enabled=True))"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "OMPI_", "PMI_"))}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "could not join the cluster" in result.stderr and "--cluster.coordinator-address" in result.stderr
