@@ -369,9 +369,9 @@ def section_fig8(result: dict, name: str, extra: list[dict]) -> list[str]:
     ns = sorted({c["n_agents"] for c in cells})
     methods = list(dict.fromkeys(c["method"] for c in cells))
     lines += ["| agents | " + " | ".join(f"{LABELS.get(m, m)} median reward (arrival)" for m in methods) + " | shortest-time | train wall-clock per method (s) |", "|" + "---|" * (len(methods) + 3)]
-    extra_ns = {c["n_agents"] for c in extra} - {c["n_agents"] for c in result["cells"]}
+    source = {c["n_agents"]: c["from_sweep"] for c in extra}
     for n in ns:
-        row = [f"{n} (the fig4 sweep's runs)" if n in extra_ns else str(n)]
+        row = [f"{n} (`{source[n]}`)" if n in source else str(n)]
         walls = []
         for m in methods:
             c = [x for x in cells if x["method"] == m and x["n_agents"] == n]
@@ -467,7 +467,6 @@ def write_report(cfg: ReportConfig) -> Path:
              "we train in our JAX simulator (calibrated against SUMO, see `fidelity.json`) on Hong Kong (Sha Tin) and a 131-junction grid that stands in for Orlando, "
              "with the offline planner expert in place of GPT-3.5 (no LLM is reachable from the machines these ran on).", ""]
     claims: list[str] = []
-    fig4_cells: list[dict] = []
     for name, result in sweeps.items():
         stem = name.replace("sweep_", "")
         if result["experiment"] == "fig4":
@@ -475,7 +474,6 @@ def write_report(cfg: ReportConfig) -> Path:
             plot_curves(result, results_dir / f"{stem}_fig5.png", "wall_s", ("episode_reward",), f"Fig. 5: wall-clock efficiency ({machine_line(result)})")
             plot_dtw(result, results_dir / f"{stem}_fig7.png", "Fig. 7: DTW between agent and expert trajectories, α and reward (RELED)")
             lines += section_fig4(result, name) + section_dtw(result)
-            fig4_cells += result["cells"]
             for scenario, regime, n in envs_of(result):
                 v, detail = verdict_best(cells_by(result, scenario=scenario, regime=regime, n_agents=n))
                 claims.append(f"| Fig. 4: RELED converges to the highest reward — {MAP_NAMES.get(scenario, scenario)} – {regime} ({result['budget']} budget) | {v} | {detail} |")
@@ -510,10 +508,18 @@ def write_report(cfg: ReportConfig) -> Path:
     for name, result in sweeps.items():
         stem = name.replace("sweep_", "")
         if result["experiment"] == "fig8":
-            # Cells of other sweeps at the same budget on the same map and regime fill in agent counts this sweep did not run.
+            # Cells of other Fig. 4/8 sweeps at the same budget on the same map and regime (other hardware, perhaps)
+            # fill in the agent counts this sweep did not run; each row names the sweep it comes from.
             envs = {(x["scenario"], x["regime"]) for x in result["cells"]}
-            extra = [c for c in fig4_cells if c["n_agents"] not in {x["n_agents"] for x in result["cells"]} and (c["scenario"], c["regime"]) in envs]
-            same_budget = [c for c in extra if any(s["budget"] == result["budget"] and c in s["cells"] for s in sweeps.values())]
+            own = {x["n_agents"] for x in result["cells"]}
+            same_budget, seen = [], set()
+            for other, s in sweeps.items():
+                if other == name or s["budget"] != result["budget"] or s["experiment"] not in ("fig4", "fig8"):
+                    continue
+                for c in s["cells"]:
+                    if c["n_agents"] not in own and (c["scenario"], c["regime"]) in envs and (c["method"], c["n_agents"]) not in seen:
+                        same_budget.append({**c, "from_sweep": other})
+                        seen.add((c["method"], c["n_agents"]))
             result = {**result, "references": {**{k: v for s in sweeps.values() if s["budget"] == result["budget"] for k, v in s["references"].items()}, **result["references"]}}
             plot_agents(result, results_dir / f"{stem}_fig8.png", f"Fig. 8: test reward vs agents ({result['budget']} budget, {result['seeds']} seeds x {result['episodes']} episodes)", same_budget)
             lines += section_fig8(result, name, same_budget)

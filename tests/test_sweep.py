@@ -107,3 +107,21 @@ def test_report_tables_every_cell_and_draws_the_figures(tmp_path):
     assert f"{claim} IPPO — Grid (Orlando's stand-in) | not resolved (CIs overlap) |" in text
     assert "| RELED-Vᵃ-α0.5 | 400 ± 10 (-60.0%) | paper -76 (-109.7%); ours: below full |" in text
     assert (tmp_path / "table4-va_smoke_fig9.png").stat().st_size > 10_000
+
+    # Fig. 8 from two sweeps of one budget (say 5 agents on the CPU, 20 on a GPU): each section fills in the
+    # other's agent counts and names the sweep each row comes from; a sweep of another budget is left out.
+    def agents_cell(method: str, n: int, reward: float) -> dict:
+        return {**_cell(method, [reward, reward + 5.0, reward - 5.0]), "n_agents": n, "train_wall_s": 50.0}
+
+    fig8 = {**sweep_json, "experiment": "fig8", "references": {}}
+    (tmp_path / "sweep_fig8_smoke.json").write_text(json.dumps({**fig8, "cells": [agents_cell("reled", 5, 700.0), agents_cell("ippo", 5, 600.0)]}))
+    (tmp_path / "sweep_fig8_smoke_gpu.json").write_text(json.dumps({**fig8, "cells": [agents_cell("reled", 20, 300.0), agents_cell("ippo", 20, 200.0)]}))
+    (tmp_path / "sweep_fig8_other.json").write_text(json.dumps({**fig8, "budget": "other", "cells": [agents_cell("reled", 50, -9.0)]}))
+    text = report.write_report(report.ReportConfig(results=str(tmp_path))).read_text()
+    cpu_section = text[text.index("### Fig. 8: agent counts (`sweep_fig8_smoke`)"):]
+    cpu_section = cpu_section[:cpu_section.index("\n### ", 1)] if "\n### " in cpu_section[1:] else cpu_section
+    assert "| 5 | 700 (100%) | 600 (100%) |" in cpu_section
+    assert "| 10 (`sweep_fig4_smoke`) | 900 (100%) | 400 (100%) |" in cpu_section
+    assert "| 20 (`sweep_fig8_smoke_gpu`) | 300 (100%) | 200 (100%) |" in cpu_section
+    assert "\n| 50" not in cpu_section and "| -9 " not in cpu_section
+    assert "| Fig. 8: RELED has the highest reward with 5 agents | holds |" in text
