@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import inspect
 import operator
 import re
 import time
@@ -147,11 +148,11 @@ def parse_program(source: str, limits: SandboxLimits = SandboxLimits()) -> ast.M
 def check_program(tree: ast.Module, limits: SandboxLimits) -> None:
     """Reject any construct outside the whitelist, before running anything."""
     count = 0
-    stack = [(tree, 0)]
+    stack = [(tree, 0, 1)]
     while stack:
-        node, depth = stack.pop()
+        node, depth, parent_line = stack.pop()
         count += 1
-        line = getattr(node, "lineno", 0)
+        line = getattr(node, "lineno", parent_line)  # operators and contexts have none: their expression's line
         if count > limits.max_ast_nodes:
             raise PlanError(f"plan code is too long ({limits.max_ast_nodes} syntax nodes at most)")
         if depth > limits.max_ast_depth:
@@ -183,7 +184,7 @@ def check_program(tree: ast.Module, limits: SandboxLimits) -> None:
                 continue
             if isinstance(node, ast.FunctionDef) and child is node.returns:
                 continue
-            stack.append((child, depth + 1))
+            stack.append((child, depth + 1, line))
 
 
 _BUILTIN_NAMES = frozenset(
@@ -422,7 +423,7 @@ class Interpreter:
     def _subscript(self, node: ast.Subscript, scope):
         container = self._eval(node.value, scope)
         if not isinstance(container, (list, tuple, dict, str, range)):
-            raise PlanError(f"line {node.lineno}: cannot index a {type(container).__name__}")
+            raise PlanError(f"line {node.lineno}: cannot index {_a(type(container).__name__)}")
         if isinstance(node.slice, ast.Slice):
             bounds = [None if part is None else self._eval(part, scope) for part in (node.slice.lower, node.slice.upper, node.slice.step)]
             if not all(b is None or (isinstance(b, int) and not isinstance(b, bool)) for b in bounds):
@@ -462,12 +463,14 @@ class Interpreter:
         return self._call(func, args, kwargs, node)
 
     def _call(self, func, args, kwargs, node):
-        line = getattr(node, "lineno", 0)
+        # node is None for calls made by a builtin (a `key=` function): the builtin's call adds the line.
+        line = getattr(node, "lineno", None)
+        at = f"line {line}: " if line else ""
         if isinstance(func, _Helper):
             if kwargs or len(args) != len(func.params):
-                raise PlanError(f"line {line}: helper `{func.name}` takes {len(func.params)} positional arguments")
+                raise PlanError(f"{at}helper `{func.name}` takes {len(func.params)} positional arguments")
             if self.depth >= self.limits.max_call_depth:
-                raise PlanError(f"line {line}: helper calls nested deeper than {self.limits.max_call_depth} (recursion is not allowed to run away)")
+                raise PlanError(f"{at}helper calls nested deeper than {self.limits.max_call_depth} (recursion is not allowed to run away)")
             self.depth += 1
             local = dict(zip(func.params, args))
             try:
@@ -475,29 +478,28 @@ class Interpreter:
             except _Return as ret:
                 return ret.value
             except (_Break, _Continue):
-                raise PlanError(f"line {line}: `break`/`continue` outside a loop") from None
+                raise PlanError(f"{at}`break`/`continue` outside a loop") from None
             finally:
                 self.depth -= 1
             return None
         if func in self.functions.values():
-            if self.on_line is not None:
+            if self.on_line is not None and line:
                 self.on_line(line)
+            _check_arity(func, args, kwargs, at)
             try:
                 return func(*args, **kwargs)
             except PlanError as err:
-                raise PlanError(f"line {line}: {err}") from None
-            except TypeError as err:
-                raise PlanError(f"line {line}: {err}") from None
+                raise _with_line(at, err) from None
         if func in self.builtins.values():
             if kwargs and func not in (self._min, self._max, self._sorted, self._print):
-                raise PlanError(f"line {line}: keyword arguments are not supported for this builtin")
+                raise PlanError(f"{at}keyword arguments are not supported for this builtin")
             try:
                 return self._check_size(func(*args, **kwargs), node)
             except PlanError as err:
-                raise PlanError(f"line {line}: {err}") from None
+                raise _with_line(at, err) from None
             except (TypeError, ValueError, OverflowError, ZeroDivisionError) as err:
-                raise PlanError(f"line {line}: {type(err).__name__}: {err}") from None
-        raise PlanError(f"line {line}: a {type(func).__name__} is not callable")
+                raise PlanError(f"{at}{type(err).__name__}: {err}") from None
+        raise PlanError(f"{at}{_a(type(func).__name__)} is not callable")
 
     # ------------------------------------------------------------ safe builtins
     def _iterable(self, value, node) -> list | range | tuple:
@@ -507,7 +509,7 @@ class Interpreter:
             return value
         if isinstance(value, dict):
             return list(value)
-        raise PlanError(f"line {getattr(node, 'lineno', 0)}: cannot iterate over a {type(value).__name__}")
+        raise PlanError(f"line {getattr(node, 'lineno', 0)}: cannot iterate over {_a(type(value).__name__)}")
 
     def _materialize(self, value) -> list:
         items = self._iterable(value, None)
@@ -540,7 +542,7 @@ class Interpreter:
 
     def _len(self, value):
         if not isinstance(value, (list, tuple, dict, str, range)):
-            raise PlanError(f"len() of a {type(value).__name__}")
+            raise PlanError(f"len() of {_a(type(value).__name__)}")
         return len(value)
 
     def _range(self, *args):
@@ -588,7 +590,7 @@ class Interpreter:
     def _truth(self, value, node) -> bool:
         if isinstance(value, (int, float, str, bool, list, tuple, dict, range, type(None))):
             return bool(value)
-        raise PlanError(f"line {getattr(node, 'lineno', 0)}: a {type(value).__name__} has no truth value here")
+        raise PlanError(f"line {getattr(node, 'lineno', 0)}: {_a(type(value).__name__)} has no truth value here")
 
     def _check_size(self, value, node):
         line = getattr(node, "lineno", 0)
@@ -599,7 +601,6 @@ class Interpreter:
         if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > self.limits.max_int_bits:
             raise PlanError(f"line {line}: integer exceeds {self.limits.max_int_bits} bits")
         return value
-
 
     def _charge(self, n: int, node) -> None:
         self.allocated += n
@@ -622,6 +623,26 @@ class _Scope(dict):
 
 
 _MISSING = object()
+
+
+def _with_line(at: str, err: PlanError) -> PlanError:
+    """The error with `at` ("line N: ") in front, unless it already names its line."""
+    message = str(err)
+    return PlanError(message if message.startswith("line ") else at + message)
+
+
+def _a(noun: str) -> str:
+    return ("an " if noun[:1] in "aeiou" else "a ") + noun
+
+
+def _check_arity(func, args, kwargs, at: str) -> None:
+    """An interface function called with the wrong arguments: say which it takes (not Python's bound-method message)."""
+    signature = inspect.signature(func)
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError:
+        names = ", ".join(signature.parameters) or "no arguments"
+        raise PlanError(f"{at}{func.__name__}() takes ({names}), got {len(args) + len(kwargs)} argument(s)") from None
 
 
 def _is_number(value) -> bool:
