@@ -206,6 +206,33 @@ def dtw_alpha(dtw_km: jax.Array, epoch: jax.Array, total_epochs: int) -> jax.Arr
     return jnp.exp(-(epoch / total_epochs) * dtw_km)
 
 
+def hybrid_alpha(agent_points: tuple, expert_points: tuple, epoch: jax.Array, cfg: HPOConfig) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Eq. 30's weight of every agent from the DTW between its own and its expert trajectories.
+
+    agent_points, expert_points: ([E, A, L, 2] junction coordinates in metres, [E, A] lengths), as
+    `trajectory_points` returns them (one first episode per environment). Agent i is compared with
+    expert row i of the same environment index, over the environments both have. D_DTW is the DTW
+    in metres divided by the longer trajectory's length and by `dtw_scale_m` (HPOConfig), averaged
+    over the pairs with a finite DTW (an empty trajectory against a non-empty one has none).
+    Returns (alpha, mean DTW in metres, D_DTW), each [A]; fixed-alpha methods get their constant.
+    """
+    a_xy, a_len = agent_points
+    e_xy, e_len = expert_points
+    n_agents = a_xy.shape[1]
+    n_pairs = min(a_xy.shape[0], e_xy.shape[0])
+    flat = lambda z: z[:n_pairs].reshape((-1,) + z.shape[2:])  # noqa: E731
+    dist = dtw_batch(flat(a_xy), flat(e_xy), flat(a_len), flat(e_len)).reshape(n_pairs, n_agents)
+    norm = dist / jnp.maximum(jnp.maximum(a_len[:n_pairs], e_len[:n_pairs]), 1) / cfg.dtw_scale_m
+    ok = jnp.isfinite(dist)
+    count = jnp.maximum(ok.sum(0), 1)
+    dtw_m = jnp.sum(jnp.where(ok, dist, 0.0), 0) / count
+    d_dtw = jnp.sum(jnp.where(ok, norm, 0.0), 0) / count
+    alpha = dtw_alpha(d_dtw, jnp.asarray(epoch, jnp.float32), cfg.epochs)
+    if cfg.fixed_alpha is not None:
+        alpha = jnp.full_like(alpha, cfg.fixed_alpha)
+    return alpha, dtw_m, d_dtw
+
+
 def agent_loss(params_i, policy: MLP, value: MLP, batch_a: dict, batch_e: dict, alpha, cfg: HPOConfig):
     """Loss of one agent on one minibatch; returns (loss, aux). batch_* hold x, mask, action, old_logp, adv, ret, valid."""
 
@@ -328,19 +355,8 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: M
         ret_e, adv_e = expert_advantages(expert, params)
 
         # alpha per agent (Eq. 30): DTW between each agent's own and expert first-episode trajectories.
-        a_xy, a_len = trajectory_points(traj["node"], traj["decided"], traj["done"], node_m, cfg.max_trajectory)
-        e_xy, e_len = expert_nodes  # [E', A, L, 2] metres, [E', A]
-        n_pairs = min(a_xy.shape[0], e_xy.shape[0])
-        flat = lambda z: z[:n_pairs].reshape((-1,) + z.shape[2:])  # noqa: E731
-        dist = dtw_batch(flat(a_xy), flat(e_xy), flat(a_len), flat(e_len)).reshape(n_pairs, n_agents)
-        norm = dist / jnp.maximum(jnp.maximum(a_len[:n_pairs], e_len[:n_pairs]), 1) / cfg.dtw_scale_m
-        ok = jnp.isfinite(dist)
-        count = jnp.maximum(ok.sum(0), 1)
-        dtw_m = jnp.sum(jnp.where(ok, dist, 0.0), 0) / count
-        d_dtw = jnp.sum(jnp.where(ok, norm, 0.0), 0) / count
-        alpha = dtw_alpha(d_dtw, state.epoch.astype(jnp.float32), cfg.epochs)
-        if cfg.fixed_alpha is not None:
-            alpha = jnp.full_like(alpha, cfg.fixed_alpha)
+        agent_points = trajectory_points(traj["node"], traj["decided"], traj["done"], node_m, cfg.max_trajectory)
+        alpha, dtw_m, d_dtw = hybrid_alpha(agent_points, expert_nodes, state.epoch, cfg)
 
         def old_logp(samples):
             logits = policy_apply(policy, params.policy, samples.x, samples.mask)

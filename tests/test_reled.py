@@ -8,8 +8,13 @@ import numpy as np
 import pytest
 
 from reled_jax.networks import encode, init_agents
-from reled_jax.reled import PAPER_RELED, VA_RELED, HPOConfig, Samples, agent_loss, clipped_surrogate, decision_returns, dtw_alpha, entropy, init_state, make_epoch, split_method
+from reled_jax.reled import (
+    PAPER_RELED, VA_RELED, HPOConfig, Samples, agent_loss, clipped_surrogate, decision_returns, dtw_alpha, empty_expert, entropy,
+    hybrid_alpha, init_state, make_epoch, split_method,
+)
 from reled_jax.train import TrainConfig
+from sim.env import make_env, make_params
+from sim.network import SignalConfig, build_network
 from sim.scenarios import load_scenario
 
 
@@ -75,8 +80,10 @@ def test_loss_signs_and_alpha_weighting(tiny):
     p0 = jax.tree.map(lambda z: z[0], agent_params)
     b_a = jax.tree.map(lambda z: z[0], _tiny_batches(jax.random.PRNGKey(1), 1, 16, input_dim, env.m_out))
     b_e = jax.tree.map(lambda z: z[0], _tiny_batches(jax.random.PRNGKey(2), 1, 16, input_dim, env.m_out))
+    # Compiled once for all the cases below (batches and alpha are arguments, the config is fixed per call).
+    grad = jax.jit(lambda ba, be, alpha, c: jax.grad(agent_loss, has_aux=True)(p0, policy, value, ba, be, alpha, c)[0], static_argnums=3)
     # One gradient step on the loss raises the log-probability of positive-advantage agent actions.
-    grads, _ = jax.grad(agent_loss, has_aux=True)(p0, policy, value, b_a, b_e, 1.0, cfg)
+    grads = grad(b_a, b_e, 1.0, cfg)
     stepped = jax.tree.map(lambda p, g: p - 1e-2 * g, p0, grads)
 
     def logp(p, b):
@@ -86,12 +93,10 @@ def test_loss_signs_and_alpha_weighting(tiny):
     assert float(jnp.sum(b_a["adv"] * (logp(stepped, b_a) - logp(p0, b_a)))) > 0
     # alpha = 1: the expert samples do not move the policy; alpha = 0: the agent's advantages do not.
     other_e = dict(b_e, adv=-b_e["adv"])
-    g1, _ = jax.grad(agent_loss, has_aux=True)(p0, policy, value, b_a, b_e, 1.0, cfg)
-    g2, _ = jax.grad(agent_loss, has_aux=True)(p0, policy, value, b_a, other_e, 1.0, cfg)
+    g1, g2 = grad(b_a, b_e, 1.0, cfg), grad(b_a, other_e, 1.0, cfg)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g1.policy, g2.policy)
     cfg0 = dataclasses.replace(cfg, entropy_coef=0.0)
-    g3, _ = jax.grad(agent_loss, has_aux=True)(p0, policy, value, b_a, b_e, 0.0, cfg0)
-    g4, _ = jax.grad(agent_loss, has_aux=True)(p0, policy, value, dict(b_a, adv=-b_a["adv"]), b_e, 0.0, cfg0)
+    g3, g4 = grad(b_a, b_e, 0.0, cfg0), grad(dict(b_a, adv=-b_a["adv"]), b_e, 0.0, cfg0)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g3.policy, g4.policy)
 
 
@@ -102,10 +107,11 @@ def test_stacked_update_equals_loop_of_single_agent_updates(tiny):
     b_a = _tiny_batches(jax.random.PRNGKey(4), env.n_agents, 8, input_dim, env.m_out)
     b_e = _tiny_batches(jax.random.PRNGKey(5), env.n_agents, 8, input_dim, env.m_out)
     alpha = jnp.array([0.2, 0.5, 0.9])
-    stacked, _, _ = jax.jit(epoch.agents_update)(state.params, state.opt_state, b_a, b_e, alpha)
+    update = jax.jit(epoch.agents_update)
+    stacked, _, _ = update(state.params, state.opt_state, b_a, b_e, alpha)
     for i in range(env.n_agents):
         take = lambda z: z[i : i + 1]  # noqa: E731
-        single, _, _ = epoch.agents_update(
+        single, _, _ = update(
             jax.tree.map(take, state.params), jax.tree.map(take, state.opt_state), jax.tree.map(take, b_a), jax.tree.map(take, b_e), alpha[i : i + 1]
         )
         jax.tree.map(lambda s, o: np.testing.assert_allclose(np.asarray(s)[i], np.asarray(o)[0], rtol=1e-5, atol=1e-6), stacked, single)
@@ -126,7 +132,7 @@ def test_value_losses_eq27(tiny):
     b_a = jax.tree.map(lambda z: z[0], _tiny_batches(jax.random.PRNGKey(6), 1, 8, input_dim, env.m_out))
     b_e = jax.tree.map(lambda z: z[0], _tiny_batches(jax.random.PRNGKey(7), 1, 8, input_dim, env.m_out))
     b_e["valid"] = b_e["valid"].at[:4].set(False)  # masked rows do not count
-    _, aux = agent_loss(p0, policy, value, b_a, b_e, 0.5, cfg)
+    _, aux = jax.jit(lambda ba, be: agent_loss(p0, policy, value, ba, be, 0.5, cfg))(b_a, b_e)
     v_a = value.apply(p0.value_agent, b_a["x"])[:, 0]
     v_e = value.apply(p0.value_expert, b_e["x"])[:, 0]
     want = np.mean((np.asarray(v_a) - np.asarray(b_a["ret"])) ** 2) + np.mean((np.asarray(v_e)[4:] - np.asarray(b_e["ret"])[4:]) ** 2)
@@ -170,3 +176,83 @@ def test_expert_advantage_baselines(tiny):
         assert (tcfg.expert.backend, tcfg.refine_plans) == (backend, refine), method
     with pytest.raises(ValueError, match="expert_baseline"):
         HPOConfig(expert_baseline="both")
+
+
+def _expert_direction_batch(policy, params, input_dim, m_out):
+    """Eight expert rows on two observations: action 1 at x1 with A^e = +1, action 0 at x2 with A^e = -1."""
+    x1, x2 = jnp.zeros(input_dim).at[0].set(1.0), jnp.zeros(input_dim).at[1].set(1.0)
+    x = jnp.stack([x1] * 4 + [x2] * 4)
+    action = jnp.array([1] * 4 + [0] * 4)
+    logp = jnp.take_along_axis(jax.nn.log_softmax(policy.apply(params.policy, x)), action[:, None], 1)[:, 0]
+    return dict(x=x, mask=jnp.ones((8, m_out), bool), action=action, old_logp=logp, adv=jnp.array([1.0] * 4 + [-1.0] * 4),
+                ret=jnp.zeros(8), valid=jnp.ones(8, bool))
+
+
+@pytest.mark.parametrize("method", ["reled", "reled-va"])  # centred (Eq. 28 as in the paper) and uncentred expert advantages
+def test_expert_term_pulls_towards_positive_advantage_expert_actions(tiny, method):
+    """Eq. 30/31: alpha = 0 follows the expert's advantages, alpha = 1 ignores them, alpha = 0.5 is the mean of both."""
+    env, _, cfg, agent_params, policy, value, input_dim = tiny
+    cfg = dataclasses.replace(cfg, method=method, entropy_coef=0.0)  # the entropy term would move the policy too
+    p0 = jax.tree.map(lambda z: z[0], agent_params)
+    b_e = _expert_direction_batch(policy, p0, input_dim, env.m_out)
+    b_a = jax.tree.map(lambda z: z[0], _tiny_batches(jax.random.PRNGKey(9), 1, 16, input_dim, env.m_out))
+    grad = jax.jit(lambda alpha, be: jax.grad(agent_loss, has_aux=True)(p0, policy, value, b_a, be, alpha, cfg)[0].policy)
+
+    def logp_change(g):
+        stepped = jax.tree.map(lambda p, d: p - 1e-2 * d, p0.policy, g)
+        after = jnp.take_along_axis(jax.nn.log_softmax(policy.apply(stepped, b_e["x"])), b_e["action"][:, None], 1)[:, 0]
+        return np.asarray(after - b_e["old_logp"])
+
+    g0, g1, g_half = grad(0.0, b_e), grad(1.0, b_e), grad(0.5, b_e)
+    change = logp_change(g0)
+    assert (change[:4] > 1e-4).all() and (change[4:] < -1e-4).all(), change  # towards the good expert action, away from the bad
+    # alpha = 1: the expert rows carry no weight, whatever their advantages.
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-7), g1, grad(1.0, dict(b_e, adv=-b_e["adv"])))
+    assert np.abs(logp_change(g1)[:4] - change[:4]).max() > 1e-4  # ... and alpha = 1 is not alpha = 0
+    # The hybrid loss is linear in alpha: alpha = 0.5 is exactly half of each.
+    jax.tree.map(lambda h, a, b: np.testing.assert_allclose(h, 0.5 * a + 0.5 * b, rtol=1e-5, atol=1e-7), g_half, g1, g0)
+
+
+def test_hybrid_alpha_scales_dtw_and_pairs_each_agent_with_its_own_expert_rows():
+    """Eq. 30 from hand-made trajectories: [E, A, L, 2] points and [E, A] lengths of agents and experts."""
+    cfg = HPOConfig(epochs=4, dtw_scale_m=200.0)
+    a_xy, a_len = np.zeros((2, 2, 4, 2)), np.zeros((2, 2), np.int32)
+    e_xy, e_len = np.zeros((3, 2, 4, 2)), np.zeros((3, 2), np.int32)
+    route = np.array([[0.0, 0.0], [100.0, 0.0], [100.0, 100.0]])
+    # Agent 0 drives its expert's route in both environments: DTW 0.
+    a_xy[:, 0, :3], a_len[:, 0], e_xy[:2, 0, :3], e_len[:2, 0] = route, 3, route, 3
+    # Agent 1, environment 0: two points, its expert three, 300 m north of them (the last repeated):
+    # DTW = 3 x 300 m, divided by the longer trajectory (3) and by 200 m: D = 1.5.
+    a_xy[0, 1, :2], a_len[0, 1] = route[:2], 2
+    e_xy[0, 1, :3], e_len[0, 1] = route[[0, 1, 1]] + [0.0, 300.0], 3
+    # Environment 1: agent 1 never decided (empty) against a non-empty expert: infinite DTW, left out of the mean.
+    e_xy[1, 1, :2], e_len[1, 1] = route[:2], 2
+    # A third expert environment has no agent counterpart and must not count.
+    e_xy[2], e_len[2] = 5000.0, 1
+    alpha, dtw_m, d_dtw = jax.jit(lambda a, e, k: hybrid_alpha(a, e, k, cfg))((a_xy, a_len), (e_xy, e_len), jnp.int32(3))
+    np.testing.assert_allclose(np.asarray(dtw_m), [0.0, 900.0], atol=1e-3)
+    np.testing.assert_allclose(np.asarray(d_dtw), [0.0, 1.5], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(alpha), [1.0, np.exp(-3 / 4 * 1.5)], rtol=1e-6)  # exp(-(k/K) D)
+    fixed, _, _ = hybrid_alpha((a_xy, a_len), (e_xy, e_len), 3, dataclasses.replace(cfg, method="reled-alpha0.2"))
+    np.testing.assert_allclose(np.asarray(fixed), [0.2, 0.2])
+
+
+def test_alpha_inside_epoch_compares_each_agents_first_episode_with_its_own_expert():
+    """On a one-way ring every trajectory is forced: agent 0 decides at junctions 0, 1; agent 1 at 1, 2."""
+    xy = np.array([[0.0, 0.0], [100.0, 0.0], [100.0, 100.0], [0.0, 100.0]])
+    ring = build_network("ring", xy, [(k, (k + 1) % 4, 100.0, 10.0, 1) for k in range(4)], signals=SignalConfig(enabled=False))
+    env = make_env(ring, n_agents=2, n_background=0)
+    params = make_params(ring, [0, 1], [2, 3], [0], [2])
+    cfg = HPOConfig(epochs=4, n_envs=1, rollout_steps=6, n_minibatches=1, update_epochs=1)
+    input_dim = 2 * env.n_nodes + 2 * env.m_out
+    agents, policy, value = init_agents(jax.random.PRNGKey(0), env.n_agents, input_dim, env.m_out)
+    state = init_state(jax.random.PRNGKey(1), agents, cfg).replace(epoch=jnp.int32(2))
+    # Expert rows: agent 0's expert drives 0 -> 1 (its own route), agent 1's drives 2 -> 3 (one junction ahead of it).
+    e_xy = np.zeros((1, 2, cfg.max_trajectory, 2))
+    e_xy[0, 0, :2], e_xy[0, 1, :2] = xy[[0, 1]], xy[[2, 3]]
+    expert_nodes = (jnp.asarray(e_xy), jnp.array([[2, 2]], jnp.int32))
+    _, metrics = jax.jit(make_epoch(env, params, policy, value, cfg))(state, empty_expert(2, input_dim, env.m_out), expert_nodes)
+    # Agent 0: DTW 0. Agent 1: |(100,0)-(100,100)| + |(100,100)-(0,100)| = 200 m, D = 200 / 2 / 200 = 0.5.
+    assert float(metrics["dtw_m"]) == pytest.approx((0.0 + 200.0) / 2, rel=1e-5)
+    assert float(metrics["d_dtw"]) == pytest.approx((0.0 + 0.5) / 2, rel=1e-5)
+    assert float(metrics["alpha"]) == pytest.approx((1.0 + np.exp(-2 / 4 * 0.5)) / 2, rel=1e-5)  # k = 2 of K = 4
