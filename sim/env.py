@@ -285,10 +285,7 @@ class RouteChoiceEnv:
 
         episode_done = jnp.all(state.agent_arrived) | (state.t >= params.t_max)
         # Truncation: agents still driving get the Eq. 32 reward of their last, unfinished decision.
-        cut = episode_done & ~state.agent_arrived & (state.agent_decisions > 0)
-        d_now = self._dist_to_dest(params, state.veh_node[:n_ag], state.veh_dest[:n_ag])
-        trunc_reward = -(state.t.astype(jnp.float32) - state.agent_last_t) + params.omega_d * (state.agent_last_d - d_now)
-        reward = state.agent_reward + jnp.where(cut, trunc_reward, 0.0)
+        reward = state.agent_reward + self._truncation_reward(state, params, episode_done)
         travel_time = jnp.where(state.agent_arrived, state.agent_travel_time, state.t.astype(jnp.float32) - params.agent_depart)
         state = state.replace(agent_reward=jnp.zeros_like(reward))
         info = {
@@ -390,12 +387,7 @@ class RouteChoiceEnv:
         a_depot = (new_edge[:n_ag] < 0) & ~state.agent_arrived & ~a_arrive & (new_next[:n_ag] < 0)
         a_start = a_depot & (state.agent_decisions == 0) & (t_new >= params.agent_depart) & ~state.agent_awaiting
         becomes_awaiting = (a_line | a_start) & ~state.agent_awaiting
-        t_f = t_new.astype(jnp.float32)
-        d_now = jnp.where(a_arrive, 0.0, self._dist_to_dest(params, a_node, params.agent_dest))
-        completes = (a_arrive | (becomes_awaiting & ~a_start)) & (state.agent_decisions > 0)
-        reward = -(t_f - state.agent_last_t) + params.omega_d * (state.agent_last_d - d_now)
-        reward = reward + jnp.where(a_arrive, params.terminal_bonus, 0.0)
-        event = completes | a_start
+        rewards = self._settle_rewards(state, params, t_new, a_arrive, a_node, becomes_awaiting, a_start)
         return state.replace(
             t=t_new,
             veh_edge=new_edge,
@@ -408,11 +400,44 @@ class RouteChoiceEnv:
             discharge_credit=credit,
             agent_awaiting=state.agent_awaiting | becomes_awaiting,
             agent_arrived=state.agent_arrived | a_arrive,
-            agent_last_t=jnp.where(event, t_f, state.agent_last_t),
-            agent_last_d=jnp.where(event, d_now, state.agent_last_d),
-            agent_travel_time=jnp.where(a_arrive, t_f - params.agent_depart, state.agent_travel_time),
+            agent_travel_time=jnp.where(a_arrive, t_new.astype(jnp.float32) - params.agent_depart, state.agent_travel_time),
+            **rewards,
+        )
+
+    # ----------------------------------------------------------------- reward (Eq. 32)
+    def _settle_rewards(self, state: EnvState, params: EnvParams, t_new, arrived_now, node, awaits_now, departs) -> dict:
+        """The Eq. 32 bookkeeping of every agent at the end of a tick (second t_new).
+
+        A decision completes when its agent arrives or reaches the stop line of its next
+        junction; its reward, -(t_k - t_{k-1}) + omega_d (d_{k-1} - d_k) plus 0.1 T_max on
+        arrival, is added to `agent_reward` (collected by `step_env`). d_k is the Euclidean
+        distance from the junction reached to the destination (0 on arrival). A first
+        departure completes nothing; it, and every completed decision, restarts the clock
+        (t_{k-1}, d_{k-1}) for the agent's next decision.
+        """
+        t_f = t_new.astype(jnp.float32)
+        d_now = jnp.where(arrived_now, 0.0, self._dist_to_dest(params, node, params.agent_dest))
+        completes = (arrived_now | (awaits_now & ~departs)) & (state.agent_decisions > 0)
+        reward = eq32_reward(t_f, state.agent_last_t, state.agent_last_d, d_now, params.omega_d)
+        reward = reward + jnp.where(arrived_now, params.terminal_bonus, 0.0)
+        restart = completes | departs
+        return dict(
+            agent_last_t=jnp.where(restart, t_f, state.agent_last_t),
+            agent_last_d=jnp.where(restart, d_now, state.agent_last_d),
             agent_reward=state.agent_reward + jnp.where(completes, reward, 0.0),
         )
+
+    def _truncation_reward(self, state: EnvState, params: EnvParams, episode_done) -> jax.Array:
+        """Eq. 32 reward [A] of the unfinished decision of every agent still driving when the episode ends.
+
+        The clock stops at the episode's end; distance is credited up to the junction the
+        vehicle is approaching (no bonus). Agents that arrived, or never decided, get 0.
+        """
+        n_ag = self.n_agents
+        cut = episode_done & ~state.agent_arrived & (state.agent_decisions > 0)
+        d_now = self._dist_to_dest(params, state.veh_node[:n_ag], state.veh_dest[:n_ag])
+        reward = eq32_reward(state.t.astype(jnp.float32), state.agent_last_t, state.agent_last_d, d_now, params.omega_d)
+        return jnp.where(cut, reward, 0.0)
 
     # -------------------------------------------------------------- observation
     def get_obs(self, state: EnvState, params: EnvParams) -> Observation:
@@ -436,6 +461,11 @@ class RouteChoiceEnv:
     @staticmethod
     def _dist_to_dest(params: EnvParams, node, dest):
         return jnp.linalg.norm(params.node_xy[node] - params.node_xy[dest], axis=-1)
+
+
+def eq32_reward(t_now, t_prev, d_prev, d_now, omega_d: float):
+    """Paper Eq. 32 without the arrival bonus: R_k = -(t_k - t_{k-1}) + omega_d * (d_{k-1} - d_k)."""
+    return -(t_now - t_prev) + omega_d * (d_prev - d_now)
 
 
 def edge_travel_time(state: EnvState, params: EnvParams) -> jax.Array:
