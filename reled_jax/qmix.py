@@ -166,11 +166,37 @@ def epsilon(epoch, cfg: QMixConfig):
     return cfg.eps_start + frac * (cfg.eps_end - cfg.eps_start)
 
 
+def make_update(q_net: MLP, mixer: Mixer, cfg: QMixConfig, n_nodes: int, m_out: int) -> Callable:
+    """`update(state, key) -> (state, aux)`: one minibatch from the replay buffer, one Adam step on the TD loss.
+
+    The agent networks and the mixer step together; the target networks become copies of
+    both after every `target_every`-th update (hard copies, as in QMIX) and stay fixed between.
+    """
+    tx = make_optimizer(cfg)
+    buffer = make_buffer(cfg)
+
+    def update(state: QMixState, key: jax.Array) -> tuple[QMixState, dict]:
+        batch = buffer.sample(state.buffer, key).experience
+        grads, aux = jax.grad(qmix_loss, argnums=(0, 1), has_aux=True)(
+            state.params.policy, state.mixer, state.target_q, state.target_mixer, batch, q_net, mixer, cfg, n_nodes, m_out
+        )
+        updates, opt_state = tx.update(grads, state.opt_state, (state.params.policy, state.mixer))
+        q_params, mixer_params = optax.apply_updates((state.params.policy, state.mixer), updates)
+        n = state.updates + 1
+        copy = (n % cfg.target_every) == 0
+        target_q = jax.tree.map(lambda t, o: jnp.where(copy, o, t), state.target_q, q_params)
+        target_mixer = jax.tree.map(lambda t, o: jnp.where(copy, o, t), state.target_mixer, mixer_params)
+        state = state.replace(params=state.params.replace(policy=q_params), mixer=mixer_params, target_q=target_q,
+                              target_mixer=target_mixer, opt_state=opt_state, updates=n)
+        return state, aux
+
+    return update
+
+
 def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, q_net: MLP, mixer: Mixer, cfg: QMixConfig) -> Callable:
     if cfg.n_envs * cfg.rollout_steps < cfg.batch_size:
         raise ValueError(f"QMIX samples batches of {cfg.batch_size} transitions but an epoch collects only "
                          f"{cfg.n_envs * cfg.rollout_steps}; raise n_envs x rollout_steps or lower batch_size")
-    tx = make_optimizer(cfg)
     buffer = make_buffer(cfg)
     n_agents, n_nodes, m_out = env.n_agents, env.n_nodes, env.m_out
     g_of = jax.vmap(global_state, in_axes=(0, None, None))
@@ -212,21 +238,7 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, q_net: MLP, mixer: Mi
         _, (items, stats) = jax.lax.scan(one, (obs, env_state, held), jax.random.split(k_run, cfg.rollout_steps))
         return items, stats, eps
 
-    def update(carry, key):
-        state = carry
-        batch = buffer.sample(state.buffer, key).experience
-        grads, aux = jax.grad(qmix_loss, argnums=(0, 1), has_aux=True)(
-            state.params.policy, state.mixer, state.target_q, state.target_mixer, batch, q_net, mixer, cfg, n_nodes, m_out
-        )
-        updates, opt_state = tx.update(grads, state.opt_state, (state.params.policy, state.mixer))
-        q_params, mixer_params = optax.apply_updates((state.params.policy, state.mixer), updates)
-        n = state.updates + 1
-        copy = (n % cfg.target_every) == 0
-        target_q = jax.tree.map(lambda t, o: jnp.where(copy, o, t), state.target_q, q_params)
-        target_mixer = jax.tree.map(lambda t, o: jnp.where(copy, o, t), state.target_mixer, mixer_params)
-        state = state.replace(params=state.params.replace(policy=q_params), mixer=mixer_params, target_q=target_q,
-                              target_mixer=target_mixer, opt_state=opt_state, updates=n)
-        return state, aux
+    update = make_update(q_net, mixer, cfg, n_nodes, m_out)
 
     def epoch(state: QMixState, expert=None, expert_nodes=None) -> tuple[QMixState, dict]:
         del expert, expert_nodes
