@@ -27,7 +27,6 @@ from flax import struct
 from llm.interface import MODE_FOLLOW_EDGE, MODE_SHORTEST_PATH, MODE_SHORTEST_TIME, Instruction
 from llm.plans import AgentPlan
 from sim.env import EnvParams, EnvState, edge_travel_time
-from sim.network import RoadNetwork
 
 
 @struct.dataclass
@@ -50,7 +49,7 @@ class CompiledPlans:
         return int(self.completed.sum())
 
 
-def compile_plans(plans: Sequence[AgentPlan], network: RoadNetwork, agent_origin, agent_dest, max_instructions: int = 64) -> CompiledPlans:
+def compile_plans(plans: Sequence[AgentPlan], agent_origin, agent_dest, max_instructions: int = 64) -> CompiledPlans:
     """Compile one plan per agent (in agent order) into PlanTensors of width `max_instructions`.
 
     Moves to where the agent already is (its origin, or the previous target)

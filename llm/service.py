@@ -200,7 +200,7 @@ class ExpertService:
             AgentPlan(a, self.current[a]) if a in self.current else fallback_plan(a, self.dest[a], "no executed plan yet")
             for a in range(self.n_agents)
         ]
-        return compile_plans(rows, self.network, self.origin, self.dest, self.max_instructions + 1)
+        return compile_plans(rows, self.origin, self.dest, self.max_instructions + 1)
 
     def state_dict(self) -> dict:
         """Everything needed to resume: round, current plans, errors, stats, and the backend's own memory."""

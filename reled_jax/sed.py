@@ -56,8 +56,7 @@ class SED:
     def refresh(self, policy_params, epoch: int) -> tuple[Samples, tuple, dict]:
         """New expert samples tau^e (per agent), their trajectories for DTW, and a log record."""
         n_agents = self.env.n_agents
-        rng = np.random.default_rng([self.seed, epoch])  # same seed and epoch -> same partition (resumable)
-        subsets = [tuple(int(a) for a in s) for s in np.array_split(rng.permutation(n_agents), self.cfg.m)]
+        subsets = partition_agents(n_agents, self.cfg.m, self.seed, epoch)
         key = jax.random.fold_in(jax.random.PRNGKey(self.seed), epoch)
         k_base, k_demo = jax.random.split(key)
 
@@ -90,7 +89,7 @@ class SED:
         subset_of = np.zeros(n_agents, int)
         for j, s in enumerate(subsets):
             subset_of[list(s)] = j
-        samples, nodes = self._expert_samples(demos, subset_of)
+        samples, nodes = expert_samples(demos, subset_of, self.env, self.env_params, self.hpo)
         stats = self.service.stats
         log = {
             "epoch": epoch,
@@ -105,23 +104,38 @@ class SED:
         self.history.append(log)
         return samples, nodes, log
 
-    def _expert_samples(self, demos, subset_of: np.ndarray) -> tuple[Samples, tuple]:
-        """Each agent's rows from the rollout of its own subset, as [A, E'*T] Samples."""
-        stacked = jax.tree.map(lambda *z: jnp.stack(z), *demos)  # [m, E', T, A, ...]
-        pick = jnp.asarray(subset_of)
-        own = lambda z: _own_subset(z, pick)  # noqa: E731  [m, E', T, A, ...] -> [E', T, A, ...]
-        x = own(encode(stacked.obs, self.env.n_nodes, self.env.m_out))
-        valid = own(stacked.decided & stacked.valid[..., None])
-        samples = Samples(
-            x=agent_rows(x), mask=agent_rows(own(stacked.mask)), action=agent_rows(own(stacked.action)),
-            reward=agent_rows(own(stacked.reward)) * self.hpo.reward_scale, decided=agent_rows(valid),
-            done=agent_rows(own(stacked.done)),
-            last_x=jnp.swapaxes(x[:, -1], 0, 1),  # [A, E', D]
-        )
-        # Trajectories for DTW: [E', A, L, 2] from each agent's own subset rollout.
-        node, decided, done = (jnp.swapaxes(z, 0, 1) for z in (own(stacked.node), valid, own(stacked.done)))  # [T, E', A]
-        xy, length = trajectory_points(node, decided, done, self.env_params.node_xy, self.hpo.max_trajectory)
-        return samples, (xy, length)
+
+def partition_agents(n_agents: int, m: int, seed: int, epoch: int) -> list[tuple[int, ...]]:
+    """Algorithm 1, line 7: a random partition of the agents into m disjoint subsets of near-equal size.
+
+    Drawn from (seed, epoch) alone, so a resumed run repeats the partition of the run it continues.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    return [tuple(int(a) for a in s) for s in np.array_split(rng.permutation(n_agents), m)]
+
+
+def expert_samples(demos, subset_of: np.ndarray, env: RouteChoiceEnv, env_params: EnvParams, hpo: HPOConfig) -> tuple[Samples, tuple]:
+    """tau^e (Algorithm 1, line 14): each agent's rows from the rollout of its own subset, as [A, E'*T] Samples.
+
+    demos: one DemoRollout batch [E', T, ...] per subset j, in which subset j followed its plans;
+    subset_of[a] is agent a's subset. Only agent a's rows of demos[subset_of[a]] are its expert
+    samples (in the other subsets' rollouts it followed its policy). Also returns the trajectories of
+    those rows for DTW: ([E', A, L, 2] junction coordinates, [E', A] lengths).
+    """
+    stacked = jax.tree.map(lambda *z: jnp.stack(z), *demos)  # [m, E', T, A, ...]
+    pick = jnp.asarray(subset_of)
+    own = lambda z: _own_subset(z, pick)  # noqa: E731  [m, E', T, A, ...] -> [E', T, A, ...]
+    x = own(encode(stacked.obs, env.n_nodes, env.m_out))
+    valid = own(stacked.decided & stacked.valid[..., None])
+    samples = Samples(
+        x=agent_rows(x), mask=agent_rows(own(stacked.mask)), action=agent_rows(own(stacked.action)),
+        reward=agent_rows(own(stacked.reward)) * hpo.reward_scale, decided=agent_rows(valid),
+        done=agent_rows(own(stacked.done)),
+        last_x=jnp.swapaxes(x[:, -1], 0, 1),  # [A, E', D]
+    )
+    node, decided, done = (jnp.swapaxes(z, 0, 1) for z in (own(stacked.node), valid, own(stacked.done)))  # [T, E', A]
+    xy, length = trajectory_points(node, decided, done, env_params.node_xy, hpo.max_trajectory)
+    return samples, (xy, length)
 
 
 def _own_subset(z, pick):
