@@ -41,7 +41,7 @@ from llm.demos import make_demo_rollout  # noqa: E402
 from llm.service import ExpertConfig, ExpertService  # noqa: E402
 from reled_jax.evaluate import evaluate_seeds  # noqa: E402
 from reled_jax.export_policy import read_checkpoint  # noqa: E402
-from reled_jax.networks import encode, init_agents  # noqa: E402
+from reled_jax.networks import MLP, encode, init_agents  # noqa: E402
 from reled_jax.reled import METHODS, policy_apply  # noqa: E402
 from sim.scenarios import load_scenario  # noqa: E402
 
@@ -74,6 +74,48 @@ class AgreementConfig:
         return Path(self.runs_dir) / self.budget / f"{self.scenario}-{self.regime}-a{self.n_agents}-{method}-x{self.seeds}"
 
 
+def agreement_scores(decided, valid, policy_logp, policy_best, action) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Agreement of a policy with the expert over the expert's decisions in demonstration records.
+
+    decided, policy_logp, policy_best, action: [..., T, A] (DemoRollout fields, every agent following
+    the expert), valid: [..., T]. Returns (mean probability the policy gives the expert's action,
+    share of decisions where the policy's most likely action is the expert's, number of decisions).
+    """
+    decided = decided & valid[..., None]
+    n = jnp.maximum(decided.sum(), 1)
+    p_expert = jnp.sum(jnp.where(decided, jnp.exp(policy_logp), 0.0)) / n
+    agree = jnp.sum(decided & (policy_best == action)) / n
+    return p_expert, agree, decided.sum()
+
+
+def planner_plans(network, env_params, seed: int = 0):
+    """The offline planner expert's compiled plans for every agent (one subset, no feedback): PlanTensors."""
+    service = ExpertService(network, np.asarray(env_params.agent_origin), np.asarray(env_params.agent_dest),
+                            config=ExpertConfig(backend="planner", seed=seed), t_max=env_params.t_max)
+    return service.plan([tuple(range(len(service.dest)))], None)[0].compiled.tensors
+
+
+def make_agreement_scorer(env, env_params, demo_steps: int):
+    """A jitted `score(policy_params, plans, keys) -> (p_expert, agreement, decisions, expert reward)`.
+
+    Every agent follows the expert's `plans` for one demonstration episode per key; the policy with
+    per-agent (stacked) parameters is scored at the expert's decisions (agreement_scores).
+    """
+    demo = make_demo_rollout(env, demo_steps)
+    everyone = jnp.ones(env.n_agents, bool)
+    policy = MLP(env.m_out)
+
+    @jax.jit
+    def score(policy_params, plans, keys):
+        def logits(_key, obs):
+            return policy_apply(policy, policy_params, encode(obs.features, env.n_nodes, env.m_out), obs.action_mask)
+
+        d = jax.vmap(lambda k: demo(k, env_params, plans, everyone, logits))(keys)
+        return (*agreement_scores(d.decided, d.valid, d.policy_logp, d.policy_best, d.action), d.reward.sum(1).mean())
+
+    return score
+
+
 def agreement(cfg: AgreementConfig) -> dict:
     network, env, env_params = load_scenario(cfg.scenario, cfg.regime, n_agents=cfg.n_agents, seed=0)
     input_dim = 2 * env.n_nodes + 2 * env.m_out
@@ -82,27 +124,8 @@ def agreement(cfg: AgreementConfig) -> dict:
         raise SystemExit(
             f"no sweep runs under {cfg.run_dir('<method>')}; run python -m benchmarks.sweep --experiment table4 --budget {cfg.budget} first"
         )
-    demo = make_demo_rollout(env, cfg.demo_steps)
-    everyone = jnp.ones(env.n_agents, bool)
-
-    @jax.jit
-    def score(policy_params, plans, keys):
-        def logits(_key, obs):
-            return policy_apply(policy, policy_params, encode(obs.features, env.n_nodes, env.m_out), obs.action_mask)
-
-        d = jax.vmap(lambda k: demo(k, env_params, plans, everyone, logits))(keys)
-        decided = d.decided & d.valid[..., None]  # [E, T, A]
-        n = jnp.maximum(decided.sum(), 1)
-        p = jnp.sum(jnp.where(decided, jnp.exp(d.policy_logp), 0.0)) / n
-        agree = jnp.sum(decided & (d.policy_best == d.action)) / n
-        return p, agree, decided.sum(), d.reward.sum(1).mean()
-
-    # The planner's plans for every seed (they depend on the seed only through the expert's own seed).
-    plans, policy = [], None
-    for s in range(cfg.seeds):
-        service = ExpertService(network, np.asarray(env_params.agent_origin), np.asarray(env_params.agent_dest),
-                                config=ExpertConfig(backend="planner", seed=s), t_max=env_params.t_max)
-        plans.append(service.plan([tuple(range(env.n_agents))], None)[0].compiled.tensors)
+    score = make_agreement_scorer(env, env_params, cfg.demo_steps)
+    plans = [planner_plans(network, env_params, seed=s) for s in range(cfg.seeds)]  # they depend on the seed only through the expert's own
     rows = {}
     for method in [INITIAL, *methods]:
         if method == INITIAL:
@@ -112,7 +135,7 @@ def agreement(cfg: AgreementConfig) -> dict:
             stacked = ck["state"].params.policy
         per_seed, seed_params = [], []
         for s in range(cfg.seeds):
-            init, policy, _ = init_agents(jax.random.PRNGKey(s), env.n_agents, input_dim, env.m_out)
+            init, _, _ = init_agents(jax.random.PRNGKey(s), env.n_agents, input_dim, env.m_out)
             params = init.policy if stacked is None else jax.tree.map(lambda z, s=s: jnp.asarray(z[s]), stacked)
             seed_params.append(params)
             keys = jax.random.split(jax.random.PRNGKey(cfg.key_seed + s), cfg.episodes)
