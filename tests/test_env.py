@@ -164,6 +164,7 @@ def test_jit_vmap_step_equals_loop_of_single_steps(oakland):
     keys = jax.random.split(jax.random.PRNGKey(11), n_envs)
     obs, states = jax.vmap(env.reset, in_axes=(0, None))(keys, params)
     batched_step = jax.jit(jax.vmap(env.step, in_axes=(0, 0, 0, None)))
+    single_step = jax.jit(env.step)  # compiled once: the comparison is batched against unbatched, not jit against eager
     single_obs = [jax.tree.map(lambda x: x[i], obs) for i in range(n_envs)]
     single_states = [jax.tree.map(lambda x: x[i], states) for i in range(n_envs)]
     for t in range(n_steps):
@@ -171,7 +172,7 @@ def test_jit_vmap_step_equals_loop_of_single_steps(oakland):
         actions = jax.vmap(random_policy, in_axes=(0, 0, None))(step_keys, obs, params)
         obs, states, rewards, dones, _ = batched_step(step_keys, states, actions, params)
         for i in range(n_envs):
-            o, s, r, d, _ = env.step(step_keys[i], single_states[i], actions[i], params)
+            o, s, r, d, _ = single_step(step_keys[i], single_states[i], actions[i], params)
             single_obs[i], single_states[i] = o, s
             np.testing.assert_allclose(np.asarray(r), np.asarray(rewards[i]), rtol=1e-6, atol=1e-4)
             np.testing.assert_array_equal(np.asarray(d), np.asarray(dones[i]))
@@ -289,3 +290,81 @@ def test_multilane_queue_lets_vehicles_pass_a_blocked_head(cross_network):
         final, _ = jax.jit(_run_ticks, static_argnums=(0, 3))(env, params, state, 3)
         results[lanes] = int(final.veh_edge[2]) == edge[(1, 2)]
     assert results == {1: False, 2: True}
+
+
+# ----------------------------------------------------------------- Eq. 32 beyond free flow
+OMEGA_D, T_MAX_SHORT = 0.5, 1000  # omega_d != 1, and a bonus of 0.1 * T_max = 100
+
+
+def _decisions(env, params, state, obs, until=50):
+    """Drive agent 0 on its free-flow shortest-time route: (sim time, reward) of every step that consumed a decision or ended."""
+    step = jax.jit(env.step_env)
+    out = []
+    for k in range(until):
+        obs, state, reward, done, info = step(jax.random.PRNGKey(k), state, shortest_time_policy(None, obs, params), params)
+        if int(info["n_decisions"]) or bool(info["episode_done"]):
+            out.append((int(info["sim_time"]), float(reward[0])))
+        if bool(info["episode_done"]):
+            return out, info
+    raise AssertionError("episode did not end")
+
+
+def _dist(net, a, b):
+    return float(np.linalg.norm(net.node_xy[a] - net.node_xy[b]))
+
+
+def test_eq32_counts_a_red_light_wait_in_the_decision_that_led_to_it(cross_network):
+    """Arm 1 -> centre 0 -> arm 3. The agent departs so that it reaches the centre on red; the wait is part
+    of the reward of the decision taken at the centre, which ends at arrival (20 s after the green)."""
+    net = cross_network
+    e_in = int(np.flatnonzero((net.edge_from == 1) & (net.edge_to == 0))[0])
+    cycle, start, dur, offset = (int(x) for x in (net.signal_cycle[e_in], net.signal_green_start[e_in], net.signal_green_dur[e_in], net.signal_offset[e_in]))
+    green = lambda t: start <= (t + offset) % cycle < start + dur  # noqa: E731
+    depart = next(d for d in range(cycle) if not green(d + 20) and not green(d + 21))  # at the line on red, for 2 s at least
+    t_green = next(t for t in range(depart + 20, depart + 20 + cycle) if green(t))
+    env = make_env(net, n_agents=1, n_background=0)
+    params = make_params(net, [1], [3], [1], [3], agent_depart=[depart], t_max=T_MAX_SHORT, omega_d=OMEGA_D)
+    obs, state = env.reset(jax.random.PRNGKey(0), params)
+    steps, info = _decisions(env, params, state, obs)
+    # The first step only waits for the departure (nobody decides, no reward); then decisions at 1 and 0.
+    d1, d0 = _dist(net, 1, 3), _dist(net, 0, 3)
+    assert steps[-2:] == [
+        (depart + 20, pytest.approx(-20 + OMEGA_D * (d1 - d0), abs=1e-3)),  # 200 m at 10 m/s to the centre's stop line
+        (t_green + 20, pytest.approx(-(t_green + 20 - (depart + 20)) + OMEGA_D * d0 + 0.1 * T_MAX_SHORT, abs=1e-3)),
+    ]
+    assert t_green > depart + 21  # the red wait is really there
+    assert float(info["travel_time"][0]) == t_green + 20 - depart
+
+
+def test_eq32_counts_a_queue_wait_and_omega_d(line_network):
+    """A -> B -> C -> D. Five vehicles stand at C's stop line (on B -> C) and leave one every 10 s (saturation
+    flow 0.1 veh/s: t = 0, 10, ..., 40). The agent reaches that line at t = 20, decides there, and leaves
+    behind the fifth at t = 50: the 30 s in the queue belong to the decision taken at C."""
+    net = line_network
+    env = make_env(net, n_agents=1, n_background=5)
+    # critical_occupancy near 1 keeps the B -> C edge at free speed, so only the queue delays the agent.
+    traffic = TrafficModel(saturation_flow=0.1, critical_occupancy=0.99, teleport_s=0)
+    params = make_params(net, [0], [3], [3], [0], t_max=T_MAX_SHORT, omega_d=OMEGA_D, traffic=traffic)  # background: D -> A (away)
+    b_to_c = int(np.flatnonzero((net.edge_from == 1) & (net.edge_to == 2))[0])
+    state = _placed(env, params, [b_to_c] * 5, [150.0] * 5, [3] * 5)
+    obs = env.get_obs(state, params)
+    steps, info = _decisions(env, params, state, obs)
+    d = [_dist(net, n, 3) for n in range(4)]
+    want = [(10, -10 + OMEGA_D * (d[0] - d[1])), (20, -10 + OMEGA_D * (d[1] - d[2])), (60, -40 + OMEGA_D * d[2] + 0.1 * T_MAX_SHORT)]
+    assert [t for t, _ in steps] == [t for t, _ in want]
+    np.testing.assert_allclose([r for _, r in steps], [r for _, r in want], atol=1e-3)
+    assert float(info["travel_time"][0]) == 60.0
+
+
+def test_eq32_at_truncation_credits_the_unfinished_decision_without_bonus(line_network):
+    """T_max = 15: decisions at A (t = 0) and B (t = 10); the episode ends at t = 15 on B -> C."""
+    net = line_network
+    env = make_env(net, n_agents=1, n_background=0)
+    params = make_params(net, [0], [3], [0], [3], t_max=15, omega_d=OMEGA_D)
+    obs, state = env.reset(jax.random.PRNGKey(0), params)
+    steps, info = _decisions(env, params, state, obs)
+    d = [_dist(net, n, 3) for n in range(4)]
+    # The cut decision: 5 s of driving, distance credited up to C (the junction approached), no arrival bonus.
+    np.testing.assert_allclose([r for _, r in steps], [-10 + OMEGA_D * (d[0] - d[1]), -5 + OMEGA_D * (d[1] - d[2])], atol=1e-3)
+    assert [t for t, _ in steps] == [10, 15]
+    assert not bool(info["arrived"][0]) and float(info["travel_time"][0]) == 15.0

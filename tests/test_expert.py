@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from llm.compile import compile_plans, expert_actions
-from llm.demos import make_demo_rollout
-from llm.feedback import build_feedback
+from llm.demos import DemoRollout, make_demo_rollout
+from llm.feedback import DivergencePair, Feedback, RewardInstructionPair, TrajectorySummary, build_feedback
 from llm.interface import MODE_SHORTEST_PATH, MODE_SHORTEST_TIME, Instruction
 from llm.plans import AgentPlan, PlanRequestContext, parse_response
 from sim.env import make_env, make_params
@@ -24,7 +24,7 @@ def test_compile_pads_drops_noops_and_completes(line_network):
         AgentPlan(0, (Instruction("move_to_by_shortest_path", 0, 1), Instruction("move_to_by_shortest_path", 1, 2), Instruction("move_to_by_shortest_time", 3, 3))),
         AgentPlan(1, (Instruction("move_to_by_shortest_path", 2, 1), Instruction("move_to_by_shortest_path", 2, 2))),
     ]
-    compiled = compile_plans(plans, line_network, origin, dest, max_instructions=4)
+    compiled = compile_plans(plans, origin, dest, max_instructions=4)
     t = compiled.tensors
     np.testing.assert_array_equal(t.target, [[1, 3, 3, 3], [2, 0, 0, 0]])
     np.testing.assert_array_equal(t.mode, [[MODE_SHORTEST_PATH, MODE_SHORTEST_TIME, 1, 1], [MODE_SHORTEST_PATH, MODE_SHORTEST_TIME, 1, 1]])
@@ -35,7 +35,7 @@ def test_compile_pads_drops_noops_and_completes(line_network):
     assert [i.line for i in compiled.instructions[0]] == [2, 3]
     assert compiled.instructions[1][1] == Instruction("move_to_by_shortest_time", 0)
     with pytest.raises(ValueError, match="compiled width"):
-        compile_plans(plans, line_network, origin, dest, max_instructions=1)
+        compile_plans(plans, origin, dest, max_instructions=1)
 
 
 def _diamond_env(network, n_background=0):
@@ -62,8 +62,8 @@ def _run_episode(env, params, compiled, steps=20):
 def test_waypoint_plan_is_executed_and_pointer_advances(diamond_network):
     env, params = _diamond_env(diamond_network)
     ctx = PlanRequestContext(diamond_network, np.array([0]), np.array([3]))
-    direct = compile_plans(_plans(ctx, "move_to_by_shortest_path(get_destination())", [0]), diamond_network, [0], [3], 4)
-    via_south = compile_plans(_plans(ctx, "move_to_by_shortest_path(2)\nmove_to_by_shortest_path(3)", [0]), diamond_network, [0], [3], 4)
+    direct = compile_plans(_plans(ctx, "move_to_by_shortest_path(get_destination())", [0]), [0], [3], 4)
+    via_south = compile_plans(_plans(ctx, "move_to_by_shortest_path(2)\nmove_to_by_shortest_path(3)", [0]), [0], [3], 4)
     route, _ = _run_episode(env, params, direct)
     assert route == [0, 1, 3]  # the static shortest path goes north
     route, pointers = _run_episode(env, params, via_south)
@@ -83,7 +83,7 @@ def test_shortest_time_instruction_sees_live_congestion(diamond_network):
     )
     ctx = PlanRequestContext(diamond_network, np.array([0]), np.array([3]))
     for code, expected_next in [("move_to_by_shortest_time(3)", 2), ("move_to_by_shortest_path(3)", 1)]:
-        compiled = compile_plans(_plans(ctx, code, [0]), diamond_network, [0], [3], 2)
+        compiled = compile_plans(_plans(ctx, code, [0]), [0], [3], 2)
         action, _ = jax.jit(expert_actions)(compiled.tensors, jnp.zeros((1,), jnp.int32), state, params)
         edge = int(diamond_network.out_edges[0, int(action[0])])
         assert int(diamond_network.edge_to[edge]) == expected_next, code
@@ -92,7 +92,7 @@ def test_shortest_time_instruction_sees_live_congestion(diamond_network):
 def test_demo_rollout_records_instruction_map_and_policy_logp(diamond_network):
     env, params = _diamond_env(diamond_network)
     ctx = PlanRequestContext(diamond_network, np.array([0]), np.array([3]))
-    compiled = compile_plans(_plans(ctx, "move_to_by_shortest_path(2)\nmove_to_by_shortest_path(3)", [0]), diamond_network, [0], [3], 4)
+    compiled = compile_plans(_plans(ctx, "move_to_by_shortest_path(2)\nmove_to_by_shortest_path(3)", [0]), [0], [3], 4)
     logits = jnp.array([[0.0, jnp.log(3.0)]])  # a fixed policy over the junction's m_out = 2 slots
     rollout = jax.jit(make_demo_rollout(env, 8), static_argnums=4)
     demo = rollout(jax.random.PRNGKey(0), params, compiled.tensors, jnp.array([True]), lambda k, o: logits)
@@ -111,36 +111,59 @@ def test_demo_rollout_records_instruction_map_and_policy_logp(diamond_network):
 
 
 def test_feedback_sets_on_a_hand_built_rollout(line_network):
-    """R^j (Eqs. 18-19), K^j (Eqs. 22-24), RVI and PDI on four steps, three agents, A_j = {0}."""
-    T, A = 4, 3
+    """R^j (Eqs. 18-19), K^j (Eqs. 22-24), RVI, PDI and the trajectory summaries, every field, on five steps of
+    four agents with A_j = {0, 1}; step 4 comes after the episode's end and must not count."""
+    net = line_network
+    slot = lambda u, v: int(np.flatnonzero(net.edge_to[net.out_edges[u]] == v)[0])  # noqa: E731  out-edge slot of u -> v
+    T, A, bonus = 5, 4, 240.0
+    action = np.zeros((T, A), int)
+    action[[0, 1, 2], 0] = slot(0, 1), slot(1, 2), slot(2, 3)  # agent 0: 0 -> 1 -> 2 -> 3
+    action[[0, 1], 1] = slot(3, 2), slot(2, 1)  # agent 1: 3 -> 2 -> 1
+    best = np.zeros((T, A), int)
+    best[1, 0] = slot(1, 0)  # the policy would turn back at 1
+    best[0, 1] = 1  # a padded slot at junction 3 (one road out): leads nowhere
+    reward = np.array([[-3.1, -2.2, -4.25, 0.0], [-7.3, -6.0, 0.0, -12.3456], [-5.0, 0.0, bonus - 8.5, -3.74], [0.0, 0.0, 0.0, -2.0], [0.0, 0.0, 0.0, -99.0]])
+    arrived_now = np.zeros((T, A), bool)
+    arrived_now[2, 2] = True
     demo = {
-        "valid": np.array([True, True, True, False]),
-        "sim_time": np.array([0, 10, 20, 30]),
-        "decided": np.array([[1, 1, 0], [1, 0, 1], [0, 1, 1], [0, 0, 0]], bool),
-        "node": np.array([[0, 3, 2], [1, 3, 1], [2, 2, 0], [2, 2, 0]]),
-        "action": np.zeros((T, A), int),
-        "instruction": np.array([[0, 0, 0], [0, 0, 0], [1, 0, 0], [1, 0, 0]]),
-        "policy_logp": np.log(np.array([[0.5, 1, 1], [0.1, 1, 1], [0.9, 1, 1], [1, 1, 1]])),
-        "policy_best": np.ones((T, A), int),
-        "reward": np.array([[0.0, -5.0, -1.0], [0.0, 4.0, -30.0], [0.0, -20.0, 240.0 - 25.0], [0, 0, 0]]),
-        "arrived_now": np.array([[0, 0, 0], [0, 0, 0], [0, 0, 1], [0, 0, 0]], bool),
-        "travel_time": np.array([30.0, 40.0, 20.0]),
-        "arrived": np.array([True, False, True]),
+        "valid": np.array([True, True, True, True, False]), "sim_time": np.array([0, 7, 19, 31, 44]),
+        "decided": np.array([[1, 1, 1, 0], [1, 1, 0, 1], [1, 0, 1, 1], [0, 0, 0, 0], [1, 1, 1, 1]], bool),
+        "node": np.array([[0, 3, 1, 2], [1, 2, 2, 1], [2, 1, 3, 0], [2, 0, 3, 1], [2, 0, 3, 1]]), "action": action,
+        "instruction": np.array([[0, 0, 0, 0], [0, 1, 0, 0], [1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 0, 0]]),
+        "policy_logp": np.log(np.array([[0.5, 0.3, 1, 1], [0.125, 0.6, 1, 1], [0.8, 1, 1, 1], [1, 1, 1, 1], [0.01, 0.001, 1, 1]])),
+        "policy_best": best, "reward": reward, "arrived_now": arrived_now,
+        "travel_time": np.array([30.04, 44.46, 19.0, 44.0]), "arrived": np.array([True, False, True, False]),
     }
     compiled = compile_plans(
-        [AgentPlan(0, (Instruction("move_to_by_shortest_path", 1, 1), Instruction("move_to_by_shortest_time", 3, 2)))]
-        + [AgentPlan(a, (Instruction("move_to_by_shortest_time", 3),)) for a in (1, 2)],
-        line_network, np.array([0, 0, 0]), np.array([3, 3, 3]), 4,
+        [AgentPlan(0, (Instruction("move_to_by_shortest_path", 1, 1), Instruction("move_to_by_shortest_time", 3, 2))),
+         AgentPlan(1, (Instruction("move_to_by_shortest_path", 2, 1), Instruction("move_to_by_shortest_time", 0, 2))),
+         AgentPlan(2, (Instruction("move_to_by_shortest_time", 3),)), AgentPlan(3, (Instruction("move_to_by_shortest_time", 0),))],
+        np.array([0, 3, 0, 3]), np.array([3, 0, 3, 0]), 4,
     )
-    fb = build_feedback(demo, [0], compiled, line_network, threshold=10.0, terminal_bonus=240.0)
-    # r^{A-j} per step (bonus removed): -6, -26, -45; below -10 at steps 1 and 2, under instructions 0 and 1.
-    assert fb.rvi == pytest.approx(45.0)
-    assert [(p.instruction, p.reward, p.n_steps) for p in fb.reward_pairs] == [(1, 45.0, 1), (0, 26.0, 1)]
-    assert fb.reward_pairs[0].victims[0] == (2, 0, -25.0)
-    # D_KL^max = -ln 0.1 at step 1 (instruction 0, junction 1).
-    (kp,) = fb.divergence_pairs
-    assert kp.kl_max == pytest.approx(-np.log(0.1), abs=1e-3) and kp.instruction == 0 and kp.junction == 1
-    assert fb.pdi == pytest.approx(-np.log(0.1), abs=1e-3)
-    assert fb.trajectories[0].route[:2] == (0, 1)
-    none = build_feedback(demo, [0], compiled, line_network, threshold=100.0, terminal_bonus=240.0)
-    assert none.reward_pairs == ()
+    fb = build_feedback(demo, [0, 1], compiled, net, threshold=10.123, terminal_bonus=bonus)
+    # r^{A-j} (agents 2 and 3, bonus removed): -4.25, -12.3456, -12.24, -2.0; the last row is after the end.
+    # Flagged (< -10.123): steps 1 and 2, while agent 0 ran instructions 0 then 1 and agent 1 instruction 1.
+    victims_1, victims_2 = ((3, 1, -12.3),), ((2, 3, -8.5), (3, 0, -3.7))
+    ln = lambda p: float(-np.log(p))  # noqa: E731
+    want = Feedback(
+        subset=(0, 1),
+        reward_pairs=(  # worst first; ties keep the order of the steps
+            RewardInstructionPair(0, 0, "move_to_by_shortest_path(1)", 12.35, 1, 7, victims_1),
+            RewardInstructionPair(1, 1, "move_to_by_shortest_time(0)", 12.35, 2, 7, victims_1),
+            RewardInstructionPair(0, 1, "move_to_by_shortest_time(3)", 12.24, 1, 19, victims_2),
+        ),
+        divergence_pairs=(  # D_KL^max = max -ln pi~(u_t|o_t) over each agent's expert decisions, largest first
+            DivergencePair(0, 0, "move_to_by_shortest_path(1)", round(ln(0.125), 3), 1, 2, 0, 0.125),
+            DivergencePair(1, 0, "move_to_by_shortest_path(2)", round(ln(0.3), 3), 3, 2, -1, 0.3),
+        ),
+        trajectories=(TrajectorySummary(0, (0, 1, 2, 3), 30.0, -15.4, True), TrajectorySummary(1, (3, 2, 1), 44.5, -8.2, False)),
+        rvi=12.35, pdi=round(ln(0.125) + ln(0.3), 3), threshold=10.12,
+    )
+    assert fb == want
+    # The same rollout as a DemoRollout (what SED passes) gives the same sets; max_pairs keeps the worst pairs.
+    as_rollout = DemoRollout(**{k: jnp.asarray(v) for k, v in demo.items()}, obs=jnp.zeros((T, A, 6)), mask=jnp.ones((T, A, 2), bool), done=jnp.zeros((T, A), bool))
+    assert build_feedback(as_rollout, [0, 1], compiled, net, 10.123, bonus) == want
+    short = build_feedback(demo, [0, 1], compiled, net, 10.123, bonus, max_pairs=1)
+    assert (short.reward_pairs, short.divergence_pairs, short.pdi) == (want.reward_pairs[:1], want.divergence_pairs[:1], want.pdi)
+    calm = build_feedback(demo, [0, 1], compiled, net, threshold=100.0, terminal_bonus=bonus)
+    assert calm.reward_pairs == () and calm.rvi == 12.35

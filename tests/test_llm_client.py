@@ -1,10 +1,12 @@
 """The OpenAI-compatible client and the expert service against a real local HTTP server."""
 
+import dataclasses
 import json
 import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -170,3 +172,50 @@ def test_structured_output_downgrade_cache_and_concurrency(tmp_path, llm_server)
 def test_missing_endpoint_is_a_clear_error():
     with pytest.raises(Exception, match="RELED_LLM_BASE_URL"):
         ChatClient(LLMConfig(base_url=""))
+
+
+def test_retry_after_and_backoff_set_the_waits_between_attempts(llm_server, monkeypatch):
+    """Waits: the larger of the doubling backoff and the server's Retry-After seconds, capped at max_backoff_s;
+    a Retry-After that is not a number of seconds (an HTTP date) leaves the backoff alone."""
+    from llm import client as client_module
+
+    waits = []
+    monkeypatch.setattr(client_module, "time", SimpleNamespace(perf_counter=time.perf_counter, sleep=waits.append))
+    (llm_server.reply(status=429, body=b"slow down", headers={"Retry-After": "7"})
+               .reply(status=503, body=b"busy")
+               .reply(status=429, body=b"slow down", headers={"Retry-After": "Wed, 21 Oct 2026 07:28:00 GMT"})
+               .reply(status=503, body=b"busy", headers={"Retry-After": "100"})
+               .reply("ok"))
+    cfg = LLMConfig(base_url=llm_server.url, model="fake", timeout_s=2.0, backoff_s=0.5, max_backoff_s=30.0, max_retries=4)
+    result = ChatClient(cfg).complete([{"role": "user", "content": "hi"}])
+    assert result.text == "ok" and result.attempts == 5 and len(llm_server.requests) == 5
+    assert waits == [7.0, 1.0, 2.0, 30.0]  # Retry-After 7 > 0.5; backoff 1; backoff 2 (date ignored); Retry-After 100 capped
+    # Retries exhausted: the last error is raised after max_retries waits, with no wait after the last attempt.
+    waits.clear()
+    llm_server.script.clear()
+    llm_server.reply(status=503, body=b"busy")
+    with pytest.raises(LLMHTTPError, match="503"):
+        ChatClient(dataclasses.replace(cfg, max_retries=2)).complete([{"role": "user", "content": "hi"}])
+    assert waits == [0.5, 1.0]
+
+
+def test_bad_completions_say_what_was_wrong(llm_server):
+    client = ChatClient(_config(llm_server.url, max_retries=0))
+    ask = lambda: client.complete([{"role": "user", "content": "hi"}])  # noqa: E731
+    long_garbage = "x" * 300
+    for body, message in [
+        (b"this is not json", "LLM answered HTTP 200 without a chat completion (JSONDecodeError): 'this is not json'"),
+        (json.dumps({"choices": []}).encode(), "LLM answered HTTP 200 without a chat completion (IndexError): '{\"choices\": []}'"),
+        (long_garbage.encode(), f"LLM answered HTTP 200 without a chat completion (JSONDecodeError): '{'x' * 200}'"),  # the first 200 characters
+        (json.dumps({"choices": [{"message": {"content": 5}}]}).encode(), "LLM completion content is int, not text"),
+    ]:
+        llm_server.script.clear()
+        llm_server.reply(body=body)
+        with pytest.raises(LLMBadResponse) as err:
+            ask()
+        assert str(err.value) == message
+    # A completion without usage counts no tokens.
+    llm_server.script.clear()
+    llm_server.reply(body=json.dumps({"choices": [{"message": {"content": "plan"}}]}).encode())
+    result = ask()
+    assert (result.text, result.prompt_tokens, result.completion_tokens) == ("plan", 0, 0)

@@ -6,7 +6,7 @@ import numpy as np
 
 from reled_jax import qmix
 from reled_jax.mappo import global_state_dim
-from reled_jax.networks import MLP, init_agents
+from reled_jax.networks import MLP, encode, init_agents
 from sim.scenarios import load_scenario
 
 N_AGENTS, G_DIM = 4, 12
@@ -21,7 +21,7 @@ def test_mixing_is_monotonic_in_every_agent_q():
     mixer, params = _mixer()
     q = 5.0 * jax.random.normal(jax.random.PRNGKey(1), (256, N_AGENTS))  # negative and positive Q-values
     s = jax.random.normal(jax.random.PRNGKey(2), (256, G_DIM))
-    grads = jax.vmap(jax.grad(lambda qi, si: mixer.apply(params, qi, si)))(q, s)
+    grads = jax.jit(jax.vmap(jax.grad(lambda qi, si: mixer.apply(params, qi, si))))(q, s)
     assert (np.asarray(grads) >= 0).all() and (np.asarray(grads) > 0).any()
     # The hypernetworks' raw outputs take both signs; only abs() makes the mixing weights non-negative.
     w1 = jnp.abs(s @ params["params"]["hyper_w1"]["kernel"] + params["params"]["hyper_w1"]["bias"])
@@ -69,7 +69,8 @@ def test_agents_off_the_road_get_no_gradient_from_the_td_error():
     mix_params = mixer.init(jax.random.PRNGKey(1), jnp.zeros((env.n_agents,)), jnp.zeros((g_dim,)))
     target_q = jax.tree.map(lambda z: z * 0.5, agents.policy)  # targets differ from the online networks
     batch = _batch(jax.random.PRNGKey(2), 32, env.n_agents, env.m_out, env.n_nodes, g_dim, jnp.array([True, False, True]))
-    grads, aux = jax.grad(qmix.qmix_loss, has_aux=True)(agents.policy, mix_params, target_q, mix_params, batch, MLP(env.m_out), mixer, cfg, env.n_nodes, env.m_out)
+    loss_grad = jax.jit(lambda q, m: jax.grad(qmix.qmix_loss, has_aux=True)(q, m, target_q, m, batch, MLP(env.m_out), mixer, cfg, env.n_nodes, env.m_out))
+    grads, aux = loss_grad(agents.policy, mix_params)
     norm = lambda i: sum(float(jnp.abs(g[i]).sum()) for g in jax.tree.leaves(grads))  # noqa: E731
     assert norm(1) == 0.0 and norm(0) > 0 and norm(2) > 0
     assert np.isfinite(float(aux["td_loss"]))
@@ -111,3 +112,58 @@ def test_rollout_holds_each_agents_decision_until_it_chooses_again():
     assert active[t + 1, i].all()
     np.testing.assert_array_equal(x["features"][t + 1, i], x["features"][t, i])
     np.testing.assert_array_equal(x["action"][t + 1, i], x["action"][t, i])
+
+
+def _qmix_setup(cfg):
+    _, env, _ = load_scenario("oakland", "moderate", n_agents=3, seed=0, n_background=20)
+    d = 2 * env.n_nodes + 2 * env.m_out
+    agents, _, _ = init_agents(jax.random.PRNGKey(0), env.n_agents, d, env.m_out)
+    state, q_net, mixer = qmix.init_state(jax.random.PRNGKey(1), env, cfg, agents.policy)
+    return env, state, q_net, mixer
+
+
+def test_td_target_bootstraps_from_the_target_networks():
+    """Q_tot comes from the online networks; y = r + gamma Q_tot^- uses the target agent networks (max at s',
+    held decisions) and the target mixer, never the online ones."""
+    cfg = qmix.QMixConfig(mixer_embed=8, gamma=0.9)
+    env, state, q_net, mixer = _qmix_setup(cfg)
+    g_dim = global_state_dim(env.n_agents, env.n_edges)
+    online_q, online_mix = state.params.policy, state.mixer
+    target_q = jax.tree.map(lambda z: -0.7 * z, online_q)
+    target_mix = mixer.init(jax.random.PRNGKey(5), jnp.zeros((env.n_agents,)), jnp.zeros((g_dim,)))
+    batch = _batch(jax.random.PRNGKey(2), 16, env.n_agents, env.m_out, env.n_nodes, g_dim, jnp.array([True, True, False]))
+    batch = {**batch, "next_acting": jnp.broadcast_to(jnp.array([True, False, False]), (16, 3)),
+             "next_active": jnp.broadcast_to(jnp.array([False, True, False]), (16, 3)), "done": jnp.arange(16) % 5 == 0}
+    loss = jax.jit(lambda tq, tm: qmix.qmix_loss(online_q, online_mix, tq, tm, batch, q_net, mixer, cfg, env.n_nodes, env.m_out))
+    q = lambda p, f, m: qmix._q_values(q_net, p, encode(f, env.n_nodes, env.m_out), m)  # noqa: E731
+    chosen = lambda qs: jnp.take_along_axis(qs, batch["action"][..., None], -1)[..., 0]  # noqa: E731
+    q_tot = mixer.apply(online_mix, jnp.where(batch["active"], chosen(q(online_q, batch["features"], batch["mask"])), 0.0), batch["state"])
+    y = batch["reward"] + 0.9 * (1.0 - batch["done"]) * mixer.apply(target_mix, jnp.where(
+        batch["next_acting"], q(target_q, batch["next_features"], batch["next_mask"]).max(-1),
+        jnp.where(batch["next_active"], chosen(q(target_q, batch["features"], batch["mask"])), 0.0)), batch["next_state"])
+    value, aux = loss(target_q, target_mix)
+    np.testing.assert_allclose(float(value), float(jnp.mean((q_tot - y) ** 2)), rtol=1e-5)
+    np.testing.assert_allclose(float(aux["q_tot"]), float(q_tot.mean()), rtol=1e-5)
+    assert abs(float(loss(online_q, online_mix)[0]) - float(value)) > 1e-3  # the targets matter
+
+
+def test_target_networks_are_copied_every_target_every_updates():
+    cfg = qmix.QMixConfig(mixer_embed=8, batch_size=16, target_every=3)
+    env, state, q_net, mixer = _qmix_setup(cfg)
+    g_dim = global_state_dim(env.n_agents, env.n_edges)
+    items = _batch(jax.random.PRNGKey(3), 64, env.n_agents, env.m_out, env.n_nodes, g_dim, jnp.array([True, True, True]))
+    state = state.replace(buffer=qmix.make_buffer(cfg).add(state.buffer, items))
+    update = jax.jit(qmix.make_update(q_net, mixer, cfg, env.n_nodes, env.m_out))
+    same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))  # noqa: E731
+    last_copy = (state.target_q, state.target_mixer)
+    for n in range(1, 8):
+        before = state
+        state, _ = update(state, jax.random.PRNGKey(100 + n))
+        assert int(state.updates) == n
+        assert not same(state.params.policy, before.params.policy) and not same(state.mixer, before.mixer)  # both learn
+        if n % 3 == 0:
+            assert same(state.target_q, state.params.policy) and same(state.target_mixer, state.mixer), n
+            last_copy = (state.target_q, state.target_mixer)
+        else:
+            assert same((state.target_q, state.target_mixer), last_copy), n  # fixed between copies
+            assert not same(state.target_q, state.params.policy), n
