@@ -1,9 +1,35 @@
-"""Shared fixtures: tiny hand-built networks and the small `oakland` scenario."""
+"""Shared fixtures: tiny hand-built networks and the small `oakland` scenario; one compilation cache per session."""
+
+import os
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
 
 from sim.network import SignalConfig, build_network
+
+CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+
+
+def pytest_configure(config):
+    """One JAX persistent compilation cache for the whole session: its xdist workers and the training
+    subprocesses of tests inherit it, so a program compiled once (the same training configuration in several
+    tests, a resumed run) is read back instead of compiled again. The key is the compiled program's hash, so
+    a hit is the same executable and results cannot change. A cache set from outside (mutation runs) is kept."""
+    import jax
+
+    if CACHE_ENV not in os.environ:
+        os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="reled-jax-test-jit-")
+        config._reled_owns_jit_cache = True
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+    jax.config.update("jax_compilation_cache_dir", os.environ[CACHE_ENV])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+
+
+def pytest_unconfigure(config):
+    if getattr(config, "_reled_owns_jit_cache", False):
+        shutil.rmtree(os.environ.pop(CACHE_ENV), ignore_errors=True)
 
 
 @pytest.fixture

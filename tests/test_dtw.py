@@ -47,9 +47,13 @@ def test_matches_dtaidistance():
     from dtaidistance import dtw_ndim
 
     rng = np.random.default_rng(2)
-    for _ in range(20):
-        a, b = rng.random((int(rng.integers(2, 30)), 2)), rng.random((int(rng.integers(2, 30)), 2))
-        assert float(dtw(jnp.asarray(a), jnp.asarray(b), metric="dtaidistance")) == pytest.approx(dtw_ndim.distance(a, b), rel=1e-5)
+    pairs = [(rng.random((int(rng.integers(2, 30)), 2)), rng.random((int(rng.integers(2, 30)), 2))) for _ in range(20)]
+    # One compiled call on padded sequences with their lengths (the kernel's batch layout), not 20 shapes.
+    got = jax.jit(lambda *x: dtw_batch(*x, metric="dtaidistance"))(
+        jnp.asarray(np.stack([_pad(a, 30) for a, _ in pairs])), jnp.asarray(np.stack([_pad(b, 30) for _, b in pairs])),
+        jnp.asarray([len(a) for a, _ in pairs]), jnp.asarray([len(b) for _, b in pairs]),
+    )
+    np.testing.assert_allclose(np.asarray(got), [dtw_ndim.distance(a, b) for a, b in pairs], rtol=1e-5)
 
 
 def test_rejects_unknown_metric():
