@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: train test install bench demos plots fig4 table4 table4-va fig8 agreement report clean
+.PHONY: train test install bench demos plots fig4 table4 table4-va fig8 agreement report mutation clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,9 @@ install: $(STAMP)
 train: $(STAMP)
 	$(BIN)/python -m reled_jax.train --resume
 
+# One worker per core: most tests are single-threaded JAX compilation.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.env_throughput
@@ -55,5 +56,14 @@ agreement: $(STAMP)  # after fig4/table4: how closely each method's agents follo
 report: $(STAMP)
 	$(BIN)/python -m benchmarks.report
 
+# Which one-line bugs in the method's code the tests catch (hours on 2 cores; MODULES="llm/client.py ..." for some).
+MUT_STAMP := $(VENV)/.installed-mutation
+$(MUT_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[test,sumo,mutation]"
+	touch $(MUT_STAMP)
+
+mutation: $(MUT_STAMP)
+	$(BIN)/python -m benchmarks.mutation $(if $(MODULES),--modules $(MODULES))
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache mutants

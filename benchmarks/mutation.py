@@ -1,0 +1,345 @@
+"""Mutation testing of the method's core: which one-line bugs do the tests catch?
+
+    make mutation                                    # every scoped module (hours on 2 CPU cores)
+    python -m benchmarks.mutation --modules reled_jax/dtw.py llm/client.py
+    python -m benchmarks.mutation --rerun survivors  # after adding tests: re-test only what survived
+    python -m benchmarks.mutation --rerun none       # rewrite the report from the last verdicts
+
+A mutant is the code with one small change (an operator, a constant, a comparison, an
+argument dropped or set to None, ...); the tests *kill* it when at least one fails. The score of
+a module is (killed + timed out) / (mutants - equivalent), where equivalent mutants are the ones
+that cannot change any observable behaviour, each listed below (EQUIVALENT) with the reason.
+
+Tool: mutmut 3 (PyPI). It writes every mutant of a function into one copy of the code behind a
+switch, and runs each mutant's covering tests (found by one statistics run) in a child process
+forked from a server that has imported only third-party modules (pyproject's [tool.mutmut]). So
+every child imports the project, traces and compiles its JAX programs anew, and a program traced
+under another mutant can never hide this one. pytest-gremlins runs mutants in subprocesses too
+but has no mutation of `&`, `|`, `~`, unary minus, constants or call arguments, the operators
+JAX code lives on; cosmic-ray reruns the whole test command per mutant.
+
+Speed, without weakening a verdict: JAX's persistent compilation cache (a program that a mutant
+changed hashes differently, so it is always compiled anew), XLA with most optimisations off
+(JAX_DISABLE_MOST_OPTIMIZATIONS), the covering tests fastest first (benchmarks/mutation_order.py),
+and tests marked `slow` (training runs, sweeps, multi-process runs) left out: the score is what
+the fast tests alone catch, a lower bound on the suite's.
+
+Writes benchmarks/results/mutation.json (per module: mutants, killed, survived, timed out,
+equivalent, score, every survivor with its diff, every equivalent mutant with its reason) and
+mutation.png.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import tyro
+
+ROOT = Path(__file__).resolve().parent.parent
+MUTANTS = ROOT / "mutants"
+
+# The functions that carry the method, per module (issue 15). "Class.method" or "function"; a
+# function's nested closures (the jitted epoch's rollout, update, ...) are mutated with it.
+SCOPE: dict[str, tuple[str, ...]] = {
+    "sim/env.py": (
+        "RouteChoiceEnv.step", "RouteChoiceEnv.step_env", "RouteChoiceEnv.tick", "edge_speed",
+        "RouteChoiceEnv._settle_rewards", "RouteChoiceEnv._truncation_reward", "eq32_reward",
+    ),
+    "reled_jax/reled.py": (
+        "decision_returns", "masked_mean", "clipped_surrogate", "entropy", "dtw_alpha", "hybrid_alpha", "agent_loss",
+        "policy_apply", "make_epoch", "agent_rows", "trajectory_points", "rollout_statistics", "_episode_sums",
+    ),
+    "reled_jax/qmix.py": ("_q_values", "td_target", "qmix_loss", "make_update", "make_epoch", "epsilon"),
+    "reled_jax/sed.py": ("SED.refresh", "partition_agents", "expert_samples", "_own_subset"),
+    "reled_jax/dtw.py": ("dtw", "dtw_batch"),
+    "llm/compile.py": ("compile_plans", "expert_actions", "_live_shortest_time_slot"),
+    "llm/feedback.py": (
+        "external_step_rewards", "volatility_threshold", "build_feedback", "agent_routes", "_as_numpy", "_route",
+        "_summary", "_edge_end", "_text", "merge_feedback",
+    ),
+    "llm/service.py": (
+        "ExpertService.plan", "ExpertService._absorb", "ExpertService.compiled_current",
+        "ExpertService.state_dict", "ExpertService.load_state_dict",
+    ),
+    "llm/client.py": ("ChatClient.complete", "ChatClient.complete_many", "ChatClient._payload", "_parse_completion", "_retry_after"),
+}
+# Parts of a module with a target of their own.
+GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "sim/env.py reward code (Eq. 32)": ("sim/env.py", ("RouteChoiceEnv._settle_rewards", "RouteChoiceEnv._truncation_reward", "eq32_reward")),
+}
+TARGETS = {"reled_jax/reled.py": 0.9, "sim/env.py reward code (Eq. 32)": 0.9}
+DEFAULT_TARGET = 0.8
+
+
+@dataclasses.dataclass(frozen=True)
+class Equivalent:
+    """A mutant that cannot change behaviour: matched by module, function and the exact line it changes."""
+
+    module: str
+    function: str
+    original: str  # the source line, stripped
+    mutated: str  # the mutant's line, stripped
+    reason: str
+
+
+_NO_FLOAT = "the other operand is a float (terminal_bonus, the reward difference), so NumPy's result is float64 whatever this dtype"
+EQUIVALENT: tuple[Equivalent, ...] = (
+    # llm/client.py
+    Equivalent("llm/client.py", "_retry_after", 'return float(response.headers.get("retry-after", ""))',
+               'return float(response.headers.get("RETRY-AFTER", ""))', "httpx looks headers up case-insensitively"),
+    Equivalent("llm/client.py", "_retry_after", 'return float(response.headers.get("retry-after", ""))',
+               'return float(response.headers.get("retry-after", "XXXX"))', "a missing header fails float() either way ('' and 'XXXX'), giving None"),
+    # llm/service.py
+    *(Equivalent("llm/service.py", "ExpertService._absorb", 'self.errors[a] = p.error or "no plan"', f'self.errors[a] = p.error or "{m}"',
+                 "unreachable: parse_response gives every plan it does not execute a reason, so `p.error` is never empty here")
+      for m in ("XXno planXX", "NO PLAN")),
+    *(Equivalent("llm/service.py", "ExpertService.compiled_current",
+                 'AgentPlan(a, self.current[a]) if a in self.current else fallback_plan(a, self.dest[a], "no executed plan yet")',
+                 f'AgentPlan(a, self.current[a]) if a in self.current else fallback_plan(a, self.dest[a], {m})',
+                 "compile_plans reads only a plan's instructions; the reason of this fallback plan is never read or shown")
+      for m in ("None", '"XXno executed plan yetXX"', '"NO EXECUTED PLAN YET"')),
+    # llm/feedback.py
+    *(Equivalent("llm/feedback.py", "external_step_rewards", "step = np.asarray(reward, float) - terminal_bonus * np.asarray(arrived_now, float)", m, _NO_FLOAT)
+      for m in ("step = np.asarray(reward, None) - terminal_bonus * np.asarray(arrived_now, float)",
+                "step = np.asarray(reward, ) - terminal_bonus * np.asarray(arrived_now, float)",
+                "step = np.asarray(reward, float) - terminal_bonus * np.asarray(arrived_now, None)",
+                "step = np.asarray(reward, float) - terminal_bonus * np.asarray(arrived_now, )")),
+)
+
+# mutmut's exit codes -> our categories (mutmut/stats.py). A child killed by a signal crashed under the mutant.
+KILLED, TIMEOUT, SURVIVED, NO_TESTS, CRASHED, UNCHECKED = "killed", "timeout", "survived", "no tests", "crashed", "not checked"
+STATUS = {1: KILLED, 3: KILLED, 36: TIMEOUT, 24: TIMEOUT, -24: TIMEOUT, 152: TIMEOUT, 255: TIMEOUT, -9: TIMEOUT,
+          0: SURVIVED, 5: NO_TESTS, 33: NO_TESTS, -11: CRASHED, None: UNCHECKED}
+DETECTED = (KILLED, TIMEOUT, CRASHED)
+
+
+@dataclasses.dataclass(frozen=True)
+class MutationConfig:
+    modules: tuple[str, ...] = tuple(SCOPE)  # which scoped modules to test
+    rerun: str = "all"  # all: every mutant | survivors: only those no test has killed yet | none: report only
+    max_children: int = os.cpu_count() or 2
+    out: str = "benchmarks/results/mutation.json"
+
+
+def mangled(function: str) -> str:
+    """mutmut's name for a function ("x_f") or a method ("xǁClassǁm")."""
+    if "." in function:
+        cls, name = function.split(".")
+        return f"xǁ{cls}ǁ{name}"
+    return f"x_{function}"
+
+
+def mutant_prefix(module: str, function: str) -> str:
+    return f"{module.removesuffix('.py').replace('/', '.')}.{mangled(function)}__mutmut_"
+
+
+def function_of(module: str, mutant: str) -> str | None:
+    for function in SCOPE[module]:
+        prefix = mutant_prefix(module, function)
+        if mutant.startswith(prefix) and mutant[len(prefix):].isdigit():
+            return function
+    return None
+
+
+def mutant_diff(module: str, mutant: str, spans: dict) -> tuple[list[str], list[str]]:
+    """(removed lines, added lines) of a mutant against the original function, each stripped."""
+    lines = (MUTANTS / module).read_text().splitlines()
+    name = mutant.rsplit(".", 1)[1]
+    orig = name.rsplit("__mutmut_", 1)[0] + "__mutmut_orig"
+
+    def body(fn: str) -> list[str]:
+        start, end = spans[fn]
+        return [line.replace(fn, "FN") for line in lines[start - 1 : end]]
+
+    removed, added = [], []
+    for line in difflib.ndiff(body(orig), body(name)):
+        if line.startswith("- "):
+            removed.append(line[2:].strip())
+        elif line.startswith("+ "):
+            added.append(line[2:].strip())
+    return removed, added
+
+
+def equivalent_reason(module: str, function: str, removed: list[str], added: list[str]) -> str | None:
+    for e in EQUIVALENT:
+        if (e.module, e.function) == (module, function) and removed == [e.original] and added == [e.mutated]:
+            return e.reason
+    return None
+
+
+def run_mutmut(cfg: MutationConfig) -> None:
+    patterns: list[str] = []
+    if cfg.rerun == "all":
+        patterns = [mutant_prefix(m, f) + "*" for m in cfg.modules for f in SCOPE[m]]
+    elif cfg.rerun == "survivors":
+        verdicts = read_verdicts()
+        patterns = [name for m in cfg.modules for name, v in verdicts.get(m, {}).items()
+                    if v["status"] not in DETECTED and v["function"] is not None]
+        if not patterns:
+            print("nothing to re-test: every scoped mutant of these modules is already detected")
+            return
+    env = dict(
+        os.environ,
+        # Programs a mutant did not change are read back instead of compiled again; a changed one hashes anew.
+        JAX_COMPILATION_CACHE_DIR=str(MUTANTS / ".jax-cache"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+        JAX_DISABLE_MOST_OPTIMIZATIONS="1",
+        PYTHONHASHSEED="0",
+    )
+    mutmut = Path(sys.executable).with_name("mutmut")
+    print(f"mutmut run: {len(patterns)} pattern(s) over {', '.join(cfg.modules)}", flush=True)
+    result = subprocess.run([str(mutmut), "run", "--max-children", str(cfg.max_children), *patterns], cwd=ROOT, env=env)
+    if result.returncode not in (0, 1):  # mutmut exits 1 when some mutant survived
+        raise SystemExit(f"mutmut failed (exit {result.returncode}); see its output above")
+
+
+def read_verdicts() -> dict[str, dict[str, dict]]:
+    """{module: {mutant: {function, status, seconds}}} from mutmut's per-file records."""
+    out: dict[str, dict[str, dict]] = {}
+    for module in SCOPE:
+        meta = MUTANTS / (module + ".meta")
+        if not meta.exists():
+            continue
+        data = json.loads(meta.read_text())
+        durations = data.get("durations_by_key", {})
+        out[module] = {
+            name: {"function": function_of(module, name), "status": STATUS.get(code, CRASHED), "seconds": durations.get(name)}
+            for name, code in data["exit_code_by_key"].items()
+        }
+    return out
+
+
+def summarise(names: list[str], verdicts: dict, module: str, spans: dict, target: float) -> dict:
+    counts = Counter()
+    survivors, equivalent = [], []
+    for name in names:
+        v = verdicts[name]
+        status = v["status"]
+        if status in (SURVIVED, NO_TESTS, UNCHECKED):
+            removed, added = mutant_diff(module, name, spans)
+            reason = equivalent_reason(module, v["function"], removed, added) if status == SURVIVED else None
+            entry = {"mutant": name, "function": v["function"], "status": status, "removed": removed, "added": added}
+            if reason:
+                equivalent.append({**entry, "reason": reason})
+                counts["equivalent"] += 1
+                continue
+            survivors.append(entry)
+        counts[status] += 1
+    counted = len(names) - counts["equivalent"]
+    detected = sum(counts[s] for s in DETECTED)
+    score = detected / counted if counted else float("nan")
+    return {
+        "mutants": len(names), "killed": counts[KILLED], "timed_out": counts[TIMEOUT], "crashed": counts[CRASHED],
+        "survived": counts[SURVIVED], "no_tests": counts[NO_TESTS], "not_checked": counts[UNCHECKED],
+        "equivalent": counts["equivalent"], "score": round(score, 4), "target": target, "meets_target": bool(score >= target),
+        "test_seconds": round(sum(verdicts[n]["seconds"] or 0.0 for n in names), 1),
+        "survivors": survivors, "equivalent_mutants": equivalent,
+    }
+
+
+def report(cfg: MutationConfig, wall_s: float) -> dict:
+    verdicts = read_verdicts()
+    modules, groups = {}, {}
+    for module, functions in SCOPE.items():
+        if module not in verdicts:
+            continue
+        spans = json.loads((MUTANTS / (module + ".spans")).read_text())["spans"]
+        names = sorted(n for n, v in verdicts[module].items() if v["function"] is not None)
+        row = summarise(names, verdicts[module], module, spans, TARGETS.get(module, DEFAULT_TARGET))
+        row["functions"] = {f: sum(verdicts[module][n]["function"] == f for n in names) for f in functions}
+        modules[module] = row
+    for group, (module, functions) in GROUPS.items():
+        if module not in verdicts:
+            continue
+        spans = json.loads((MUTANTS / (module + ".spans")).read_text())["spans"]
+        names = sorted(n for n, v in verdicts[module].items() if v["function"] in functions)
+        groups[group] = {"module": module, "functions": list(functions), **summarise(names, verdicts[module], module, spans, TARGETS.get(group, DEFAULT_TARGET))}
+    stale = [dataclasses.asdict(e) for e in EQUIVALENT
+             if not any(x["reason"] == e.reason for m in modules.values() for x in m["equivalent_mutants"])]
+    import mutmut  # noqa: PLC0415
+
+    result = {
+        "benchmark": "mutation",
+        "tool": f"mutmut {mutmut.__version__}",
+        "command": "python -m benchmarks.mutation " + " ".join(sys.argv[1:]),
+        "score": "(killed + timed out + crashed) / (mutants - equivalent); slow-marked tests excluded",
+        "scope": {m: list(f) for m, f in SCOPE.items()},
+        "machine": _machine(),
+        "wall_s_this_invocation": round(wall_s, 1),
+        "modules": modules,
+        "groups": groups,
+        "equivalent_not_matched": stale,  # catalogue entries no surviving mutant matches any more
+    }
+    out = ROOT / cfg.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1, ensure_ascii=False))
+    os.replace(tmp, out)
+    plot(result, out.with_suffix(".png"))
+    for name, row in [*modules.items(), *groups.items()]:
+        print(f"{name:40s} {row['mutants']:5d} mutants  killed {row['killed'] + row['timed_out'] + row['crashed']:5d}  "
+              f"survived {row['survived'] + row['no_tests']:4d}  equivalent {row['equivalent']:3d}  unchecked {row['not_checked']:4d}  "
+              f"score {row['score']:.1%} (target {row['target']:.0%})")
+    print(f"wrote {out}")
+    return result
+
+
+def _machine() -> dict:
+    import platform  # noqa: PLC0415
+
+    return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    rows = [*result["modules"].items(), *result["groups"].items()]
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(rows) + 1.2))
+    for y, (name, r) in enumerate(reversed(rows)):
+        counted = max(r["mutants"] - r["equivalent"], 1)
+        parts = [(r["killed"] + r["crashed"], "tab:green", "killed"), (r["timed_out"], "tab:olive", "timed out"),
+                 (r["survived"] + r["no_tests"], "tab:red", "survived"), (r["not_checked"], "0.8", "not checked")]
+        left = 0.0
+        for n, color, label in parts:
+            ax.barh(y, n / counted, left=left, color=color, label=label if y == 0 else None)
+            left += n / counted
+        ax.plot([r["target"]] * 2, [y - 0.4, y + 0.4], color="k", lw=1.5)
+        ax.text(1.01, y, f"{r['score']:.0%} of {counted} ({r['equivalent']} equivalent)", va="center", fontsize=8)
+    ax.set_yticks(range(len(rows)), [name for name, _ in reversed(rows)], fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of non-equivalent mutants (black tick: target score)")
+    ax.legend(loc="lower left", fontsize=8, ncol=4, bbox_to_anchor=(0, 1.0))
+    ax.set_title(f"Mutation score of the core ({result['tool']}, fast tests)", fontsize=10, pad=22)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(cfg: MutationConfig) -> dict:
+    unknown = [m for m in cfg.modules if m not in SCOPE]
+    if unknown or cfg.rerun not in ("all", "survivors", "none"):
+        raise SystemExit(f"modules must be among {list(SCOPE)} (got {unknown}) and --rerun one of all, survivors, none (got {cfg.rerun!r})")
+    try:
+        import mutmut  # noqa: F401, PLC0415
+    except ImportError:
+        raise SystemExit("mutmut is not installed: pip install -e '.[mutation]' (or run `make mutation`)") from None
+    start = time.perf_counter()
+    if cfg.rerun != "none":
+        run_mutmut(cfg)
+    return report(cfg, time.perf_counter() - start)
+
+
+if __name__ == "__main__":
+    main(tyro.cli(MutationConfig, description=__doc__))
