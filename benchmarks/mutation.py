@@ -4,6 +4,8 @@
     python -m benchmarks.mutation --modules reled_jax/dtw.py llm/client.py
     python -m benchmarks.mutation --rerun survivors  # after adding tests: re-test only what survived
     python -m benchmarks.mutation --rerun none       # rewrite the report from the last verdicts
+    python -m benchmarks.mutation --sample 60        # a seeded random 60 mutants per module (+ every
+                                                     # mutant of the groups below): a score with a 95 % interval
 
 A mutant is the code with one small change (an operator, a constant, a comparison, an
 argument dropped or set to None, ...); the tests *kill* it when at least one fails. The score of
@@ -39,6 +41,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import tyro
@@ -91,6 +94,8 @@ class Equivalent:
 
 
 _NO_FLOAT = "the other operand is a float (terminal_bonus, the reward difference), so NumPy's result is float64 whatever this dtype"
+_INT32 = "every caller passes integer lengths (or none), and with 64-bit mode off jnp.asarray makes them int32 anyway"
+_CLAMP = "JAX clamps out-of-range gather indices to the last element, which is what the upper clip bound does"
 EQUIVALENT: tuple[Equivalent, ...] = (
     # llm/client.py
     Equivalent("llm/client.py", "_retry_after", 'return float(response.headers.get("retry-after", ""))',
@@ -106,12 +111,51 @@ EQUIVALENT: tuple[Equivalent, ...] = (
                  f'AgentPlan(a, self.current[a]) if a in self.current else fallback_plan(a, self.dest[a], {m})',
                  "compile_plans reads only a plan's instructions; the reason of this fallback plan is never read or shown")
       for m in ("None", '"XXno executed plan yetXX"', '"NO EXECUTED PLAN YET"')),
+    # sim/env.py
+    Equivalent("sim/env.py", "RouteChoiceEnv._truncation_reward",
+               "reward = eq32_reward(state.t.astype(jnp.float32), state.agent_last_t, state.agent_last_d, d_now, params.omega_d)",
+               "reward = eq32_reward(state.t.astype(None), state.agent_last_t, state.agent_last_d, d_now, params.omega_d)",
+               "astype(None) is JAX's default float, float32 (64-bit mode is off in this project)"),
+    Equivalent("sim/env.py", "RouteChoiceEnv._settle_rewards", "t_f = t_new.astype(jnp.float32)", "t_f = t_new.astype(None)",
+               "astype(None) is JAX's default float, float32 (64-bit mode is off in this project)"),
+    Equivalent("sim/env.py", "RouteChoiceEnv._settle_rewards",
+               "completes = (arrived_now | (awaits_now & ~departs)) & (state.agent_decisions > 0)",
+               "completes = (arrived_now | (awaits_now & ~departs)) & (state.agent_decisions >= 0)",
+               "an agent that has never decided is in its depot (tick): it cannot arrive or reach a stop line, and its only "
+               "way to start awaiting is its departure, which `~departs` excludes; the guard is defensive"),
+    Equivalent("sim/env.py", "RouteChoiceEnv.step_env", "salt=jax.random.bits(key, (), jnp.uint32),", "salt=jax.random.bits(key, (), None),",
+               "jax.random.bits draws uint32 when no dtype is given"),
+    # reled_jax/reled.py
+    Equivalent("reled_jax/reled.py", "make_epoch", "updates, o = tx.update(grads, o, p)", "updates, o = tx.update(grads, o, )",
+               "the optimiser (clip_by_global_norm then adam, make_optimizer) never reads the parameters; only weight decay would"),
+    # reled_jax/dtw.py
+    *(Equivalent("reled_jax/dtw.py", "dtw", o, m, r) for o, m, r in (
+        ("a_len = jnp.asarray(n if a_len is None else a_len, jnp.int32)", "a_len = jnp.asarray(n if a_len is None else a_len, )", _INT32),
+        ("a_len = jnp.asarray(n if a_len is None else a_len, jnp.int32)", "a_len = jnp.asarray(n if a_len is None else a_len, None)", _INT32),
+        ("b_len = jnp.asarray(m if b_len is None else b_len, jnp.int32)", "b_len = jnp.asarray(m if b_len is None else b_len, )", _INT32),
+        ("b_len = jnp.asarray(m if b_len is None else b_len, jnp.int32)", "b_len = jnp.asarray(m if b_len is None else b_len, None)", _INT32),
+        ("diff = a[:, None, :].astype(jnp.float32) - b[None, :, :].astype(jnp.float32)",
+         "diff = a[:, None, :].astype(None) - b[None, :, :].astype(jnp.float32)", "astype(None) is JAX's default float, float32 (64-bit mode off)"),
+        ("diff = a[:, None, :].astype(jnp.float32) - b[None, :, :].astype(jnp.float32)",
+         "diff = a[:, None, :].astype(jnp.float32) - b[None, :, :].astype(None)", "astype(None) is JAX's default float, float32 (64-bit mode off)"),
+        ("result = jnp.where(done, current[jnp.clip(a_len - 1, 0, n - 1)], result)", "result = jnp.where(done, current[jnp.clip(a_len - 1, 0, )], result)", _CLAMP),
+        ("skewed = jnp.where(valid, cost[rows[None, :], jnp.clip(cols, 0, m - 1)], inf)", "skewed = jnp.where(valid, cost[rows[None, :], jnp.clip(cols, 0, m + 1)], inf)", _CLAMP),
+    )),
+    # llm/compile.py
+    Equivalent("llm/compile.py", "expert_actions",
+               "actions = jnp.select([mode == MODE_SHORTEST_TIME, mode == MODE_FOLLOW_EDGE, mode == MODE_SHORTEST_PATH], [slot_time, slot_edge, slot_path], slot_path)",
+               "actions = jnp.select([mode == MODE_SHORTEST_TIME, mode == MODE_FOLLOW_EDGE, mode == MODE_SHORTEST_PATH], [slot_time, slot_edge, slot_path], )",
+               "compile_plans writes only the three MODE_* values (Instruction.mode), so the default of the select is never taken"),
     # llm/feedback.py
     *(Equivalent("llm/feedback.py", "external_step_rewards", "step = np.asarray(reward, float) - terminal_bonus * np.asarray(arrived_now, float)", m, _NO_FLOAT)
       for m in ("step = np.asarray(reward, None) - terminal_bonus * np.asarray(arrived_now, float)",
                 "step = np.asarray(reward, ) - terminal_bonus * np.asarray(arrived_now, float)",
                 "step = np.asarray(reward, float) - terminal_bonus * np.asarray(arrived_now, None)",
                 "step = np.asarray(reward, float) - terminal_bonus * np.asarray(arrived_now, )")),
+    *(Equivalent("llm/feedback.py", "volatility_threshold", o, m, "NumPy (2.x) reads any negative dimension of a reshape as 'infer this one', so -2 is -1")
+      for o, m in (("np.reshape(agent_arrived_now, (-1, agent_rewards.shape[-1])),", "np.reshape(agent_arrived_now, (-2, agent_rewards.shape[-1])),"),
+                   ("np.reshape(agent_rewards, (-1, agent_rewards.shape[-1])),", "np.reshape(agent_rewards, (-2, agent_rewards.shape[-1])),"),
+                   ("np.reshape(agent_valid, (-1,)),", "np.reshape(agent_valid, (-2,)),"))),
 )
 
 # mutmut's exit codes -> our categories (mutmut/stats.py). A child killed by a signal crashed under the mutant.
@@ -125,6 +169,8 @@ DETECTED = (KILLED, TIMEOUT, CRASHED)
 class MutationConfig:
     modules: tuple[str, ...] = tuple(SCOPE)  # which scoped modules to test
     rerun: str = "all"  # all: every mutant | survivors: only those no test has killed yet | none: report only
+    sample: int = 0  # 0: every scoped mutant; n > 0: a seeded random n per module, plus every mutant of GROUPS
+    seed: int = 0  # which random sample
     max_children: int = os.cpu_count() or 2
     out: str = "benchmarks/results/mutation.json"
 
@@ -168,17 +214,77 @@ def mutant_diff(module: str, mutant: str, spans: dict) -> tuple[list[str], list[
     return removed, added
 
 
+# Mutations equivalent wherever they occur: (reason, test on the original and mutated line).
+EQUIVALENT_RULES: tuple[tuple[str, Callable[[str, str], bool]], ...] = (
+    ("jnp.take_along_axis's axis defaults to -1, so dropping `axis=-1` changes nothing",
+     lambda o, m: "jnp.take_along_axis(" in o and m in (o.replace(", axis=-1)", ", )"), o.replace(", axis=-1)", ")"))),
+)
+
+
 def equivalent_reason(module: str, function: str, removed: list[str], added: list[str]) -> str | None:
     for e in EQUIVALENT:
         if (e.module, e.function) == (module, function) and removed == [e.original] and added == [e.mutated]:
             return e.reason
+    if len(removed) == len(added) == 1:
+        for reason, same in EQUIVALENT_RULES:
+            if same(removed[0], added[0]):
+                return reason
     return None
+
+
+def scoped_mutants(module: str) -> list[str]:
+    """Every mutant mutmut generated for the scoped functions of a module, sorted."""
+    data = json.loads((MUTANTS / (module + ".meta")).read_text())
+    return sorted(n for n in data["exit_code_by_key"] if function_of(module, n) is not None)
+
+
+def sampled_mutants(module: str, n: int, seed: int) -> list[str]:
+    """A seeded random n of a module's scoped mutants (all when n is 0), plus every mutant of its GROUPS.
+
+    Drawn with NumPy's generator seeded by (seed, module name), so a sample is the same on every
+    machine and each module's is independent of which other modules are run.
+    """
+    import numpy as np  # noqa: PLC0415
+
+    names = scoped_mutants(module)
+    if n <= 0 or n >= len(names):
+        return names
+    rng = np.random.default_rng([seed, *module.encode()])
+    chosen = {names[i] for i in rng.choice(len(names), size=n, replace=False)}
+    grouped = {x for m, fns in GROUPS.values() if m == module for x in names if function_of(module, x) in fns}
+    return sorted(chosen | grouped)
+
+
+def forget_verdicts(module: str, names: list[str]) -> None:
+    """Mark a module's scoped mutants unchecked, so that a verdict from older tests is never reported."""
+    path = MUTANTS / (module + ".meta")
+    data = json.loads(path.read_text())
+    keep = set(names)
+    for name in data["exit_code_by_key"]:
+        if function_of(module, name) is not None and name not in keep:
+            data["exit_code_by_key"][name] = None
+            data.get("durations_by_key", {}).pop(name, None)
+    path.write_text(json.dumps(data))
+
+
+def generate_mutants() -> None:
+    """Have mutmut write (or refresh) the mutant copies without testing any, so a sample can be drawn."""
+    code = ("from mutmut.__main__ import *; set_mutant_under_test('mutant_generation'); copy_src_dir(); "
+            "copy_also_copy_files(); setup_source_paths(); store_lines_covered_by_tests(); create_mutants(max_children=2)")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
 
 def run_mutmut(cfg: MutationConfig) -> None:
     patterns: list[str] = []
     if cfg.rerun == "all":
-        patterns = [mutant_prefix(m, f) + "*" for m in cfg.modules for f in SCOPE[m]]
+        if cfg.sample:
+            if not all((MUTANTS / (m + ".meta")).exists() for m in cfg.modules):
+                generate_mutants()
+            patterns = [x for m in cfg.modules for x in sampled_mutants(m, cfg.sample, cfg.seed)]
+        else:
+            patterns = [mutant_prefix(m, f) + "*" for m in cfg.modules for f in SCOPE[m]]
+        for m in cfg.modules:  # what is not tested now must not keep a verdict of older tests
+            forget_verdicts(m, [])
     elif cfg.rerun == "survivors":
         verdicts = read_verdicts()
         patterns = [name for m in cfg.modules for name, v in verdicts.get(m, {}).items()
@@ -234,16 +340,31 @@ def summarise(names: list[str], verdicts: dict, module: str, spans: dict, target
                 continue
             survivors.append(entry)
         counts[status] += 1
-    counted = len(names) - counts["equivalent"]
+    # The score counts checked mutants only: with --sample, the unchecked rest is what the sample stands for.
+    counted = len(names) - counts[UNCHECKED] - counts["equivalent"]
     detected = sum(counts[s] for s in DETECTED)
     score = detected / counted if counted else float("nan")
+    low, high = wilson_interval(detected, counted)
+    if counts[UNCHECKED] == 0:  # every mutant checked: the score is exact, not an estimate
+        low = high = score
     return {
-        "mutants": len(names), "killed": counts[KILLED], "timed_out": counts[TIMEOUT], "crashed": counts[CRASHED],
-        "survived": counts[SURVIVED], "no_tests": counts[NO_TESTS], "not_checked": counts[UNCHECKED],
-        "equivalent": counts["equivalent"], "score": round(score, 4), "target": target, "meets_target": bool(score >= target),
+        "mutants": len(names), "checked": len(names) - counts[UNCHECKED], "killed": counts[KILLED], "timed_out": counts[TIMEOUT],
+        "crashed": counts[CRASHED], "survived": counts[SURVIVED], "no_tests": counts[NO_TESTS], "not_checked": counts[UNCHECKED],
+        "equivalent": counts["equivalent"], "score": round(score, 4), "score_95ci": [round(low, 4), round(high, 4)],
+        "target": target, "meets_target": bool(score >= target),
         "test_seconds": round(sum(verdicts[n]["seconds"] or 0.0 for n in names), 1),
         "survivors": survivors, "equivalent_mutants": equivalent,
     }
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion k/n (the score of a random sample of mutants)."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def report(cfg: MutationConfig, wall_s: float) -> dict:
@@ -271,7 +392,9 @@ def report(cfg: MutationConfig, wall_s: float) -> dict:
         "benchmark": "mutation",
         "tool": f"mutmut {mutmut.__version__}",
         "command": "python -m benchmarks.mutation " + " ".join(sys.argv[1:]),
-        "score": "(killed + timed out + crashed) / (mutants - equivalent); slow-marked tests excluded",
+        "score": "(killed + timed out + crashed) / (checked mutants - equivalent); slow-marked tests excluded; "
+                 "score_95ci: Wilson interval when only a random sample was checked (--sample), the score itself when all were",
+        "sample_per_module": cfg.sample, "sample_seed": cfg.seed,
         "scope": {m: list(f) for m, f in SCOPE.items()},
         "machine": _machine(),
         "wall_s_this_invocation": round(wall_s, 1),
@@ -285,10 +408,11 @@ def report(cfg: MutationConfig, wall_s: float) -> dict:
     tmp.write_text(json.dumps(result, indent=1, ensure_ascii=False))
     os.replace(tmp, out)
     plot(result, out.with_suffix(".png"))
+    ci = lambda r: f" [95% {r['score_95ci'][0]:.0%}-{r['score_95ci'][1]:.0%}, sampled]" if r["not_checked"] else " (all checked)"  # noqa: E731
     for name, row in [*modules.items(), *groups.items()]:
         print(f"{name:40s} {row['mutants']:5d} mutants  killed {row['killed'] + row['timed_out'] + row['crashed']:5d}  "
               f"survived {row['survived'] + row['no_tests']:4d}  equivalent {row['equivalent']:3d}  unchecked {row['not_checked']:4d}  "
-              f"score {row['score']:.1%} (target {row['target']:.0%})")
+              f"score {row['score']:.1%}{ci(row)} (target {row['target']:.0%})")
     print(f"wrote {out}")
     return result
 
@@ -308,18 +432,22 @@ def plot(result: dict, path: Path) -> None:
     rows = [*result["modules"].items(), *result["groups"].items()]
     fig, ax = plt.subplots(figsize=(10, 0.45 * len(rows) + 1.2))
     for y, (name, r) in enumerate(reversed(rows)):
-        counted = max(r["mutants"] - r["equivalent"], 1)
+        counted = max(r["checked"] - r["equivalent"], 1)
         parts = [(r["killed"] + r["crashed"], "tab:green", "killed"), (r["timed_out"], "tab:olive", "timed out"),
-                 (r["survived"] + r["no_tests"], "tab:red", "survived"), (r["not_checked"], "0.8", "not checked")]
+                 (r["survived"] + r["no_tests"], "tab:red", "survived")]
         left = 0.0
         for n, color, label in parts:
             ax.barh(y, n / counted, left=left, color=color, label=label if y == 0 else None)
             left += n / counted
-        ax.plot([r["target"]] * 2, [y - 0.4, y + 0.4], color="k", lw=1.5)
-        ax.text(1.01, y, f"{r['score']:.0%} of {counted} ({r['equivalent']} equivalent)", va="center", fontsize=8)
+        low, high = r["score_95ci"]
+        if high > low:
+            ax.errorbar(r["score"], y, xerr=[[r["score"] - low], [high - r["score"]]], color="k", capsize=3, lw=1)
+        ax.plot([r["target"]] * 2, [y - 0.4, y + 0.4], color="k", lw=1.5, ls=":")
+        sampled = f" sampled of {r['mutants']}" if r["not_checked"] else ""
+        ax.text(1.01, y, f"{r['score']:.0%} of {counted}{sampled} ({r['equivalent']} equivalent)", va="center", fontsize=8)
     ax.set_yticks(range(len(rows)), [name for name, _ in reversed(rows)], fontsize=8)
     ax.set_xlim(0, 1)
-    ax.set_xlabel("share of non-equivalent mutants (black tick: target score)")
+    ax.set_xlabel("share of checked non-equivalent mutants (dotted: target; whisker: 95 % interval of a sampled score)")
     ax.legend(loc="lower left", fontsize=8, ncol=4, bbox_to_anchor=(0, 1.0))
     ax.set_title(f"Mutation score of the core ({result['tool']}, fast tests)", fontsize=10, pad=22)
     fig.tight_layout()

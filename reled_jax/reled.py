@@ -287,18 +287,14 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: M
             logits = policy_apply(policy, params.policy, jnp.swapaxes(x, 0, 1), jnp.swapaxes(obs.action_mask, 0, 1))  # [A, E, M]
             logits = jnp.swapaxes(logits, 0, 1)
             action = jax.random.categorical(k_act, logits, axis=-1)
-            logp = jnp.take_along_axis(jax.nn.log_softmax(logits), action[..., None], axis=-1)[..., 0]
-            cx = critic_input(x, jax.vmap(global_state, in_axes=(0, None, None))(state, env_params, n_agents)) if cfg.centralised_critic else x
-            v = jax.vmap(lambda p, xi: value.apply(p, xi)[..., 0])(params.value_agent, jnp.swapaxes(cx, 0, 1))
-            prev_arrived = state.agent_arrived
+            # Old log-probabilities and values are computed after the rollout, in one batch per agent (epoch).
+            cx = critic_input(x, jax.vmap(global_state, in_axes=(0, None, None))(state, env_params, n_agents)) if cfg.centralised_critic else None
             obs2, state2, reward, done, info = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
                 jax.random.split(k_env, cfg.n_envs), state, action, env_params
             )
             rec = dict(
-                x=x, cx=cx if cfg.centralised_critic else None, mask=obs.action_mask, action=action, logp=logp, value=jnp.swapaxes(v, 0, 1), reward=reward,
-                decided=info["decided"], done=done, node=state.veh_node[:, :n_agents],
-                arrived_now=info["arrived"] & ~prev_arrived, episode_done=info["episode_done"], travel_time=info["travel_time"],
-                arrived=info["arrived"],
+                x=x, cx=cx, mask=obs.action_mask, action=action, reward=reward, decided=info["decided"], done=done,
+                node=state.veh_node[:, :n_agents], episode_done=info["episode_done"], travel_time=info["travel_time"], arrived=info["arrived"],
             )
             return (obs2, state2), rec
 

@@ -313,22 +313,42 @@ def _dist(net, a, b):
     return float(np.linalg.norm(net.node_xy[a] - net.node_xy[b]))
 
 
-def test_eq32_counts_a_red_light_wait_in_the_decision_that_led_to_it(cross_network):
-    """Arm 1 -> centre 0 -> arm 3. The agent departs so that it reaches the centre on red; the wait is part
-    of the reward of the decision taken at the centre, which ends at arrival (20 s after the green)."""
+def test_truncation_cuts_the_decision_of_every_agent_still_driving_and_only_theirs(line_network):
+    """T_max = 15, three agents A -> D departing at t = 0, 8 and 20. At the cut, agent 0 is on its second
+    decision (taken at B, t = 10), agent 1 on its first (taken at A, t = 8), agent 2 has not left: it gets 0."""
+    net = line_network
+    env = make_env(net, n_agents=3, n_background=0)
+    params = make_params(net, [0, 0, 0], [3, 3, 3], [0], [3], agent_depart=[0, 8, 20], t_max=15, omega_d=OMEGA_D)
+    obs, state = env.reset(jax.random.PRNGKey(0), params)
+    step = jax.jit(env.step_env)
+    for k in range(50):
+        obs, state, reward, done, info = step(jax.random.PRNGKey(k), state, shortest_time_policy(None, obs, params), params)
+        if bool(info["episode_done"]):
+            break
+    d = [_dist(net, n, 3) for n in range(4)]
+    assert int(info["sim_time"]) == 15 and np.asarray(state.agent_decisions).tolist() == [2, 1, 0]
+    np.testing.assert_allclose(np.asarray(reward), [-5 + OMEGA_D * (d[1] - d[2]), -7 + OMEGA_D * (d[0] - d[1]), 0.0], atol=1e-3)
+
+
+@pytest.mark.parametrize("origin,dest", [(1, 3), (3, 1)])
+def test_eq32_counts_a_red_light_wait_in_the_decision_that_led_to_it(cross_network, origin, dest):
+    """Arm 1 -> centre 0 -> arm 3 (and back). The agent departs so that it reaches the centre on red; the wait is
+    part of the reward of the decision taken at the centre, which ends at arrival (20 s after the green). From
+    arm 3 the road chosen at the centre is edge 0, a chosen road that must not read as "no road chosen yet"."""
     net = cross_network
-    e_in = int(np.flatnonzero((net.edge_from == 1) & (net.edge_to == 0))[0])
+    assert (int(net.edge_from[0]), int(net.edge_to[0])) == (0, 1)
+    e_in = int(np.flatnonzero((net.edge_from == origin) & (net.edge_to == 0))[0])
     cycle, start, dur, offset = (int(x) for x in (net.signal_cycle[e_in], net.signal_green_start[e_in], net.signal_green_dur[e_in], net.signal_offset[e_in]))
     green = lambda t: start <= (t + offset) % cycle < start + dur  # noqa: E731
     depart = next(d for d in range(cycle) if not green(d + 20) and not green(d + 21))  # at the line on red, for 2 s at least
     t_green = next(t for t in range(depart + 20, depart + 20 + cycle) if green(t))
     env = make_env(net, n_agents=1, n_background=0)
-    params = make_params(net, [1], [3], [1], [3], agent_depart=[depart], t_max=T_MAX_SHORT, omega_d=OMEGA_D)
+    params = make_params(net, [origin], [dest], [origin], [dest], agent_depart=[depart], t_max=T_MAX_SHORT, omega_d=OMEGA_D)
     obs, state = env.reset(jax.random.PRNGKey(0), params)
     steps, info = _decisions(env, params, state, obs)
-    # The first step only waits for the departure (nobody decides, no reward); then decisions at 1 and 0.
-    d1, d0 = _dist(net, 1, 3), _dist(net, 0, 3)
-    assert steps[-2:] == [
+    # Two decisions, at the origin and at 0, and no other (the wait for the departure decides nothing).
+    d1, d0 = _dist(net, origin, dest), _dist(net, 0, dest)
+    assert len(steps) == 2 and steps == [
         (depart + 20, pytest.approx(-20 + OMEGA_D * (d1 - d0), abs=1e-3)),  # 200 m at 10 m/s to the centre's stop line
         (t_green + 20, pytest.approx(-(t_green + 20 - (depart + 20)) + OMEGA_D * d0 + 0.1 * T_MAX_SHORT, abs=1e-3)),
     ]

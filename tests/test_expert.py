@@ -38,6 +38,36 @@ def test_compile_pads_drops_noops_and_completes(line_network):
         compile_plans(plans, origin, dest, max_instructions=1)
 
 
+def test_compile_refuses_a_missing_plan_and_fixes_width_and_dtypes(line_network):
+    plans = [AgentPlan(0, (Instruction("move_to_by_shortest_path", 2),))]
+    with pytest.raises(ValueError) as err:
+        compile_plans(plans, np.array([0, 3]), np.array([3, 0]))
+    assert str(err.value) == "need one plan per agent (2), got 1"
+    t = compile_plans(plans, np.array([0]), np.array([3])).tensors
+    assert t.target.shape == t.mode.shape == (1, 64)  # the default width
+    assert t.target.dtype == t.mode.dtype == t.length.dtype == jnp.int32
+
+
+def test_follow_edge_takes_the_direct_road_else_the_shortest_path_and_the_pointer_stops_at_the_end(diamond_network):
+    """Three agents at once: agent 0 at 1 told to follow an edge to 2 (no such road: static next hop, via 3);
+    agent 1 at 0 told the same (a direct road: take it); agent 2 on the target of its only instruction."""
+    from llm.compile import PlanTensors
+    from llm.interface import MODE_FOLLOW_EDGE
+
+    net = diamond_network
+    env = make_env(net, 3, 0)
+    params = make_params(net, [1, 0, 3], [2, 2, 0], [0], [3])
+    _, state = env.reset(jax.random.PRNGKey(0), params)
+    state = state.replace(veh_node=state.veh_node.at[:3].set(jnp.array([1, 0, 3])))
+    plans = PlanTensors(target=jnp.array([[2, 2], [2, 2], [3, 0]]), mode=jnp.array([[MODE_FOLLOW_EDGE, 1], [MODE_FOLLOW_EDGE, 1], [1, 1]]),
+                        length=jnp.array([2, 2, 1]))
+    actions, pointer = expert_actions(plans, jnp.zeros((3,), jnp.int32), state, params)
+    to = lambda node, slot: int(net.edge_to[net.out_edges[node, slot]])  # noqa: E731
+    assert to(1, int(actions[0])) == 3 and to(0, int(actions[1])) == 2
+    assert actions.tolist() == [int(net.next_slot_dist[1, 2]), 1, int(actions[2])]
+    assert pointer.tolist() == [0, 0, 0]  # nobody on a target but agent 2, whose instruction is its last
+
+
 def _diamond_env(network, n_background=0):
     env = make_env(network, 1, n_background)
     params = make_params(network, [0], [3], [0], [3], n_background=n_background)
@@ -112,7 +142,8 @@ def test_demo_rollout_records_instruction_map_and_policy_logp(diamond_network):
 
 def test_feedback_sets_on_a_hand_built_rollout(line_network):
     """R^j (Eqs. 18-19), K^j (Eqs. 22-24), RVI, PDI and the trajectory summaries, every field, on five steps of
-    four agents with A_j = {0, 1}; step 4 comes after the episode's end and must not count."""
+    four agents with A_j = {0, 1}; step 4 comes after the episode's end and must not count. Values are
+    rounded for the prompt (times and returns to 0.1, KL to 0.001): -15.44 shows as -15.4, pi~ 0.12346 as 0.123."""
     net = line_network
     slot = lambda u, v: int(np.flatnonzero(net.edge_to[net.out_edges[u]] == v)[0])  # noqa: E731  out-edge slot of u -> v
     T, A, bonus = 5, 4, 240.0
@@ -122,7 +153,7 @@ def test_feedback_sets_on_a_hand_built_rollout(line_network):
     best = np.zeros((T, A), int)
     best[1, 0] = slot(1, 0)  # the policy would turn back at 1
     best[0, 1] = 1  # a padded slot at junction 3 (one road out): leads nowhere
-    reward = np.array([[-3.1, -2.2, -4.25, 0.0], [-7.3, -6.0, 0.0, -12.3456], [-5.0, 0.0, bonus - 8.5, -3.74], [0.0, 0.0, 0.0, -2.0], [0.0, 0.0, 0.0, -99.0]])
+    reward = np.array([[-3.14, -2.2, -4.25, 0.0], [-7.3, -6.0, 0.0, -12.3456], [-5.0, 0.0, bonus - 8.5, -3.74], [0.0, 0.0, 0.0, -2.0], [0.0, 0.0, 0.0, -99.0]])
     arrived_now = np.zeros((T, A), bool)
     arrived_now[2, 2] = True
     demo = {
@@ -130,7 +161,7 @@ def test_feedback_sets_on_a_hand_built_rollout(line_network):
         "decided": np.array([[1, 1, 1, 0], [1, 1, 0, 1], [1, 0, 1, 1], [0, 0, 0, 0], [1, 1, 1, 1]], bool),
         "node": np.array([[0, 3, 1, 2], [1, 2, 2, 1], [2, 1, 3, 0], [2, 0, 3, 1], [2, 0, 3, 1]]), "action": action,
         "instruction": np.array([[0, 0, 0, 0], [0, 1, 0, 0], [1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 0, 0]]),
-        "policy_logp": np.log(np.array([[0.5, 0.3, 1, 1], [0.125, 0.6, 1, 1], [0.8, 1, 1, 1], [1, 1, 1, 1], [0.01, 0.001, 1, 1]])),
+        "policy_logp": np.log(np.array([[0.5, 0.3, 1, 1], [0.12346, 0.6, 1, 1], [0.8, 1, 1, 1], [1, 1, 1, 1], [0.01, 0.001, 1, 1]])),
         "policy_best": best, "reward": reward, "arrived_now": arrived_now,
         "travel_time": np.array([30.04, 44.46, 19.0, 44.0]), "arrived": np.array([True, False, True, False]),
     }
@@ -153,11 +184,11 @@ def test_feedback_sets_on_a_hand_built_rollout(line_network):
             RewardInstructionPair(0, 1, "move_to_by_shortest_time(3)", 12.24, 1, 19, victims_2),
         ),
         divergence_pairs=(  # D_KL^max = max -ln pi~(u_t|o_t) over each agent's expert decisions, largest first
-            DivergencePair(0, 0, "move_to_by_shortest_path(1)", round(ln(0.125), 3), 1, 2, 0, 0.125),
+            DivergencePair(0, 0, "move_to_by_shortest_path(1)", round(ln(0.12346), 3), 1, 2, 0, 0.123),
             DivergencePair(1, 0, "move_to_by_shortest_path(2)", round(ln(0.3), 3), 3, 2, -1, 0.3),
         ),
         trajectories=(TrajectorySummary(0, (0, 1, 2, 3), 30.0, -15.4, True), TrajectorySummary(1, (3, 2, 1), 44.5, -8.2, False)),
-        rvi=12.35, pdi=round(ln(0.125) + ln(0.3), 3), threshold=10.12,
+        rvi=12.35, pdi=round(ln(0.12346) + ln(0.3), 3), threshold=10.12,
     )
     assert fb == want
     # The same rollout as a DemoRollout (what SED passes) gives the same sets; max_pairs keeps the worst pairs.

@@ -219,3 +219,57 @@ def test_bad_completions_say_what_was_wrong(llm_server):
     llm_server.reply(body=json.dumps({"choices": [{"message": {"content": "plan"}}]}).encode())
     result = ask()
     assert (result.text, result.prompt_tokens, result.completion_tokens) == ("plan", 0, 0)
+
+
+def test_requests_carry_the_configured_model_sampling_and_output_format(llm_server):
+    """The exact JSON body of each structured-output form; a missing model name is sent as "default"."""
+    schema = {"type": "object", "properties": {"plans": {"type": "array"}}}
+    msgs = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
+    llm_server.reply("ok")
+    cfg = LLMConfig(base_url=llm_server.url, model="fake", temperature=0.7, max_tokens=99, seed=5, timeout_s=2.0)
+    for structured, extra in [
+        ("json_schema", {"response_format": {"type": "json_schema", "json_schema": {"name": "reled_plans", "schema": schema}}}),
+        ("json_object", {"response_format": {"type": "json_object", "schema": schema}}),
+        ("none", {}),
+    ]:
+        ChatClient(dataclasses.replace(cfg, structured=structured)).complete(msgs, schema=schema)
+        want = {"model": "fake", "messages": msgs, "temperature": 0.7, "max_tokens": 99, "seed": 5, **extra}
+        assert llm_server.requests[-1][1] == want, structured
+    ChatClient(dataclasses.replace(cfg, model="", seed=None)).complete(msgs)  # no schema: no response_format
+    assert llm_server.requests[-1][1] == {"model": "default", "messages": msgs, "temperature": 0.7, "max_tokens": 99}
+
+
+def test_the_cache_answers_only_the_same_request_and_says_so(tmp_path, llm_server):
+    """A hit returns the stored text and token counts with no latency and no attempt; other messages or another
+    schema are different requests and go to the server."""
+    from llm.client import ChatResult
+
+    llm_server.reply(body=_completion("first", usage=(11, 7))).reply(body=_completion("second", usage=(3, 2)))
+    client = ChatClient(_config(llm_server.url, cache_dir=str(tmp_path)))
+    msgs, schema = [{"role": "user", "content": "one"}], {"type": "object"}
+    fresh = client.complete(msgs, schema=schema)
+    assert (fresh.text, fresh.prompt_tokens, fresh.completion_tokens, fresh.cached, fresh.attempts) == ("first", 11, 7, False, 1)
+    assert client.complete(msgs, schema=schema) == ChatResult("first", 0.0, 11, 7, cached=True, attempts=0)
+    assert len(llm_server.requests) == 1
+    other_messages = client.complete([{"role": "user", "content": "two"}], schema=schema)
+    other_schema = client.complete(msgs, schema=None)
+    assert not other_messages.cached and not other_schema.cached and len(llm_server.requests) == 3
+
+
+def test_errors_carry_status_time_lost_and_what_happened(llm_server):
+    """An HTTP error keeps its status code; every raised error carries the seconds spent on it (for the stats)."""
+    for status, retries in [(401, 2), (503, 1)]:
+        llm_server.script.clear()
+        llm_server.reply(status=status, body=b"nope")
+        start = time.perf_counter()
+        with pytest.raises(LLMHTTPError) as err:
+            ChatClient(_config(llm_server.url, max_retries=retries)).complete([{"role": "user", "content": "hi"}])
+        assert err.value.status == status
+        assert str(err.value) == f"LLM at {llm_server.url} answered HTTP {status}: nope"
+        assert 0.0 < err.value.latency_s <= time.perf_counter() - start
+    llm_server.script.clear()
+    llm_server.reply("late", delay=1.0)
+    with pytest.raises(LLMTimeout) as err:
+        ChatClient(_config(llm_server.url, timeout_s=0.2, max_retries=0)).complete([{"role": "user", "content": "hi"}])
+    assert str(err.value) == f"LLM at {llm_server.url} did not answer within 0.2 s (ReadTimeout)"
+    assert 0.2 <= err.value.latency_s < 1.0

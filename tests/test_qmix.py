@@ -1,8 +1,11 @@
 """QMIX: the mixer is monotonic, the TD target is r + gamma (1 - done) Q_tot^- with held macro-actions, agents off the road take no credit."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from reled_jax import qmix
 from reled_jax.mappo import global_state_dim
@@ -91,6 +94,14 @@ def test_epoch_fills_the_buffer_trains_and_copies_targets():
     # After target_every updates the targets equal the online networks.
     jax.tree.map(lambda t, o: np.testing.assert_array_equal(t, o), new.target_q, new.params.policy)
     assert float(metrics["epsilon"]) == cfg.eps_start and np.isfinite(float(metrics["td_loss"]))
+    # The trainer logs the same columns for every method: QMIX has no expert, so alpha is 1 and the DTW terms NaN.
+    assert float(metrics["alpha"]) == 1.0 and np.isnan(float(metrics["dtw_m"])) and np.isnan(float(metrics["d_dtw"]))
+    # An epoch too short to fill one batch is refused with the numbers that do not fit.
+    short = dataclasses.replace(cfg, rollout_steps=8)
+    with pytest.raises(ValueError) as err:
+        qmix.make_epoch(env, params, q_net, mixer, short)
+    assert str(err.value) == ("QMIX samples batches of 32 transitions but an epoch collects only 16; "
+                              "raise n_envs x rollout_steps or lower batch_size")
 
 
 def test_rollout_holds_each_agents_decision_until_it_chooses_again():

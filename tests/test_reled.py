@@ -41,8 +41,8 @@ def test_clipped_surrogate_eq29_and_entropy():
     surrogate, clipfrac = clipped_surrogate(logp, old, adv, valid, clip_eps=0.2)
     assert float(surrogate) == pytest.approx((min(1.5, 1.2) * 1.0 + min(-1.5, -1.2)) / 2)
     assert float(clipfrac) == pytest.approx(1.0)
-    logits = jnp.array([[0.0, 0.0, -1e9]])
-    assert float(entropy(logits, jnp.array([[True, True, False]]))[0]) == pytest.approx(np.log(2.0), rel=1e-6)
+    logits = jnp.array([[0.0, 0.0, -1e9], [5.0, 5.0, 5.0]])  # one entropy per row: log 2, then log 3
+    np.testing.assert_allclose(np.asarray(entropy(logits, jnp.array([[True, True, False], [True, True, True]]))), np.log([2.0, 3.0]), rtol=1e-6)
 
 
 def test_alpha_follows_eq30():
@@ -98,6 +98,34 @@ def test_loss_signs_and_alpha_weighting(tiny):
     cfg0 = dataclasses.replace(cfg, entropy_coef=0.0)
     g3, g4 = grad(b_a, b_e, 0.0, cfg0), grad(dict(b_a, adv=-b_a["adv"]), b_e, 0.0, cfg0)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g3.policy, g4.policy)
+
+
+def test_agent_advantages_are_standardised_per_minibatch_and_entropy_is_per_decision(tiny):
+    """l_agent is Eq. 29 on the minibatch's advantages centred and scaled (PPO's usual normalisation); expert
+    advantages are centred the same way or, with center_expert=False, used as given; the entropy bonus is the
+    mean over decisions of each decision's own entropy. All recomputed in NumPy."""
+    env, _, cfg, agent_params, policy, value, input_dim = tiny
+    p0 = jax.tree.map(lambda z: z[0], agent_params)
+    b_a = jax.tree.map(lambda z: z[0], _tiny_batches(jax.random.PRNGKey(6), 1, 16, input_dim, env.m_out))
+    b_e = jax.tree.map(lambda z: z[0], _tiny_batches(jax.random.PRNGKey(7), 1, 16, input_dim, env.m_out, adv_sign=-1.0))
+    assert abs(float(b_a["adv"].mean())) > 0.5  # a mean that centring must remove
+
+    def log_softmax(b):
+        z = np.asarray(policy.apply(p0.policy, b["x"]), np.float64)
+        return z - z.max(-1, keepdims=True) - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True))
+
+    def surrogate(b, adv):
+        ratio = np.exp(np.take_along_axis(log_softmax(b), np.asarray(b["action"])[:, None], 1)[:, 0] - np.asarray(b["old_logp"]))
+        return np.mean(np.minimum(ratio * adv, np.clip(ratio, 1 - cfg.clip_eps, 1 + cfg.clip_eps) * adv))
+
+    standard = lambda a: (a - a.mean()) / np.sqrt(a.var() + 1e-8)  # noqa: E731
+    adv_a, adv_e = np.asarray(b_a["adv"], np.float64), np.asarray(b_e["adv"], np.float64)
+    for center, want_e in [(True, standard(adv_e)), (False, adv_e)]:
+        _, aux = agent_loss(p0, policy, value, b_a, b_e, 0.5, dataclasses.replace(cfg, center_expert_advantages=center))
+        assert float(aux["l_agent"]) == pytest.approx(surrogate(b_a, standard(adv_a)), rel=1e-4, abs=1e-6)
+        assert float(aux["l_expert"]) == pytest.approx(surrogate(b_e, want_e), rel=1e-4, abs=1e-6), center
+    lp = log_softmax(b_a)
+    assert float(aux["entropy"]) == pytest.approx(np.mean(-(np.exp(lp) * lp).sum(-1)), rel=1e-5)
 
 
 def test_stacked_update_equals_loop_of_single_agent_updates(tiny):

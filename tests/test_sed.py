@@ -71,14 +71,15 @@ def _feedback(subset, kl, reward, rvi, threshold):
 
 
 def test_merge_feedback_collects_each_agents_pairs_from_wherever_it_was_evaluated():
-    fa = _feedback((0, 1), kl=(1.0, 2.0), reward=(30.0, 50.0), rvi=60.0, threshold=10.0)
+    fa = _feedback((0, 1), kl=(1.0, 2.00049), reward=(30.0, 50.0), rvi=60.0, threshold=10.0)
     fb = _feedback((2, 3), kl=(0.5, 4.0), reward=(40.0, 10.0), rvi=45.0, threshold=12.0)
     merged = merge_feedback([fa, None, fb], [2, 1])
     assert merged.subset == (1, 2)
     assert [(p.agent, p.reward) for p in merged.reward_pairs] == [(1, 50.0), (2, 40.0)]  # worst first
-    assert [(p.agent, p.kl_max) for p in merged.divergence_pairs] == [(1, 2.0), (2, 0.5)]
+    assert [(p.agent, p.kl_max) for p in merged.divergence_pairs] == [(1, 2.00049), (2, 0.5)]
     assert [t.agent for t in merged.trajectories] == [1, 2]
-    assert (merged.rvi, merged.pdi, merged.threshold) == (60.0, 2.5, 12.0)  # largest RVI and threshold, PDI over kept pairs
+    # Largest RVI and threshold; PDI over the kept pairs, to 3 decimals (2.50049 -> 2.5).
+    assert (merged.rvi, merged.pdi, merged.threshold) == (60.0, 2.5, 12.0)
     only_b = merge_feedback([fa, fb], [3])
     assert (only_b.subset, only_b.rvi, only_b.pdi, only_b.threshold) == ((3,), 45.0, 4.0, 12.0)
     assert merge_feedback([fa], [2, 3]) is None and merge_feedback([], [0]) is None and merge_feedback([None], [0]) is None

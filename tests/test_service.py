@@ -133,3 +133,34 @@ def test_state_dict_resumes_the_service_where_it_stopped(line_network):
     for field in ("target", "mode", "length"):
         np.testing.assert_array_equal(getattr(resumed.compiled_current().tensors, field), getattr(svc.compiled_current().tensors, field))
     assert _targets(resumed.compiled_current(), 0)[0] == [2, 3]
+
+
+def test_a_backend_without_memory_saves_an_empty_state_and_resumes(line_network):
+    """state_dict/load_state_dict are optional for a backend: one without them is saved as {} and still resumes."""
+
+    class Stateless:  # answers like ScriptedBackend, keeps nothing between rounds
+        name = "stateless"
+
+        def __init__(self, *replies):
+            self.generate = ScriptedBackend(*replies).generate
+
+    svc = _service(line_network, Stateless(VIA_2))
+    svc.plan([(0, 1)])
+    state = svc.state_dict()
+    assert state["backend"] == {} and state["round"] == 1
+    resumed = _service(line_network, Stateless())
+    resumed.load_state_dict(state)
+    assert (resumed.round, resumed.current) == (1, svc.current)
+
+
+def test_the_configured_sandbox_limits_apply_and_only_the_last_20_errors_are_kept(line_network):
+    from llm.sandbox import SandboxLimits
+
+    tight = SandboxLimits(max_source_chars=len(VIA_2) - 20)  # VIA_2's program alone is longer than this
+    svc = _service(line_network, ScriptedBackend(*[VIA_2] * 11), limits=tight)
+    for _ in range(11):
+        svc.plan([(0, 1, 2)])  # three agents rejected per round: 33 errors in all
+    st = svc.stats
+    assert st.fallbacks["invalid_plan"] == 33 and len(st.last_errors) == 20
+    assert all(e.startswith("agent ") and "characters; at most" in e for e in st.last_errors)
+    assert _service(line_network, ScriptedBackend(VIA_2)).plan([(0,)])[0].plans[0].error is None  # default limits let it run
