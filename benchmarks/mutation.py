@@ -146,12 +146,31 @@ EQUIVALENT: tuple[Equivalent, ...] = (
                "actions = jnp.select([mode == MODE_SHORTEST_TIME, mode == MODE_FOLLOW_EDGE, mode == MODE_SHORTEST_PATH], [slot_time, slot_edge, slot_path], slot_path)",
                "actions = jnp.select([mode == MODE_SHORTEST_TIME, mode == MODE_FOLLOW_EDGE, mode == MODE_SHORTEST_PATH], [slot_time, slot_edge, slot_path], )",
                "compile_plans writes only the three MODE_* values (Instruction.mode), so the default of the select is never taken"),
+    *(Equivalent("llm/compile.py", "compile_plans", o, m, "NumPy makes these int64 and jnp.asarray then int32 (64-bit mode off): the tensors are int32 either way")
+      for o, m in (("target = np.repeat(np.asarray(agent_dest, np.int32)[:, None], max_instructions, axis=1)",
+                    "target = np.repeat(np.asarray(agent_dest, )[:, None], max_instructions, axis=1)"),
+                   ("target = np.repeat(np.asarray(agent_dest, np.int32)[:, None], max_instructions, axis=1)",
+                    "target = np.repeat(np.asarray(agent_dest, None)[:, None], max_instructions, axis=1)"),
+                   ("mode = np.full((n_agents, max_instructions), MODE_SHORTEST_TIME, np.int32)",
+                    "mode = np.full((n_agents, max_instructions), MODE_SHORTEST_TIME, None)"),
+                   ("mode = np.full((n_agents, max_instructions), MODE_SHORTEST_TIME, np.int32)",
+                    "mode = np.full((n_agents, max_instructions), MODE_SHORTEST_TIME, )"))),
+    # reled_jax/sed.py
+    *(Equivalent("reled_jax/sed.py", "SED.refresh", "nobody = jnp.zeros(n_agents, bool)", m,
+                 "the mask is only read by jnp.where (make_demo_rollout), where float zeros are False like boolean ones")
+      for m in ("nobody = jnp.zeros(n_agents, None)", "nobody = jnp.zeros(n_agents, )")),
     # llm/feedback.py
     *(Equivalent("llm/feedback.py", "external_step_rewards", "step = np.asarray(reward, float) - terminal_bonus * np.asarray(arrived_now, float)", m, _NO_FLOAT)
       for m in ("step = np.asarray(reward, None) - terminal_bonus * np.asarray(arrived_now, float)",
                 "step = np.asarray(reward, ) - terminal_bonus * np.asarray(arrived_now, float)",
                 "step = np.asarray(reward, float) - terminal_bonus * np.asarray(arrived_now, None)",
                 "step = np.asarray(reward, float) - terminal_bonus * np.asarray(arrived_now, )")),
+    *(Equivalent("llm/feedback.py", "_edge_end", "if not 0 <= slot < network.m_out:", m,
+                 "slots are actions or argmaxes over the m_out logits, so slot == m_out never occurs; the check is for padding (-1)")
+      for m in ("if not 0 <= slot <= network.m_out:",)),
+    *(Equivalent("llm/feedback.py", "_text", 'return seq[min(k, len(seq) - 1)].text if seq else "?"', m,
+                 "the instruction pointer stops at the last instruction (expert_actions, tested), so k < len(seq) and the min never binds")
+      for m in ('return seq[min(k, len(seq) + 1)].text if seq else "?"',)),
     *(Equivalent("llm/feedback.py", "volatility_threshold", o, m, "NumPy (2.x) reads any negative dimension of a reshape as 'infer this one', so -2 is -1")
       for o, m in (("np.reshape(agent_arrived_now, (-1, agent_rewards.shape[-1])),", "np.reshape(agent_arrived_now, (-2, agent_rewards.shape[-1])),"),
                    ("np.reshape(agent_rewards, (-1, agent_rewards.shape[-1])),", "np.reshape(agent_rewards, (-2, agent_rewards.shape[-1])),"),

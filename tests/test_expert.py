@@ -68,6 +68,24 @@ def test_follow_edge_takes_the_direct_road_else_the_shortest_path_and_the_pointe
     assert pointer.tolist() == [0, 0, 0]  # nobody on a target but agent 2, whose instruction is its last
 
 
+def test_reward_pairs_name_the_three_worst_victims_and_an_empty_rollout_has_no_volatility(line_network):
+    """A_j = {0}; at the flagged step four outside agents lose reward: the pair names the worst three, worst first."""
+    T, A = 2, 5
+    decided = np.zeros((T, A), bool)
+    decided[0, 0] = True
+    demo = {
+        "valid": np.array([True, True]), "sim_time": np.array([0, 5]), "decided": decided, "node": np.array([[0, 1, 2, 3, 0]] * T),
+        "action": np.zeros((T, A), int), "instruction": np.zeros((T, A), int), "policy_logp": np.zeros((T, A)),
+        "policy_best": np.zeros((T, A), int), "reward": np.array([[-9.0, -1.0, -4.0, -3.0, -2.0], [0.0] * A]),
+        "arrived_now": np.zeros((T, A), bool), "travel_time": np.zeros(A), "arrived": np.zeros(A, bool),
+    }
+    compiled = compile_plans([AgentPlan(a, ()) for a in range(A)], np.zeros(A, int), np.full(A, 3), 2)
+    fb = build_feedback(demo, [0], compiled, line_network, threshold=5.0, terminal_bonus=0.0)
+    assert fb.reward_pairs == (RewardInstructionPair(0, 0, "move_to_by_shortest_time(3)", 10.0, 1, 0, ((2, 2, -4.0), (3, 3, -3.0), (4, 0, -2.0))),)
+    empty = {k: (v[:0] if k not in ("travel_time", "arrived") else v) for k, v in demo.items()}
+    assert build_feedback(empty, [0], compiled, line_network, threshold=5.0, terminal_bonus=0.0).rvi == 0.0
+
+
 def _diamond_env(network, n_background=0):
     env = make_env(network, 1, n_background)
     params = make_params(network, [0], [3], [0], [3], n_background=n_background)

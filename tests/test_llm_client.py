@@ -28,6 +28,8 @@ class FakeLLM:
     def __init__(self):
         self.script = []  # each: (status, body bytes, headers, delay s); the last one repeats
         self.requests = []
+        self.in_flight = self.most_in_flight = 0  # requests being answered at once
+        lock = threading.Lock()
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -35,7 +37,12 @@ class FakeLLM:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 owner.requests.append((self.path, json.loads(body)))
                 status, payload, headers, delay = owner.script.pop(0) if len(owner.script) > 1 else owner.script[0]
+                with lock:
+                    owner.in_flight += 1
+                    owner.most_in_flight = max(owner.most_in_flight, owner.in_flight)
                 time.sleep(delay)
+                with lock:
+                    owner.in_flight -= 1
                 try:
                     self.send_response(status)
                     for k, v in headers.items():
@@ -273,3 +280,41 @@ def test_errors_carry_status_time_lost_and_what_happened(llm_server):
         ChatClient(_config(llm_server.url, timeout_s=0.2, max_retries=0)).complete([{"role": "user", "content": "hi"}])
     assert str(err.value) == f"LLM at {llm_server.url} did not answer within 0.2 s (ReadTimeout)"
     assert 0.2 <= err.value.latency_s < 1.0
+
+
+def test_422_rejection_downgrades_and_an_old_cache_entry_without_token_counts_reads_as_zero(tmp_path, llm_server):
+    from llm.cache import ResponseCache
+
+    llm_server.reply(status=422, body=b"unknown field response_format").reply("ok")
+    client = ChatClient(_config(llm_server.url, cache_dir=str(tmp_path)))
+    assert client.complete([{"role": "user", "content": "a"}], schema={"type": "object"}).attempts == 1
+    assert [req[1].get("response_format", {}).get("type") for req in llm_server.requests] == ["json_schema", "json_object"]
+    msgs = [{"role": "user", "content": "b"}]
+    ResponseCache(tmp_path).put(client._payload(msgs, None, "json_schema"), {"text": "from an older run"})
+    hit = client.complete(msgs)
+    assert (hit.text, hit.prompt_tokens, hit.completion_tokens, hit.cached) == ("from an older run", 0, 0, True)
+
+
+def test_latencies_are_the_time_spent_and_a_dead_server_is_named(llm_server):
+    llm_server.reply("ok", delay=0.2)
+    start = time.perf_counter()
+    result = ChatClient(_config(llm_server.url)).complete([{"role": "user", "content": "hi"}])
+    assert 0.2 <= result.latency_s <= time.perf_counter() - start
+    llm_server.script.clear()
+    llm_server.reply(body=b"not json", delay=0.2)
+    start = time.perf_counter()
+    with pytest.raises(LLMBadResponse) as err:
+        ChatClient(_config(llm_server.url)).complete([{"role": "user", "content": "hi"}])
+    assert 0.2 <= err.value.latency_s <= time.perf_counter() - start
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    with pytest.raises(LLMUnavailable) as err:
+        ChatClient(_config(dead, max_retries=0)).complete([{"role": "user", "content": "hi"}])
+    assert str(err.value).startswith(f"cannot reach LLM at {dead}: ConnectError: ")
+
+
+def test_two_requests_are_sent_at_once(llm_server):
+    llm_server.reply("ok", delay=0.5)
+    results = ChatClient(_config(llm_server.url)).complete_many([([{"role": "user", "content": str(i)}], None) for i in range(2)])
+    assert [r.text for r in results] == ["ok", "ok"] and llm_server.most_in_flight == 2

@@ -165,3 +165,18 @@ def test_refresh_gives_each_agent_its_subsets_demonstrations_and_feedback(small_
     else:  # Plans generated once (reled-norefine): the backend is not asked again.
         assert len(service.backend.requests) == 1 and service.backend.requests[0][0].feedback is None and log2["round"] == 1
     assert len(sed.history) == 2
+
+
+def test_subset_agents_act_as_the_expert_in_their_demonstrations(small_sed_setup):
+    """A policy that always takes slot 0 drives the agents outside A_j; the rows each agent learns from must
+    hold the expert's actions, which are not all slot 0 (the planner's routes turn elsewhere somewhere)."""
+    network, env, params, agents, policy = small_sed_setup
+    slot0 = jax.tree_util.tree_map_with_path(
+        lambda path, x: x.at[..., 0].add(100.0) if "Dense_2" in jax.tree_util.keystr(path) and "bias" in jax.tree_util.keystr(path) else x,
+        agents.policy,
+    )
+    service = ExpertService(network, np.asarray(params.agent_origin), np.asarray(params.agent_dest), config=ExpertConfig(), t_max=params.t_max)
+    sed = SED(env, params, network, policy, HPOConfig(), SEDConfig(m=2, n_demo_envs=1, demo_steps=64, refine=False), service, seed=3)
+    samples, _, _ = sed.refresh(slot0, epoch=0)
+    actions, decided = np.asarray(samples.action), np.asarray(samples.decided)
+    assert decided.any(axis=1).all() and (actions[decided] != 0).any()
