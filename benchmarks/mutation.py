@@ -307,7 +307,7 @@ def run_mutmut(cfg: MutationConfig) -> None:
     elif cfg.rerun == "survivors":
         verdicts = read_verdicts()
         patterns = [name for m in cfg.modules for name, v in verdicts.get(m, {}).items()
-                    if v["status"] not in DETECTED and v["function"] is not None]
+                    if v["status"] in (SURVIVED, NO_TESTS) and v["function"] is not None]  # not the unchecked rest of a --sample
         if not patterns:
             print("nothing to re-test: every scoped mutant of these modules is already detected")
             return
@@ -349,7 +349,7 @@ def summarise(names: list[str], verdicts: dict, module: str, spans: dict, target
     for name in names:
         v = verdicts[name]
         status = v["status"]
-        if status in (SURVIVED, NO_TESTS, UNCHECKED):
+        if status in (SURVIVED, NO_TESTS):  # unchecked ones (outside a --sample) are only counted
             removed, added = mutant_diff(module, name, spans)
             reason = equivalent_reason(module, v["function"], removed, added) if status == SURVIVED else None
             entry = {"mutant": name, "function": v["function"], "status": status, "removed": removed, "added": added}

@@ -43,6 +43,10 @@ def test_compile_refuses_a_missing_plan_and_fixes_width_and_dtypes(line_network)
     with pytest.raises(ValueError) as err:
         compile_plans(plans, np.array([0, 3]), np.array([3, 0]))
     assert str(err.value) == "need one plan per agent (2), got 1"
+    swapped = [AgentPlan(1, ()), AgentPlan(0, ())]
+    with pytest.raises(ValueError) as err:
+        compile_plans(swapped, np.array([0, 3]), np.array([3, 0]))
+    assert str(err.value) == "plan 0 is for agent 1; pass plans in agent order"
     t = compile_plans(plans, np.array([0]), np.array([3])).tensors
     assert t.target.shape == t.mode.shape == (1, 64)  # the default width
     assert t.target.dtype == t.mode.dtype == t.length.dtype == jnp.int32

@@ -126,6 +126,10 @@ def test_agent_advantages_are_standardised_per_minibatch_and_entropy_is_per_deci
         assert float(aux["l_expert"]) == pytest.approx(surrogate(b_e, want_e), rel=1e-4, abs=1e-6), center
     lp = log_softmax(b_a)
     assert float(aux["entropy"]) == pytest.approx(np.mean(-(np.exp(lp) * lp).sum(-1)), rel=1e-5)
+    # The loss minimised is -(Eq. 31) plus the value terms: the entropy bonus lowers it (exploration is rewarded).
+    loss, aux = agent_loss(p0, policy, value, b_a, b_e, 0.25, cfg)
+    objective = 0.25 * aux["l_agent"] + 0.75 * aux["l_expert"] + cfg.entropy_coef * aux["entropy"]
+    assert float(loss) == pytest.approx(float(-objective + cfg.value_coef * aux["value_loss"]), rel=1e-5)
 
 
 def test_stacked_update_equals_loop_of_single_agent_updates(tiny):
