@@ -159,7 +159,14 @@ EQUIVALENT: tuple[Equivalent, ...] = (
     *(Equivalent("reled_jax/sed.py", "SED.refresh", "nobody = jnp.zeros(n_agents, bool)", m,
                  "the mask is only read by jnp.where (make_demo_rollout), where float zeros are False like boolean ones")
       for m in ("nobody = jnp.zeros(n_agents, None)", "nobody = jnp.zeros(n_agents, )")),
+    Equivalent("reled_jax/sed.py", "SED.refresh", "base = self._rollouts(k_base, policy_params, compiled[0].tensors, nobody)",
+               "base = self._rollouts(k_base, policy_params, compiled[1].tensors, nobody)",
+               "nobody follows plans in this rollout (expert mask all False), so whose plans ride along changes no action, "
+               "and only its rewards are read (Eq. 17's threshold; test_sed recomputes it with other plans); with m = 1 it raises"),
     # llm/feedback.py
+    Equivalent("llm/feedback.py", "_edge_end", "return -1", "return +1",
+               "unreachable: slots are decided actions or argmaxes over the m_out logits, always in [0, m_out); "
+               "a slot without an edge returns -1 on the next line"),
     *(Equivalent("llm/feedback.py", "external_step_rewards", "step = np.asarray(reward, float) - terminal_bonus * np.asarray(arrived_now, float)", m, _NO_FLOAT)
       for m in ("step = np.asarray(reward, None) - terminal_bonus * np.asarray(arrived_now, float)",
                 "step = np.asarray(reward, ) - terminal_bonus * np.asarray(arrived_now, float)",

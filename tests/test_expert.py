@@ -7,7 +7,7 @@ import pytest
 
 from llm.compile import compile_plans, expert_actions
 from llm.demos import DemoRollout, make_demo_rollout
-from llm.feedback import DivergencePair, Feedback, RewardInstructionPair, TrajectorySummary, build_feedback
+from llm.feedback import DivergencePair, Feedback, RewardInstructionPair, TrajectorySummary, agent_routes, build_feedback
 from llm.interface import MODE_SHORTEST_PATH, MODE_SHORTEST_TIME, Instruction
 from llm.plans import AgentPlan, PlanRequestContext, parse_response
 from sim.env import make_env, make_params
@@ -88,6 +88,26 @@ def test_reward_pairs_name_the_three_worst_victims_and_an_empty_rollout_has_no_v
     assert fb.reward_pairs == (RewardInstructionPair(0, 0, "move_to_by_shortest_time(3)", 10.0, 1, 0, ((2, 2, -4.0), (3, 3, -3.0), (4, 0, -2.0))),)
     empty = {k: (v[:0] if k not in ("travel_time", "arrived") else v) for k, v in demo.items()}
     assert build_feedback(empty, [0], compiled, line_network, threshold=5.0, terminal_bonus=0.0).rvi == 0.0
+
+
+def test_a_reward_pair_reports_its_worst_flagged_step_and_routes_end_where_the_last_edge_leads(line_network):
+    """Agent 0 runs instruction 0 through two flagged steps (r_ext = -6, then -9): the pair is the worse one's."""
+    T, A = 3, 3
+    decided = np.zeros((T, A), bool)
+    decided[0, 0] = True
+    demo = {
+        "valid": np.ones(T, bool), "sim_time": np.array([0, 4, 8]), "decided": decided, "node": np.array([[0, 1, 2]] * T),
+        "action": np.zeros((T, A), int), "instruction": np.zeros((T, A), int), "policy_logp": np.zeros((T, A)),
+        "policy_best": np.zeros((T, A), int), "reward": np.array([[-9.0, -6.0, 0.0], [0.0, -4.0, -5.0], [0.0] * A]),
+        "arrived_now": np.zeros((T, A), bool), "travel_time": np.zeros(A), "arrived": np.zeros(A, bool),
+    }
+    compiled = compile_plans([AgentPlan(a, ()) for a in range(A)], np.zeros(A, int), np.full(A, 3), 2)
+    fb = build_feedback(demo, [0], compiled, line_network, threshold=5.0, terminal_bonus=0.0)
+    assert fb.reward_pairs == (RewardInstructionPair(0, 0, "move_to_by_shortest_time(3)", 9.0, 2, 4, ((2, 2, -5.0), (1, 1, -4.0))),)
+    # A route ends with the junction its last chosen edge leads to, junction 0 included.
+    to_0 = int(np.nonzero(line_network.edge_to[line_network.out_edges[1]] == 0)[0][0])
+    back = {"valid": np.ones(1, bool), "decided": np.ones((1, 1), bool), "node": np.array([[1]]), "action": np.array([[to_0]]), "reward": np.zeros((1, 1))}
+    assert agent_routes(back, line_network) == [[1, 0]]
 
 
 def _diamond_env(network, n_background=0):

@@ -289,6 +289,7 @@ def test_422_rejection_downgrades_and_an_old_cache_entry_without_token_counts_re
     client = ChatClient(_config(llm_server.url, cache_dir=str(tmp_path)))
     assert client.complete([{"role": "user", "content": "a"}], schema={"type": "object"}).attempts == 1
     assert [req[1].get("response_format", {}).get("type") for req in llm_server.requests] == ["json_schema", "json_object"]
+    assert [req[1]["messages"] for req in llm_server.requests] == [[{"role": "user", "content": "a"}]] * 2
     msgs = [{"role": "user", "content": "b"}]
     ResponseCache(tmp_path).put(client._payload(msgs, None, "json_schema"), {"text": "from an older run"})
     hit = client.complete(msgs)
@@ -318,3 +319,9 @@ def test_two_requests_are_sent_at_once(llm_server):
     llm_server.reply("ok", delay=0.5)
     results = ChatClient(_config(llm_server.url)).complete_many([([{"role": "user", "content": str(i)}], None) for i in range(2)])
     assert [r.text for r in results] == ["ok", "ok"] and llm_server.most_in_flight == 2
+
+
+def test_a_timed_out_request_is_retried(llm_server):
+    llm_server.reply("too late", delay=0.6).reply("ok")
+    result = ChatClient(_config(llm_server.url, timeout_s=0.2, max_retries=1)).complete([{"role": "user", "content": "hi"}])
+    assert (result.text, result.attempts) == ("ok", 2) and len(llm_server.requests) == 2

@@ -102,6 +102,44 @@ def test_epoch_fills_the_buffer_trains_and_copies_targets():
         qmix.make_epoch(env, params, q_net, mixer, short)
     assert str(err.value) == ("QMIX samples batches of 32 transitions but an epoch collects only 16; "
                               "raise n_envs x rollout_steps or lower batch_size")
+    qmix.make_epoch(env, params, q_net, mixer, dataclasses.replace(cfg, rollout_steps=16))  # exactly one batch fits
+
+
+def test_epoch_logs_its_last_updates_losses():
+    """The logged TD loss and Q_tot are those of the epoch's last update (replayed here on the same buffer and keys)."""
+    _, env, params = load_scenario("oakland", "moderate", n_agents=3, seed=0, n_background=20)
+    cfg = qmix.QMixConfig(epochs=2, n_envs=1, rollout_steps=32, batch_size=16, updates_per_epoch=3, target_every=8, mixer_embed=8)
+    d = 2 * env.n_nodes + 2 * env.m_out
+    agents, _, _ = init_agents(jax.random.PRNGKey(0), env.n_agents, d, env.m_out)
+    state, q_net, mixer = qmix.init_state(jax.random.PRNGKey(1), env, cfg, agents.policy)
+    new, metrics = jax.jit(qmix.make_epoch(env, params, q_net, mixer, cfg))(state)
+    key, _, k_upd = jax.random.split(state.key, 3)
+    update = qmix.make_update(q_net, mixer, cfg, env.n_nodes, env.m_out)
+    _, aux = jax.jit(lambda s: jax.lax.scan(update, s, jax.random.split(k_upd, 3)))(state.replace(buffer=new.buffer, key=key))
+    for name, per_update in aux.items():
+        assert abs(float(per_update[2]) - float(per_update[1])) > 1e-6, name  # the updates differ, so the pick shows
+        assert float(metrics[name]) == pytest.approx(float(per_update[2]), rel=1e-5), name
+
+
+def test_epsilon_falls_linearly_over_its_decay_then_stays():
+    cfg = qmix.QMixConfig(epochs=10, eps_start=1.0, eps_end=0.1, eps_decay_frac=0.5)  # 5 epochs of decay
+    got = [float(qmix.epsilon(jnp.float32(k), cfg)) for k in (0, 2, 5, 9)]
+    np.testing.assert_allclose(got, [1.0, 1.0 + 0.4 * (0.1 - 1.0), 0.1, 0.1], rtol=1e-6)
+
+
+def test_agents_not_yet_departed_hold_no_decision():
+    """With staggered departures, an agent enters the mixer only once it has chosen an edge (its held decision)."""
+    _, env, params = load_scenario("oakland", "moderate", n_agents=3, seed=0, n_background=20)
+    params = params.replace(agent_depart=jnp.array([0, 40, 90], jnp.int32))
+    cfg = qmix.QMixConfig(epochs=2, n_envs=1, rollout_steps=32, batch_size=16, updates_per_epoch=1, mixer_embed=8)
+    d = 2 * env.n_nodes + 2 * env.m_out
+    agents, _, _ = init_agents(jax.random.PRNGKey(0), env.n_agents, d, env.m_out)
+    state, q_net, mixer = qmix.init_state(jax.random.PRNGKey(1), env, cfg, agents.policy)
+    new, _ = jax.jit(qmix.make_epoch(env, params, q_net, mixer, cfg))(state)
+    x = jax.tree.map(lambda z: np.asarray(z[0, : cfg.rollout_steps]), new.buffer.experience)
+    assert not x["active"][0, 1:].any() and x["active"][0, 0]  # at the first step only agent 0 has departed and chosen
+    assert (~x["active"]).any(axis=0)[2] and x["active"].any(axis=0).all()  # later starters are inactive, then active
+    assert x["mask"][x["active"]].any(-1).all()  # every active agent holds a real observation's decision
 
 
 def test_rollout_holds_each_agents_decision_until_it_chooses_again():

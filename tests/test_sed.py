@@ -153,7 +153,15 @@ def test_refresh_gives_each_agent_its_subsets_demonstrations_and_feedback(small_
     # The logged expert reward is the subset agents' mean episode reward in their own demonstrations.
     per_agent = np.asarray(samples.reward).sum(1) / 2 / hpo.reward_scale
     assert log["expert_reward"] == pytest.approx(np.mean([per_agent[list(s)].mean() for s in subsets]), rel=1e-4)
-    assert sed.history == [log]
+    assert sed.history == [log] and log["epoch"] == 0
+    # Eq. 17's threshold of each subset: the largest external step reward (agents outside it) when everybody
+    # drives the current policy. Nobody follows plans in that rollout, so any plans can ride along.
+    k_base, _ = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(7), 0))
+    base = sed._rollouts(k_base, agents.policy, service.compiled_current().tensors, jnp.zeros(4, bool))
+    for s, record in zip(subsets, log["subsets"]):
+        outside = ~np.isin(np.arange(4), s)
+        want = volatility_threshold(np.asarray(base.reward), np.asarray(base.arrived_now), np.asarray(base.valid), outside, params.terminal_bonus)
+        assert want > 0 and record["threshold"] == pytest.approx(want, abs=0.051)
 
     _, _, log2 = sed.refresh(agents.policy, epoch=10)
     if refine:  # Refinement: each new subset's request carries its agents' feedback from the last round.
@@ -164,7 +172,7 @@ def test_refresh_gives_each_agent_its_subsets_demonstrations_and_feedback(small_
         assert log2["round"] == 2
     else:  # Plans generated once (reled-norefine): the backend is not asked again.
         assert len(service.backend.requests) == 1 and service.backend.requests[0][0].feedback is None and log2["round"] == 1
-    assert len(sed.history) == 2
+    assert len(sed.history) == 2 and log2["epoch"] == 10
 
 
 def test_subset_agents_act_as_the_expert_in_their_demonstrations(small_sed_setup):

@@ -87,6 +87,9 @@ def test_failed_plans_fall_back_to_the_last_executed_plan_else_to_the_destinatio
     assert (svc.stats.prompt_tokens, svc.stats.completion_tokens) == (30, 15)
     # Each subset's compiled plans hold every agent's current plan, the subset's rows new.
     assert _targets(second[1], 0) == _targets(second[0], 0)
+    backend.replies.append(BOTH)
+    svc.plan([(1, 2)])
+    assert svc.stats.completed == 2  # counted over rounds: agent 2's plan needs the move home again
 
 
 def test_a_backend_that_raises_is_a_counted_fallback(line_network):
