@@ -128,6 +128,26 @@ EQUIVALENT: tuple[Equivalent, ...] = (
     # reled_jax/reled.py
     Equivalent("reled_jax/reled.py", "make_epoch", "updates, o = tx.update(grads, o, p)", "updates, o = tx.update(grads, o, )",
                "the optimiser (clip_by_global_norm then adam, make_optimizer) never reads the parameters; only weight decay would"),
+    Equivalent("reled_jax/reled.py", "make_epoch", "v = jax.vmap(lambda p, x: value.apply(p, x)[..., 0])(value_params, x)  # [A, N]",
+               "v = jax.vmap(lambda p, x: value.apply(p, x)[..., 1])(value_params, x)  # [A, N]",
+               "the value network has one output: JAX clamps the out-of-range static index 1 to 0"),
+    Equivalent("reled_jax/qmix.py", "qmix_loss", 'held_q = jnp.take_along_axis(q_target, batch["action"][..., None], axis=-1)[..., 0]',
+               'held_q = jnp.take_along_axis(q_target, batch["action"][..., None], axis=-1)[..., 1]',
+               "take_along_axis with one index per row leaves an axis of size 1: JAX clamps the static index 1 to 0"),
+    # llm/compile.py: the Bellman-Ford loop of _live_shortest_time_slot relaxes every edge once per round (Jacobi),
+    # so after r rounds every path of <= r edges is final, and N - 1 rounds settle every shortest path.
+    *(Equivalent("llm/compile.py", "_live_shortest_time_slot",
+                 "dist, _, _ = jax.lax.while_loop(lambda c: c[1] & (c[2] < n_nodes), relax, (dist0, jnp.bool_(True), 0))", m, r)
+      for m, r in (("dist, _, _ = jax.lax.while_loop(lambda c: c[1] | (c[2] < n_nodes), relax, (dist0, jnp.bool_(True), 0))",
+                    "rounds after convergence change no distance: the loop only runs longer (N rounds, not until nothing changes)"),
+                   ("dist, _, _ = jax.lax.while_loop(lambda c: c[1] & (c[2] <= n_nodes), relax, (dist0, jnp.bool_(True), 0))",
+                    "one round more than N - 1 + 1 changes no distance"),
+                   ("dist, _, _ = jax.lax.while_loop(lambda c: c[1] & (c[2] < n_nodes), relax, (dist0, jnp.bool_(True), 1))",
+                    "the cap becomes N - 1 rounds, which settle every shortest path (Bellman-Ford)"))),
+    Equivalent("llm/compile.py", "expert_actions",
+               "actions = jnp.select([mode == MODE_SHORTEST_TIME, mode == MODE_FOLLOW_EDGE, mode == MODE_SHORTEST_PATH], [slot_time, slot_edge, slot_path], slot_path)",
+               "actions = jnp.select([mode == MODE_SHORTEST_TIME, mode == MODE_FOLLOW_EDGE, mode != MODE_SHORTEST_PATH], [slot_time, slot_edge, slot_path], slot_path)",
+               "the other two modes are matched first, so this condition only decides between slot_path and the default, slot_path"),
     # reled_jax/dtw.py
     *(Equivalent("reled_jax/dtw.py", "dtw", o, m, r) for o, m, r in (
         ("a_len = jnp.asarray(n if a_len is None else a_len, jnp.int32)", "a_len = jnp.asarray(n if a_len is None else a_len, )", _INT32),

@@ -11,6 +11,7 @@ from llm.feedback import DivergencePair, Feedback, RewardInstructionPair, Trajec
 from llm.interface import MODE_SHORTEST_PATH, MODE_SHORTEST_TIME, Instruction
 from llm.plans import AgentPlan, PlanRequestContext, parse_response
 from sim.env import make_env, make_params
+from sim.network import build_network
 
 
 def _plans(ctx, code, agents):
@@ -30,6 +31,7 @@ def test_compile_pads_drops_noops_and_completes(line_network):
     np.testing.assert_array_equal(t.mode, [[MODE_SHORTEST_PATH, MODE_SHORTEST_TIME, 1, 1], [MODE_SHORTEST_PATH, MODE_SHORTEST_TIME, 1, 1]])
     np.testing.assert_array_equal(t.length, [2, 2])
     np.testing.assert_array_equal(compiled.completed, [False, True])
+    assert compiled.completed.dtype == bool  # a mask (the service counts and negates it)
     assert compiled.n_completed == 1
     # The instruction map keeps the source line of each compiled column; the appended move has none.
     assert [i.line for i in compiled.instructions[0]] == [2, 3]
@@ -70,6 +72,31 @@ def test_follow_edge_takes_the_direct_road_else_the_shortest_path_and_the_pointe
     assert to(1, int(actions[0])) == 3 and to(0, int(actions[1])) == 2
     assert actions.tolist() == [int(net.next_slot_dist[1, 2]), 1, int(actions[2])]
     assert pointer.tolist() == [0, 0, 0]  # nobody on a target but agent 2, whose instruction is its last
+
+
+@pytest.mark.parametrize("mirrored", [False, True])
+def test_each_mode_picks_its_own_first_hop_where_the_long_way_round_is_fastest(mirrored):
+    """From junction 0: a direct but slow road (1 km) to the target, or five fast 50-m roads round a ring. Shortest
+    time and shortest path both go round (the first hop's distance needs four relaxation rounds, more than half the
+    junction count); follow-edge takes the direct road. Edges are numbered by (from, to): edge 0 is the ring's first
+    road, or, with the ring's junctions numbered the other way round, the direct one."""
+    from llm.compile import PlanTensors
+    from llm.interface import MODE_FOLLOW_EDGE
+
+    label = (lambda i: (6 - i) % 6) if mirrored else (lambda i: i)  # noqa: E731
+    angle = np.linspace(0, 2 * np.pi, 6, endpoint=False)
+    xy = 100.0 * np.stack([np.cos(angle), np.sin(angle)], 1)[[label(i) for i in range(6)]]
+    fwd = [(label(i), label(i + 1), 50.0, 15.0, 1) for i in range(5)] + [(0, label(5), 1000.0, 10.0, 1)]
+    net = build_network("ring", xy, fwd + [(v, u, length, speed, lanes) for u, v, length, speed, lanes in fwd])
+    target, first_hop = label(5), label(1)
+    assert (int(net.edge_from[0]), int(net.edge_to[0])) == (0, target if mirrored else first_hop)
+    env = make_env(net, 3, 0)
+    params = make_params(net, [0, 0, 0], [target] * 3, [0], [target])
+    _, state = env.reset(jax.random.PRNGKey(0), params)
+    plans = PlanTensors(target=jnp.full((3, 1), target), mode=jnp.array([[MODE_SHORTEST_TIME], [MODE_SHORTEST_PATH], [MODE_FOLLOW_EDGE]]),
+                        length=jnp.ones(3, jnp.int32))
+    actions, _ = expert_actions(plans, jnp.zeros((3,), jnp.int32), state, params)
+    assert [int(net.edge_to[net.out_edges[0, int(a)]]) for a in actions] == [first_hop, first_hop, target]
 
 
 def test_reward_pairs_name_the_three_worst_victims_and_an_empty_rollout_has_no_volatility(line_network):

@@ -31,6 +31,11 @@ def test_decision_returns_eq26_eq28_by_hand():
     # Without an ending the last decision bootstraps from the value after the window (Eq. 26).
     ret, _ = decision_returns(reward, decided, jnp.zeros(4, bool), values, jnp.float32(7.0), gamma=0.9, lam=1.0)
     assert float(ret[2]) == pytest.approx(3.0 + 0.9 * 7.0)
+    # GAE(lambda = 0.5) over decisions: delta_2 = 3 - 0.2 (the episode ends, no bootstrap), delta_0 = 3 + 0.9 * 0.2 - 0.5,
+    # A_0 = delta_0 + 0.9 * 0.5 * A_2 = 3.94; returns are A + V. (With lambda = 1 the values in between cancel.)
+    ret, adv = decision_returns(reward, decided, done, values, jnp.float32(7.0), gamma=0.9, lam=0.5)
+    np.testing.assert_allclose(np.asarray(adv), [3.94, 0.0, 2.8, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(ret), [4.44, 0.0, 3.0, 0.0], rtol=1e-6)
 
 
 def test_clipped_surrogate_eq29_and_entropy():
