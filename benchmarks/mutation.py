@@ -125,6 +125,10 @@ EQUIVALENT: tuple[Equivalent, ...] = (
                "way to start awaiting is its departure, which `~departs` excludes; the guard is defensive"),
     Equivalent("sim/env.py", "RouteChoiceEnv.step_env", "salt=jax.random.bits(key, (), jnp.uint32),", "salt=jax.random.bits(key, (), None),",
                "jax.random.bits draws uint32 when no dtype is given"),
+    Equivalent("sim/env.py", "RouteChoiceEnv.step_env",
+               "chosen = jnp.take_along_axis(slot_edges, jnp.clip(actions, 0, self.m_out - 1)[:, None], axis=1)[:, 0]",
+               "chosen = jnp.take_along_axis(slot_edges, jnp.clip(actions, 0, self.m_out - 1)[:, None], )[:, 0]",
+               "slot_edges is [A, M]: take_along_axis's default axis, -1, is axis 1"),
     # reled_jax/reled.py
     Equivalent("reled_jax/reled.py", "make_epoch", "updates, o = tx.update(grads, o, p)", "updates, o = tx.update(grads, o, )",
                "the optimiser (clip_by_global_norm then adam, make_optimizer) never reads the parameters; only weight decay would"),

@@ -145,7 +145,7 @@ def test_invalid_action_falls_back_and_is_counted(line_network):
     params = make_params(line_network, [0], [3], [0], [3])
     obs, state = env.reset(jax.random.PRNGKey(0), params)
     _, state, _, _, info = env.step_env(jax.random.PRNGKey(0), state, jnp.array([1]), params)  # slot 1 is padding at A
-    assert int(info["invalid_actions"]) == 1
+    assert int(info["invalid_actions"]) == 1 and info["invalid_actions"].dtype == jnp.int32  # a count, like n_decisions
     assert int(state.veh_node[0]) == 1  # it still drove A -> B on the only edge
 
 
@@ -388,3 +388,17 @@ def test_eq32_at_truncation_credits_the_unfinished_decision_without_bonus(line_n
     np.testing.assert_allclose([r for _, r in steps], [-10 + OMEGA_D * (d[0] - d[1]), -5 + OMEGA_D * (d[1] - d[2])], atol=1e-3)
     assert [t for t, _ in steps] == [10, 15]
     assert not bool(info["arrived"][0]) and float(info["travel_time"][0]) == 15.0
+
+
+def test_an_agent_is_done_when_it_arrives_while_the_episode_goes_on(line_network):
+    """Agent 0 drives A -> B, agent 1 A -> D: at agent 0's arrival its `done` is set, agent 1's is not, and the
+    episode has not ended."""
+    env = make_env(line_network, n_agents=2, n_background=0)
+    params = make_params(line_network, [0, 0], [1, 3], [0], [3])
+    obs, state = env.reset(jax.random.PRNGKey(0), params)
+    step = jax.jit(env.step_env)
+    for k in range(10):
+        obs, state, reward, done, info = step(jax.random.PRNGKey(k), state, shortest_time_policy(None, obs, params), params)
+        if bool(info["arrived"][0]):
+            break
+    assert bool(done[0]) and not bool(done[1]) and not bool(info["episode_done"])
