@@ -125,6 +125,18 @@ EQUIVALENT: tuple[Equivalent, ...] = (
                "way to start awaiting is its departure, which `~departs` excludes; the guard is defensive"),
     Equivalent("sim/env.py", "RouteChoiceEnv.step_env", "salt=jax.random.bits(key, (), jnp.uint32),", "salt=jax.random.bits(key, (), None),",
                "jax.random.bits draws uint32 when no dtype is given"),
+    *(Equivalent("sim/env.py", "RouteChoiceEnv.tick", "idx = jnp.arange(n_veh, dtype=jnp.int32)", m,
+                 "jnp.arange of a Python int is int32 with 64-bit mode off, the dtype asked for")
+      for m in ("idx = jnp.arange(n_veh, dtype=None)", "idx = jnp.arange(n_veh, )")),
+    *(Equivalent("sim/env.py", "RouteChoiceEnv.tick", "a_depot = (new_edge[:n_ag] < 0) & ~state.agent_arrived & ~a_arrive & (new_next[:n_ag] < 0)", m,
+                 "a_depot is only read by a_start, which also needs agent_decisions == 0; an agent that has never decided has "
+                 "no edge, no next edge (-1) and has not arrived, so a_depot is True for it under both lines")
+      for m in ("a_depot = (new_edge[:n_ag] < 0) & ~state.agent_arrived | ~a_arrive & (new_next[:n_ag] < 0)",
+                "a_depot = (new_edge[:n_ag] < 0) & ~state.agent_arrived & ~a_arrive & (new_next[:n_ag] < 1)")),
+    *(Equivalent("sim/env.py", "RouteChoiceEnv.tick", "count = jnp.zeros((n_edges,), jnp.float32).at[edge].add(on_edge.astype(jnp.float32))", m,
+                 "dtype None is JAX's default float, float32 (64-bit mode off)")
+      for m in ("count = jnp.zeros((n_edges,), None).at[edge].add(on_edge.astype(jnp.float32))",
+                "count = jnp.zeros((n_edges,), jnp.float32).at[edge].add(on_edge.astype(None))")),
     Equivalent("sim/env.py", "RouteChoiceEnv.step_env",
                "chosen = jnp.take_along_axis(slot_edges, jnp.clip(actions, 0, self.m_out - 1)[:, None], axis=1)[:, 0]",
                "chosen = jnp.take_along_axis(slot_edges, jnp.clip(actions, 0, self.m_out - 1)[:, None], )[:, 0]",
@@ -132,6 +144,8 @@ EQUIVALENT: tuple[Equivalent, ...] = (
     # reled_jax/reled.py
     Equivalent("reled_jax/reled.py", "make_epoch", "updates, o = tx.update(grads, o, p)", "updates, o = tx.update(grads, o, )",
                "the optimiser (clip_by_global_norm then adam, make_optimizer) never reads the parameters; only weight decay would"),
+    Equivalent("reled_jax/reled.py", "masked_mean", "mask = mask.astype(x.dtype)", "mask = mask.astype(None)",
+               "every x averaged here is float32, JAX's default float, which astype(None) gives"),
     Equivalent("reled_jax/reled.py", "make_epoch", "v = jax.vmap(lambda p, x: value.apply(p, x)[..., 0])(value_params, x)  # [A, N]",
                "v = jax.vmap(lambda p, x: value.apply(p, x)[..., 1])(value_params, x)  # [A, N]",
                "the value network has one output: JAX clamps the out-of-range static index 1 to 0"),
@@ -153,6 +167,13 @@ EQUIVALENT: tuple[Equivalent, ...] = (
                "actions = jnp.select([mode == MODE_SHORTEST_TIME, mode == MODE_FOLLOW_EDGE, mode != MODE_SHORTEST_PATH], [slot_time, slot_edge, slot_path], slot_path)",
                "the other two modes are matched first, so this condition only decides between slot_path and the default, slot_path"),
     # reled_jax/dtw.py
+    Equivalent("reled_jax/dtw.py", "dtw", "result = jnp.where(done, current[jnp.clip(a_len - 1, 0, n - 1)], result)",
+               "result = jnp.where(done, current[jnp.clip(a_len - 1, 0, None)], result)", _CLAMP),
+    *(Equivalent("reled_jax/dtw.py", "dtw", "skewed = jnp.where(valid, cost[rows[None, :], jnp.clip(cols, 0, m - 1)], inf)", m, _CLAMP)
+      for m in ("skewed = jnp.where(valid, cost[rows[None, :], jnp.clip(cols, 0, None)], inf)",
+                "skewed = jnp.where(valid, cost[rows[None, :], jnp.clip(cols, 0, )], inf)")),
+    Equivalent("reled_jax/dtw.py", "dtw", "diags = jnp.arange(n + m - 1)", "diags = jnp.arange(n + m + 1)",
+               "the result is taken on diagonal a_len + b_len - 2 <= n + m - 2; two more diagonals after the last change nothing"),
     *(Equivalent("reled_jax/dtw.py", "dtw", o, m, r) for o, m, r in (
         ("a_len = jnp.asarray(n if a_len is None else a_len, jnp.int32)", "a_len = jnp.asarray(n if a_len is None else a_len, )", _INT32),
         ("a_len = jnp.asarray(n if a_len is None else a_len, jnp.int32)", "a_len = jnp.asarray(n if a_len is None else a_len, None)", _INT32),
@@ -438,21 +459,34 @@ def report(cfg: MutationConfig, wall_s: float) -> dict:
              if not any(x["reason"] == e.reason for m in modules.values() for x in m["equivalent_mutants"])]
     import mutmut  # noqa: PLC0415
 
+    out = ROOT / cfg.out
+    previous = json.loads(out.read_text()) if out.exists() else {}
+    command = "python -m benchmarks.mutation " + " ".join(sys.argv[1:])
+    # Re-testing survivors (or only reporting) keeps the sample the verdicts were drawn for.
+    sample, seed = (cfg.sample, cfg.seed) if cfg.rerun == "all" else (previous.get("sample_per_module", cfg.sample), previous.get("sample_seed", cfg.seed))
+    runs = previous.get("runs", [])
+    if cfg.rerun != "none":  # one line per invocation that tested mutants: how the scores moved as tests were added
+        runs = [*runs, {
+            "command": command, "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "wall_s": round(wall_s, 1),
+            "sample_per_module": sample, "sample_seed": seed,
+            "scores": {name: {k: row[k] for k in ("score", "score_95ci", "checked", "survived", "equivalent")}
+                       for name, row in [*modules.items(), *groups.items()]},
+        }]
     result = {
         "benchmark": "mutation",
         "tool": f"mutmut {mutmut.__version__}",
-        "command": "python -m benchmarks.mutation " + " ".join(sys.argv[1:]),
+        "command": command,
         "score": "(killed + timed out + crashed) / (checked mutants - equivalent); slow-marked tests excluded; "
                  "score_95ci: Wilson interval when only a random sample was checked (--sample), the score itself when all were",
-        "sample_per_module": cfg.sample, "sample_seed": cfg.seed,
+        "sample_per_module": sample, "sample_seed": seed,
         "scope": {m: list(f) for m, f in SCOPE.items()},
         "machine": _machine(),
         "wall_s_this_invocation": round(wall_s, 1),
         "modules": modules,
         "groups": groups,
         "equivalent_not_matched": stale,  # catalogue entries no surviving mutant matches any more
+        "runs": runs,
     }
-    out = ROOT / cfg.out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=1, ensure_ascii=False))

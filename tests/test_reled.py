@@ -10,7 +10,7 @@ import pytest
 from reled_jax.networks import encode, init_agents
 from reled_jax.reled import (
     PAPER_RELED, VA_RELED, HPOConfig, Samples, agent_loss, clipped_surrogate, decision_returns, dtw_alpha, empty_expert, entropy,
-    hybrid_alpha, init_state, make_epoch, split_method,
+    hybrid_alpha, init_state, make_epoch, rollout_statistics, split_method,
 )
 from reled_jax.train import TrainConfig
 from sim.env import make_env, make_params
@@ -36,6 +36,19 @@ def test_decision_returns_eq26_eq28_by_hand():
     ret, adv = decision_returns(reward, decided, done, values, jnp.float32(7.0), gamma=0.9, lam=0.5)
     np.testing.assert_allclose(np.asarray(adv), [3.94, 0.0, 2.8, 0.0], rtol=1e-6)
     np.testing.assert_allclose(np.asarray(ret), [4.44, 0.0, 3.0, 0.0], rtol=1e-6)
+
+
+def test_rollout_statistics_average_the_episodes_that_ended_over_agents():
+    """One environment, two agents; an episode ends at t = 1 (rewards 1+3 and 2+4), t = 2 starts the next one."""
+    reward = jnp.array([[[1.0, 2.0]], [[3.0, 4.0]], [[5.0, 6.0]]])  # [T, E, A]
+    ended = jnp.array([[False], [True], [False]])
+    travel = jnp.array([[[0.0, 0.0]], [[10.0, 20.0]], [[1.0, 1.0]]])
+    arrived = jnp.array([[[False, False]], [[True, False]], [[False, False]]])
+    decided = jnp.array([[[True, True]], [[False, True]], [[True, False]]])
+    stats = {k: float(v) for k, v in rollout_statistics(reward, ended, travel, arrived, decided).items()}
+    assert stats == {"interaction_steps": 4.0, "episodes": 1.0, "episode_reward": 5.0, "travel_time": 15.0, "arrival_rate": 0.5}
+    none_ended = rollout_statistics(reward, jnp.zeros_like(ended), travel, arrived, decided)
+    assert all(np.isnan(float(none_ended[k])) for k in ("episode_reward", "travel_time", "arrival_rate"))
 
 
 def test_clipped_surrogate_eq29_and_entropy():
