@@ -56,15 +56,15 @@ agreement: $(STAMP)  # after fig4/table4: how closely each method's agents follo
 report: $(STAMP)
 	$(BIN)/python -m benchmarks.report
 
-# Which one-line bugs in the method's code the tests catch (all mutants: hours on 2 cores; SAMPLE=50: a seeded
-# random 50 per module, about an hour; MODULES="llm/client.py ..." for some).
+# Which one-line bugs in the method's code the tests catch (all mutants: hours on 2 cores; SAMPLE=100 SEED=1: a
+# seeded random 100 per module, about an hour; MODULES="llm/client.py ..." for some).
 MUT_STAMP := $(VENV)/.installed-mutation
 $(MUT_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[test,sumo,mutation]"
 	touch $(MUT_STAMP)
 
 mutation: $(MUT_STAMP)
-	$(BIN)/python -m benchmarks.mutation $(if $(MODULES),--modules $(MODULES)) $(if $(SAMPLE),--sample $(SAMPLE))
+	$(BIN)/python -m benchmarks.mutation $(if $(MODULES),--modules $(MODULES)) $(if $(SAMPLE),--sample $(SAMPLE)) $(if $(SEED),--seed $(SEED))
 
 clean:
 	rm -rf $(VENV) .pytest_cache mutants
