@@ -79,12 +79,18 @@ def test_agents_off_the_road_get_no_gradient_from_the_td_error():
     assert np.isfinite(float(aux["td_loss"]))
 
 
-def test_epoch_fills_the_buffer_trains_and_copies_targets():
+def _qmix_setup(cfg):
+    """The small oakland scenario (3 agents) and a fresh QMIX state on the shared initial agent networks."""
     _, env, params = load_scenario("oakland", "moderate", n_agents=3, seed=0, n_background=20)
-    cfg = qmix.QMixConfig(epochs=2, n_envs=2, rollout_steps=32, batch_size=32, updates_per_epoch=4, target_every=4, mixer_embed=8)
     d = 2 * env.n_nodes + 2 * env.m_out
     agents, _, _ = init_agents(jax.random.PRNGKey(0), env.n_agents, d, env.m_out)
     state, q_net, mixer = qmix.init_state(jax.random.PRNGKey(1), env, cfg, agents.policy)
+    return env, params, state, q_net, mixer
+
+
+def test_epoch_fills_the_buffer_trains_and_copies_targets():
+    cfg = qmix.QMixConfig(epochs=2, n_envs=2, rollout_steps=32, batch_size=32, updates_per_epoch=4, target_every=4, mixer_embed=8)
+    env, params, state, q_net, mixer = _qmix_setup(cfg)
     epoch = jax.jit(qmix.make_epoch(env, params, q_net, mixer, cfg))
     new, metrics = epoch(state)
     assert int(new.updates) == 4 and int(new.epoch) == 1
@@ -107,11 +113,8 @@ def test_epoch_fills_the_buffer_trains_and_copies_targets():
 
 def test_epoch_logs_its_last_updates_losses():
     """The logged TD loss and Q_tot are those of the epoch's last update (replayed here on the same buffer and keys)."""
-    _, env, params = load_scenario("oakland", "moderate", n_agents=3, seed=0, n_background=20)
     cfg = qmix.QMixConfig(epochs=2, n_envs=1, rollout_steps=32, batch_size=16, updates_per_epoch=3, target_every=8, mixer_embed=8)
-    d = 2 * env.n_nodes + 2 * env.m_out
-    agents, _, _ = init_agents(jax.random.PRNGKey(0), env.n_agents, d, env.m_out)
-    state, q_net, mixer = qmix.init_state(jax.random.PRNGKey(1), env, cfg, agents.policy)
+    env, params, state, q_net, mixer = _qmix_setup(cfg)
     new, metrics = jax.jit(qmix.make_epoch(env, params, q_net, mixer, cfg))(state)
     key, _, k_upd = jax.random.split(state.key, 3)
     update = qmix.make_update(q_net, mixer, cfg, env.n_nodes, env.m_out)
@@ -129,12 +132,9 @@ def test_epsilon_falls_linearly_over_its_decay_then_stays():
 
 def test_agents_not_yet_departed_hold_no_decision():
     """With staggered departures, an agent enters the mixer only once it has chosen an edge (its held decision)."""
-    _, env, params = load_scenario("oakland", "moderate", n_agents=3, seed=0, n_background=20)
-    params = params.replace(agent_depart=jnp.array([0, 40, 90], jnp.int32))
     cfg = qmix.QMixConfig(epochs=2, n_envs=1, rollout_steps=32, batch_size=16, updates_per_epoch=1, mixer_embed=8)
-    d = 2 * env.n_nodes + 2 * env.m_out
-    agents, _, _ = init_agents(jax.random.PRNGKey(0), env.n_agents, d, env.m_out)
-    state, q_net, mixer = qmix.init_state(jax.random.PRNGKey(1), env, cfg, agents.policy)
+    env, params, state, q_net, mixer = _qmix_setup(cfg)
+    params = params.replace(agent_depart=jnp.array([0, 40, 90], jnp.int32))
     new, _ = jax.jit(qmix.make_epoch(env, params, q_net, mixer, cfg))(state)
     x = jax.tree.map(lambda z: np.asarray(z[0, : cfg.rollout_steps]), new.buffer.experience)
     assert not x["active"][0, 1:].any() and x["active"][0, 0]  # at the first step only agent 0 has departed and chosen
@@ -143,11 +143,8 @@ def test_agents_not_yet_departed_hold_no_decision():
 
 
 def test_rollout_holds_each_agents_decision_until_it_chooses_again():
-    _, env, params = load_scenario("oakland", "moderate", n_agents=3, seed=0, n_background=20)
     cfg = qmix.QMixConfig(epochs=2, n_envs=1, rollout_steps=64, batch_size=32, updates_per_epoch=1, mixer_embed=8)
-    d = 2 * env.n_nodes + 2 * env.m_out
-    agents, _, _ = init_agents(jax.random.PRNGKey(0), env.n_agents, d, env.m_out)
-    state, q_net, mixer = qmix.init_state(jax.random.PRNGKey(1), env, cfg, agents.policy)
+    env, params, state, q_net, mixer = _qmix_setup(cfg)
     new, _ = jax.jit(qmix.make_epoch(env, params, q_net, mixer, cfg))(state)
     x = jax.tree.map(lambda z: np.asarray(z[0, : cfg.rollout_steps]), new.buffer.experience)  # one env: item t is step t
     active, nxt_active, nxt_acting, done = x["active"], x["next_active"], x["next_acting"], x["done"]
@@ -163,19 +160,11 @@ def test_rollout_holds_each_agents_decision_until_it_chooses_again():
     np.testing.assert_array_equal(x["action"][t + 1, i], x["action"][t, i])
 
 
-def _qmix_setup(cfg):
-    _, env, _ = load_scenario("oakland", "moderate", n_agents=3, seed=0, n_background=20)
-    d = 2 * env.n_nodes + 2 * env.m_out
-    agents, _, _ = init_agents(jax.random.PRNGKey(0), env.n_agents, d, env.m_out)
-    state, q_net, mixer = qmix.init_state(jax.random.PRNGKey(1), env, cfg, agents.policy)
-    return env, state, q_net, mixer
-
-
 def test_td_target_bootstraps_from_the_target_networks():
     """Q_tot comes from the online networks; y = r + gamma Q_tot^- uses the target agent networks (max at s',
     held decisions) and the target mixer, never the online ones."""
     cfg = qmix.QMixConfig(mixer_embed=8, gamma=0.9)
-    env, state, q_net, mixer = _qmix_setup(cfg)
+    env, _, state, q_net, mixer = _qmix_setup(cfg)
     g_dim = global_state_dim(env.n_agents, env.n_edges)
     online_q, online_mix = state.params.policy, state.mixer
     target_q = jax.tree.map(lambda z: -0.7 * z, online_q)
@@ -198,7 +187,7 @@ def test_td_target_bootstraps_from_the_target_networks():
 
 def test_target_networks_are_copied_every_target_every_updates():
     cfg = qmix.QMixConfig(mixer_embed=8, batch_size=16, target_every=3)
-    env, state, q_net, mixer = _qmix_setup(cfg)
+    env, _, state, q_net, mixer = _qmix_setup(cfg)
     g_dim = global_state_dim(env.n_agents, env.n_edges)
     items = _batch(jax.random.PRNGKey(3), 64, env.n_agents, env.m_out, env.n_nodes, g_dim, jnp.array([True, True, True]))
     state = state.replace(buffer=qmix.make_buffer(cfg).add(state.buffer, items))
