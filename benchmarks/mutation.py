@@ -96,6 +96,7 @@ class Equivalent:
 _NO_FLOAT = "the other operand is a float (terminal_bonus, the reward difference), so NumPy's result is float64 whatever this dtype"
 _INT32 = "every caller passes integer lengths (or none), and with 64-bit mode off jnp.asarray makes them int32 anyway"
 _CLAMP = "JAX clamps out-of-range gather indices to the last element, which is what the upper clip bound does"
+_FLOAT32 = "dtype None is JAX's default float, float32 (64-bit mode is off in this project)"
 EQUIVALENT: tuple[Equivalent, ...] = (
     # llm/client.py
     Equivalent("llm/client.py", "_retry_after", 'return float(response.headers.get("retry-after", ""))',
@@ -115,9 +116,9 @@ EQUIVALENT: tuple[Equivalent, ...] = (
     Equivalent("sim/env.py", "RouteChoiceEnv._truncation_reward",
                "reward = eq32_reward(state.t.astype(jnp.float32), state.agent_last_t, state.agent_last_d, d_now, params.omega_d)",
                "reward = eq32_reward(state.t.astype(None), state.agent_last_t, state.agent_last_d, d_now, params.omega_d)",
-               "astype(None) is JAX's default float, float32 (64-bit mode is off in this project)"),
+               _FLOAT32),
     Equivalent("sim/env.py", "RouteChoiceEnv._settle_rewards", "t_f = t_new.astype(jnp.float32)", "t_f = t_new.astype(None)",
-               "astype(None) is JAX's default float, float32 (64-bit mode is off in this project)"),
+               _FLOAT32),
     Equivalent("sim/env.py", "RouteChoiceEnv._settle_rewards",
                "completes = (arrived_now | (awaits_now & ~departs)) & (state.agent_decisions > 0)",
                "completes = (arrived_now | (awaits_now & ~departs)) & (state.agent_decisions >= 0)",
@@ -134,7 +135,7 @@ EQUIVALENT: tuple[Equivalent, ...] = (
       for m in ("a_depot = (new_edge[:n_ag] < 0) & ~state.agent_arrived | ~a_arrive & (new_next[:n_ag] < 0)",
                 "a_depot = (new_edge[:n_ag] < 0) & ~state.agent_arrived & ~a_arrive & (new_next[:n_ag] < 1)")),
     *(Equivalent("sim/env.py", "RouteChoiceEnv.tick", "count = jnp.zeros((n_edges,), jnp.float32).at[edge].add(on_edge.astype(jnp.float32))", m,
-                 "dtype None is JAX's default float, float32 (64-bit mode off)")
+                 _FLOAT32)
       for m in ("count = jnp.zeros((n_edges,), None).at[edge].add(on_edge.astype(jnp.float32))",
                 "count = jnp.zeros((n_edges,), jnp.float32).at[edge].add(on_edge.astype(None))")),
     Equivalent("sim/env.py", "RouteChoiceEnv.step_env",
@@ -149,10 +150,28 @@ EQUIVALENT: tuple[Equivalent, ...] = (
     Equivalent("reled_jax/reled.py", "make_epoch", "v = jax.vmap(lambda p, x: value.apply(p, x)[..., 0])(value_params, x)  # [A, N]",
                "v = jax.vmap(lambda p, x: value.apply(p, x)[..., 1])(value_params, x)  # [A, N]",
                "the value network has one output: JAX clamps the out-of-range static index 1 to 0"),
+    # reled_jax/qmix.py
     Equivalent("reled_jax/qmix.py", "qmix_loss", 'held_q = jnp.take_along_axis(q_target, batch["action"][..., None], axis=-1)[..., 0]',
                'held_q = jnp.take_along_axis(q_target, batch["action"][..., None], axis=-1)[..., 1]',
                "take_along_axis with one index per row leaves an axis of size 1: JAX clamps the static index 1 to 0"),
-    # llm/compile.py: the Bellman-Ford loop of _live_shortest_time_slot relaxes every edge once per round (Jacobi),
+    # reled_jax/dtw.py
+    *(Equivalent("reled_jax/dtw.py", "dtw", o, m, r) for o, m, r in (
+        ("a_len = jnp.asarray(n if a_len is None else a_len, jnp.int32)", "a_len = jnp.asarray(n if a_len is None else a_len, )", _INT32),
+        ("a_len = jnp.asarray(n if a_len is None else a_len, jnp.int32)", "a_len = jnp.asarray(n if a_len is None else a_len, None)", _INT32),
+        ("b_len = jnp.asarray(m if b_len is None else b_len, jnp.int32)", "b_len = jnp.asarray(m if b_len is None else b_len, )", _INT32),
+        ("b_len = jnp.asarray(m if b_len is None else b_len, jnp.int32)", "b_len = jnp.asarray(m if b_len is None else b_len, None)", _INT32),
+        ("diff = a[:, None, :].astype(jnp.float32) - b[None, :, :].astype(jnp.float32)",
+         "diff = a[:, None, :].astype(None) - b[None, :, :].astype(jnp.float32)", _FLOAT32),
+        ("diff = a[:, None, :].astype(jnp.float32) - b[None, :, :].astype(jnp.float32)",
+         "diff = a[:, None, :].astype(jnp.float32) - b[None, :, :].astype(None)", _FLOAT32),
+        ("result = jnp.where(done, current[jnp.clip(a_len - 1, 0, n - 1)], result)", "result = jnp.where(done, current[jnp.clip(a_len - 1, 0, )], result)", _CLAMP),
+        ("result = jnp.where(done, current[jnp.clip(a_len - 1, 0, n - 1)], result)", "result = jnp.where(done, current[jnp.clip(a_len - 1, 0, None)], result)", _CLAMP),
+        *(("skewed = jnp.where(valid, cost[rows[None, :], jnp.clip(cols, 0, m - 1)], inf)", f"skewed = jnp.where(valid, cost[rows[None, :], jnp.clip(cols, 0, {hi})], inf)", _CLAMP)
+          for hi in ("m + 1", "None", "")),
+        ("diags = jnp.arange(n + m - 1)", "diags = jnp.arange(n + m + 1)",
+         "the result is taken on diagonal a_len + b_len - 2 <= n + m - 2; two more diagonals after the last change nothing"),
+    )),
+    # llm/compile.py. The Bellman-Ford loop of _live_shortest_time_slot relaxes every edge once per round (Jacobi),
     # so after r rounds every path of <= r edges is final, and N - 1 rounds settle every shortest path.
     *(Equivalent("llm/compile.py", "_live_shortest_time_slot",
                  "dist, _, _ = jax.lax.while_loop(lambda c: c[1] & (c[2] < n_nodes), relax, (dist0, jnp.bool_(True), 0))", m, r)
@@ -166,27 +185,6 @@ EQUIVALENT: tuple[Equivalent, ...] = (
                "actions = jnp.select([mode == MODE_SHORTEST_TIME, mode == MODE_FOLLOW_EDGE, mode == MODE_SHORTEST_PATH], [slot_time, slot_edge, slot_path], slot_path)",
                "actions = jnp.select([mode == MODE_SHORTEST_TIME, mode == MODE_FOLLOW_EDGE, mode != MODE_SHORTEST_PATH], [slot_time, slot_edge, slot_path], slot_path)",
                "the other two modes are matched first, so this condition only decides between slot_path and the default, slot_path"),
-    # reled_jax/dtw.py
-    Equivalent("reled_jax/dtw.py", "dtw", "result = jnp.where(done, current[jnp.clip(a_len - 1, 0, n - 1)], result)",
-               "result = jnp.where(done, current[jnp.clip(a_len - 1, 0, None)], result)", _CLAMP),
-    *(Equivalent("reled_jax/dtw.py", "dtw", "skewed = jnp.where(valid, cost[rows[None, :], jnp.clip(cols, 0, m - 1)], inf)", m, _CLAMP)
-      for m in ("skewed = jnp.where(valid, cost[rows[None, :], jnp.clip(cols, 0, None)], inf)",
-                "skewed = jnp.where(valid, cost[rows[None, :], jnp.clip(cols, 0, )], inf)")),
-    Equivalent("reled_jax/dtw.py", "dtw", "diags = jnp.arange(n + m - 1)", "diags = jnp.arange(n + m + 1)",
-               "the result is taken on diagonal a_len + b_len - 2 <= n + m - 2; two more diagonals after the last change nothing"),
-    *(Equivalent("reled_jax/dtw.py", "dtw", o, m, r) for o, m, r in (
-        ("a_len = jnp.asarray(n if a_len is None else a_len, jnp.int32)", "a_len = jnp.asarray(n if a_len is None else a_len, )", _INT32),
-        ("a_len = jnp.asarray(n if a_len is None else a_len, jnp.int32)", "a_len = jnp.asarray(n if a_len is None else a_len, None)", _INT32),
-        ("b_len = jnp.asarray(m if b_len is None else b_len, jnp.int32)", "b_len = jnp.asarray(m if b_len is None else b_len, )", _INT32),
-        ("b_len = jnp.asarray(m if b_len is None else b_len, jnp.int32)", "b_len = jnp.asarray(m if b_len is None else b_len, None)", _INT32),
-        ("diff = a[:, None, :].astype(jnp.float32) - b[None, :, :].astype(jnp.float32)",
-         "diff = a[:, None, :].astype(None) - b[None, :, :].astype(jnp.float32)", "astype(None) is JAX's default float, float32 (64-bit mode off)"),
-        ("diff = a[:, None, :].astype(jnp.float32) - b[None, :, :].astype(jnp.float32)",
-         "diff = a[:, None, :].astype(jnp.float32) - b[None, :, :].astype(None)", "astype(None) is JAX's default float, float32 (64-bit mode off)"),
-        ("result = jnp.where(done, current[jnp.clip(a_len - 1, 0, n - 1)], result)", "result = jnp.where(done, current[jnp.clip(a_len - 1, 0, )], result)", _CLAMP),
-        ("skewed = jnp.where(valid, cost[rows[None, :], jnp.clip(cols, 0, m - 1)], inf)", "skewed = jnp.where(valid, cost[rows[None, :], jnp.clip(cols, 0, m + 1)], inf)", _CLAMP),
-    )),
-    # llm/compile.py
     Equivalent("llm/compile.py", "expert_actions",
                "actions = jnp.select([mode == MODE_SHORTEST_TIME, mode == MODE_FOLLOW_EDGE, mode == MODE_SHORTEST_PATH], [slot_time, slot_edge, slot_path], slot_path)",
                "actions = jnp.select([mode == MODE_SHORTEST_TIME, mode == MODE_FOLLOW_EDGE, mode == MODE_SHORTEST_PATH], [slot_time, slot_edge, slot_path], )",
@@ -209,20 +207,17 @@ EQUIVALENT: tuple[Equivalent, ...] = (
                "nobody follows plans in this rollout (expert mask all False), so whose plans ride along changes no action, "
                "and only its rewards are read (Eq. 17's threshold; test_sed recomputes it with other plans); with m = 1 it raises"),
     # llm/feedback.py
-    Equivalent("llm/feedback.py", "_edge_end", "return -1", "return +1",
-               "unreachable: slots are decided actions or argmaxes over the m_out logits, always in [0, m_out); "
-               "a slot without an edge returns -1 on the next line"),
+    *(Equivalent("llm/feedback.py", "_edge_end", o, m,
+                 "slots are decided actions or argmaxes over the m_out logits, always in [0, m_out), so this out-of-range "
+                 "branch is never taken (a slot without an edge returns -1 on the next line)")
+      for o, m in (("if not 0 <= slot < network.m_out:", "if not 0 <= slot <= network.m_out:"), ("return -1", "return +1"))),
     *(Equivalent("llm/feedback.py", "external_step_rewards", "step = np.asarray(reward, float) - terminal_bonus * np.asarray(arrived_now, float)", m, _NO_FLOAT)
       for m in ("step = np.asarray(reward, None) - terminal_bonus * np.asarray(arrived_now, float)",
                 "step = np.asarray(reward, ) - terminal_bonus * np.asarray(arrived_now, float)",
                 "step = np.asarray(reward, float) - terminal_bonus * np.asarray(arrived_now, None)",
                 "step = np.asarray(reward, float) - terminal_bonus * np.asarray(arrived_now, )")),
-    *(Equivalent("llm/feedback.py", "_edge_end", "if not 0 <= slot < network.m_out:", m,
-                 "slots are actions or argmaxes over the m_out logits, so slot == m_out never occurs; the check is for padding (-1)")
-      for m in ("if not 0 <= slot <= network.m_out:",)),
-    *(Equivalent("llm/feedback.py", "_text", 'return seq[min(k, len(seq) - 1)].text if seq else "?"', m,
-                 "the instruction pointer stops at the last instruction (expert_actions, tested), so k < len(seq) and the min never binds")
-      for m in ('return seq[min(k, len(seq) + 1)].text if seq else "?"',)),
+    Equivalent("llm/feedback.py", "_text", 'return seq[min(k, len(seq) - 1)].text if seq else "?"', 'return seq[min(k, len(seq) + 1)].text if seq else "?"',
+               "the instruction pointer stops at the last instruction (expert_actions, tested), so k < len(seq) and the min never binds"),
     *(Equivalent("llm/feedback.py", "volatility_threshold", o, m, "NumPy (2.x) reads any negative dimension of a reshape as 'infer this one', so -2 is -1")
       for o, m in (("np.reshape(agent_arrived_now, (-1, agent_rewards.shape[-1])),", "np.reshape(agent_arrived_now, (-2, agent_rewards.shape[-1])),"),
                    ("np.reshape(agent_rewards, (-1, agent_rewards.shape[-1])),", "np.reshape(agent_rewards, (-2, agent_rewards.shape[-1])),"),
@@ -455,8 +450,8 @@ def report(cfg: MutationConfig, wall_s: float) -> dict:
         spans = json.loads((MUTANTS / (module + ".spans")).read_text())["spans"]
         names = sorted(n for n, v in verdicts[module].items() if v["function"] in functions)
         groups[group] = {"module": module, "functions": list(functions), **summarise(names, verdicts[module], module, spans, TARGETS.get(group, DEFAULT_TARGET))}
-    stale = [dataclasses.asdict(e) for e in EQUIVALENT
-             if not any(x["reason"] == e.reason for m in modules.values() for x in m["equivalent_mutants"])]
+    matched = {(m, x["function"], x["removed"][0], x["added"][0]) for m, row in modules.items() for x in row["equivalent_mutants"]}
+    stale = [dataclasses.asdict(e) for e in EQUIVALENT if (e.module, e.function, e.original, e.mutated) not in matched]
     import mutmut  # noqa: PLC0415
 
     out = ROOT / cfg.out
@@ -540,7 +535,7 @@ def plot(result: dict, path: Path) -> None:
         if high > low:
             ax.errorbar(r["score"], y, xerr=[[r["score"] - low], [high - r["score"]]], color="k", capsize=3, lw=1)
         ax.plot([r["target"]] * 2, [y - 0.4, y + 0.4], color="k", lw=1.5, ls=":")
-        for k, (run, marker) in enumerate(zip(result["runs"], "ovs^D*")):  # how the score moved, run by run
+        for run, marker in zip(result["runs"], "ovs^D*"):  # how the score moved, run by run
             if name in run["scores"]:
                 ax.plot(run["scores"][name]["score"], y, marker, mfc="white", mec="k", ms=6, label=_run_label(run) if y == len(rows) - 1 else None)
         sampled = f" sampled of {r['mutants']}" if r["not_checked"] else ""
