@@ -99,18 +99,24 @@ def test_each_mode_picks_its_own_first_hop_where_the_long_way_round_is_fastest(m
     assert [int(net.edge_to[net.out_edges[0, int(a)]]) for a in actions] == [first_hop, first_hop, target]
 
 
-def test_reward_pairs_name_the_three_worst_victims_and_an_empty_rollout_has_no_volatility(line_network):
-    """A_j = {0}; at the flagged step four outside agents lose reward: the pair names the worst three, worst first."""
-    T, A = 2, 5
+def _one_decision_demo(reward, sim_time, node):
+    """An expert rollout as build_feedback reads it: rewards [T, A], agent 0 deciding once at t = 0 (instruction 0),
+    every agent headed for junction 3; and the compiled plans (each the appended move to 3)."""
+    T, A = reward.shape
     decided = np.zeros((T, A), bool)
     decided[0, 0] = True
     demo = {
-        "valid": np.array([True, True]), "sim_time": np.array([0, 5]), "decided": decided, "node": np.array([[0, 1, 2, 3, 0]] * T),
+        "valid": np.ones(T, bool), "sim_time": np.asarray(sim_time), "decided": decided, "node": np.array([node] * T),
         "action": np.zeros((T, A), int), "instruction": np.zeros((T, A), int), "policy_logp": np.zeros((T, A)),
-        "policy_best": np.zeros((T, A), int), "reward": np.array([[-9.0, -1.0, -4.0, -3.0, -2.0], [0.0] * A]),
-        "arrived_now": np.zeros((T, A), bool), "travel_time": np.zeros(A), "arrived": np.zeros(A, bool),
+        "policy_best": np.zeros((T, A), int), "reward": reward, "arrived_now": np.zeros((T, A), bool),
+        "travel_time": np.zeros(A), "arrived": np.zeros(A, bool),
     }
-    compiled = compile_plans([AgentPlan(a, ()) for a in range(A)], np.zeros(A, int), np.full(A, 3), 2)
+    return demo, compile_plans([AgentPlan(a, ()) for a in range(A)], np.zeros(A, int), np.full(A, 3), 2)
+
+
+def test_reward_pairs_name_the_three_worst_victims_and_an_empty_rollout_has_no_volatility(line_network):
+    """A_j = {0}; at the flagged step four outside agents lose reward: the pair names the worst three, worst first."""
+    demo, compiled = _one_decision_demo(np.array([[-9.0, -1.0, -4.0, -3.0, -2.0], [0.0] * 5]), [0, 5], [0, 1, 2, 3, 0])
     fb = build_feedback(demo, [0], compiled, line_network, threshold=5.0, terminal_bonus=0.0)
     assert fb.reward_pairs == (RewardInstructionPair(0, 0, "move_to_by_shortest_time(3)", 10.0, 1, 0, ((2, 2, -4.0), (3, 3, -3.0), (4, 0, -2.0))),)
     empty = {k: (v[:0] if k not in ("travel_time", "arrived") else v) for k, v in demo.items()}
@@ -119,16 +125,7 @@ def test_reward_pairs_name_the_three_worst_victims_and_an_empty_rollout_has_no_v
 
 def test_a_reward_pair_reports_its_worst_flagged_step_and_routes_end_where_the_last_edge_leads(line_network):
     """Agent 0 runs instruction 0 through two flagged steps (r_ext = -6, then -9): the pair is the worse one's."""
-    T, A = 3, 3
-    decided = np.zeros((T, A), bool)
-    decided[0, 0] = True
-    demo = {
-        "valid": np.ones(T, bool), "sim_time": np.array([0, 4, 8]), "decided": decided, "node": np.array([[0, 1, 2]] * T),
-        "action": np.zeros((T, A), int), "instruction": np.zeros((T, A), int), "policy_logp": np.zeros((T, A)),
-        "policy_best": np.zeros((T, A), int), "reward": np.array([[-9.0, -6.0, 0.0], [0.0, -4.0, -5.0], [0.0] * A]),
-        "arrived_now": np.zeros((T, A), bool), "travel_time": np.zeros(A), "arrived": np.zeros(A, bool),
-    }
-    compiled = compile_plans([AgentPlan(a, ()) for a in range(A)], np.zeros(A, int), np.full(A, 3), 2)
+    demo, compiled = _one_decision_demo(np.array([[-9.0, -6.0, 0.0], [0.0, -4.0, -5.0], [0.0] * 3]), [0, 4, 8], [0, 1, 2])
     fb = build_feedback(demo, [0], compiled, line_network, threshold=5.0, terminal_bonus=0.0)
     assert fb.reward_pairs == (RewardInstructionPair(0, 0, "move_to_by_shortest_time(3)", 9.0, 2, 4, ((2, 2, -5.0), (1, 1, -4.0))),)
     # A route ends with the junction its last chosen edge leads to, junction 0 included.
