@@ -41,7 +41,7 @@ from llm.demos import make_demo_rollout  # noqa: E402
 from llm.service import ExpertConfig, ExpertService  # noqa: E402
 from reled_jax.evaluate import evaluate_seeds  # noqa: E402
 from reled_jax.export_policy import read_checkpoint  # noqa: E402
-from reled_jax.networks import MLP, encode, init_agents  # noqa: E402
+from reled_jax.networks import MLP, init_env_agents, input_dim as observation_dim, observe  # noqa: E402
 from reled_jax.reled import METHODS, policy_apply  # noqa: E402
 from sim.scenarios import load_scenario  # noqa: E402
 
@@ -103,12 +103,12 @@ def make_agreement_scorer(env, env_params, demo_steps: int):
     """
     demo = make_demo_rollout(env, demo_steps)
     everyone = jnp.ones(env.n_agents, bool)
-    policy = MLP(env.m_out)
+    policy = MLP(env.m_out, one_hot_nodes=env.n_nodes)
 
     @jax.jit
     def score(policy_params, plans, keys):
         def logits(_key, obs):
-            return policy_apply(policy, policy_params, encode(obs.features, env.n_nodes, env.m_out), obs.action_mask)
+            return policy_apply(policy, policy_params, observe(obs.features, env.m_out), obs.action_mask)
 
         d = jax.vmap(lambda k: demo(k, env_params, plans, everyone, logits))(keys)
         return (*agreement_scores(d.decided, d.valid, d.policy_logp, d.policy_best, d.action), d.reward.sum(1).mean())
@@ -118,7 +118,7 @@ def make_agreement_scorer(env, env_params, demo_steps: int):
 
 def agreement(cfg: AgreementConfig) -> dict:
     network, env, env_params = load_scenario(cfg.scenario, cfg.regime, n_agents=cfg.n_agents, seed=0)
-    input_dim = 2 * env.n_nodes + 2 * env.m_out
+    input_dim = observation_dim(env.m_out)
     methods = [m for m in cfg.methods if (cfg.run_dir(m) / "checkpoint.pkl").exists()]
     if not methods:
         raise SystemExit(
@@ -135,7 +135,7 @@ def agreement(cfg: AgreementConfig) -> dict:
             stacked = ck["state"].params.policy
         per_seed, seed_params = [], []
         for s in range(cfg.seeds):
-            init, _, _ = init_agents(jax.random.PRNGKey(s), env.n_agents, input_dim, env.m_out)
+            init, _, _ = init_env_agents(jax.random.PRNGKey(s), env)
             params = init.policy if stacked is None else jax.tree.map(lambda z, s=s: jnp.asarray(z[s]), stacked)
             seed_params.append(params)
             keys = jax.random.split(jax.random.PRNGKey(cfg.key_seed + s), cfg.episodes)

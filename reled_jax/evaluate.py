@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import tyro
 
 from reled_jax.export_policy import read_checkpoint
-from reled_jax.networks import MLP, encode
+from reled_jax.networks import MLP, observe
 from reled_jax.reled import policy_apply
 from sim.env import EnvParams, RouteChoiceEnv
 from sim.policies import REFERENCE_POLICIES
@@ -97,10 +97,10 @@ def evaluate_seeds(env: RouteChoiceEnv, params: EnvParams, policy_params, n_epis
 
 
 def trained_policy(policy_params, n_nodes: int, m_out: int, stochastic: bool) -> Callable:
-    module = MLP(m_out)
+    module = MLP(m_out, one_hot_nodes=n_nodes)
 
     def act(key, obs):
-        logits = policy_apply(module, policy_params, encode(obs.features, n_nodes, m_out), obs.action_mask)
+        logits = policy_apply(module, policy_params, observe(obs.features, m_out), obs.action_mask)
         return jax.random.categorical(key, logits) if stochastic else jnp.argmax(logits, axis=-1)
 
     return act

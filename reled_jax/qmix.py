@@ -45,7 +45,7 @@ import optax
 from flax import struct
 
 from reled_jax.mappo import global_state, global_state_dim
-from reled_jax.networks import MLP, NEG_INF, AgentParams, encode
+from reled_jax.networks import MLP, NEG_INF, AgentParams, observe
 from reled_jax.reled import rollout_statistics
 from sim.env import EnvParams, RouteChoiceEnv
 
@@ -116,8 +116,8 @@ def td_target(reward, done, next_q_max, next_acting, held_q, next_active, next_s
 
 
 def qmix_loss(q_params, mixer_params, target_q, target_mixer, batch: dict, q_net: MLP, mixer: Mixer, cfg: QMixConfig, n_nodes: int, m_out: int):
-    x = encode(batch["features"], n_nodes, m_out)
-    x_next = encode(batch["next_features"], n_nodes, m_out)
+    x = observe(batch["features"], m_out)
+    x_next = observe(batch["next_features"], m_out)
     q = _q_values(q_net, q_params, x, batch["mask"])  # [B, A, M]
     chosen = jnp.take_along_axis(q, batch["action"][..., None], axis=-1)[..., 0]
     chosen = jnp.where(batch["active"], chosen, 0.0)
@@ -135,7 +135,7 @@ def make_buffer(cfg: QMixConfig):
 
 
 def init_state(key: jax.Array, env: RouteChoiceEnv, cfg: QMixConfig, q_params: dict) -> tuple[QMixState, MLP, Mixer]:
-    q_net = MLP(env.m_out)
+    q_net = MLP(env.m_out, one_hot_nodes=env.n_nodes)
     mixer = Mixer(env.n_agents, cfg.mixer_embed)
     g_dim = global_state_dim(env.n_agents, env.n_edges)
     k_mix, key = jax.random.split(key)
@@ -209,7 +209,7 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, q_net: MLP, mixer: Mi
         def one(carry, step_key):
             obs, env_state, held = carry
             k_greedy, k_rand, k_pick, k_env = jax.random.split(step_key, 4)
-            q = _q_values(q_net, state.params.policy, encode(obs.features, n_nodes, m_out), obs.action_mask)  # [E, A, M]
+            q = _q_values(q_net, state.params.policy, observe(obs.features, m_out), obs.action_mask)  # [E, A, M]
             greedy = jnp.argmax(q, -1)
             random = jax.random.categorical(k_rand, jnp.where(obs.action_mask, 0.0, NEG_INF), axis=-1)
             action = jnp.where(jax.random.uniform(k_pick, greedy.shape) < eps, random, greedy)

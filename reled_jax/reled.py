@@ -44,7 +44,7 @@ from flax import struct
 
 from reled_jax.dtw import dtw_batch
 from reled_jax.mappo import critic_input, global_state
-from reled_jax.networks import MLP, AgentParams, encode, masked_logits
+from reled_jax.networks import MLP, AgentParams, masked_logits, observe
 from sim.env import EnvParams, RouteChoiceEnv
 
 PAPER_RELED = ("reled", "reled-norefine", "reled-alpha0.2", "reled-alpha0.5", "reled-logit")  # Table IV's variants
@@ -272,8 +272,8 @@ def policy_apply(policy: MLP, policy_params, x, mask):
 def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: MLP, cfg: HPOConfig) -> Callable:
     """`epoch(state, expert, expert_dtw_nodes) -> (state, metrics)` for one seed; jit/vmap it."""
     tx = make_optimizer(cfg)
-    n_agents, m_out, n_nodes = env.n_agents, env.m_out, env.n_nodes
-    enc = lambda f: encode(f, n_nodes, m_out)  # noqa: E731
+    n_agents, m_out = env.n_agents, env.m_out
+    enc = lambda f: observe(f, m_out)  # noqa: E731
     node_m = env_params.node_xy
 
     def rollout(params: AgentParams, key):

@@ -21,7 +21,7 @@ import numpy as np
 from llm.demos import make_demo_rollout
 from llm.feedback import build_feedback, merge_feedback, volatility_threshold
 from llm.service import ExpertService
-from reled_jax.networks import MLP, encode
+from reled_jax.networks import MLP, observe
 from reled_jax.reled import HPOConfig, Samples, agent_rows, policy_apply, trajectory_points
 from sim.env import EnvParams, RouteChoiceEnv
 from sim.network import RoadNetwork
@@ -41,12 +41,12 @@ class SED:
         self.env, self.env_params, self.network, self.hpo, self.cfg, self.service, self.seed = env, env_params, network, hpo, cfg, service, seed
         self.feedback: dict[int, object] = {}  # latest Feedback per agent
         self.history: list[dict] = []
-        n_nodes, m_out = env.n_nodes, env.m_out
+        m_out = env.m_out
         demo = make_demo_rollout(env, cfg.demo_steps)
 
         def rollouts(key, policy_params, plans, expert_mask):
             def logits(k, obs):
-                return policy_apply(policy, policy_params, encode(obs.features, n_nodes, m_out), obs.action_mask)
+                return policy_apply(policy, policy_params, observe(obs.features, m_out), obs.action_mask)
 
             keys = jax.random.split(key, cfg.n_demo_envs)
             return jax.vmap(lambda k: demo(k, env_params, plans, expert_mask, logits))(keys)
@@ -125,7 +125,7 @@ def expert_samples(demos, subset_of: np.ndarray, env: RouteChoiceEnv, env_params
     stacked = jax.tree.map(lambda *z: jnp.stack(z), *demos)  # [m, E', T, A, ...]
     pick = jnp.asarray(subset_of)
     own = lambda z: _own_subset(z, pick)  # noqa: E731  [m, E', T, A, ...] -> [E', T, A, ...]
-    x = own(encode(stacked.obs, env.n_nodes, env.m_out))
+    x = own(observe(stacked.obs, env.m_out))
     valid = own(stacked.decided & stacked.valid[..., None])
     samples = Samples(
         x=agent_rows(x), mask=agent_rows(own(stacked.mask)), action=agent_rows(own(stacked.action)),

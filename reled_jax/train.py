@@ -38,7 +38,7 @@ from tqdm import tqdm
 from llm.client import LLMConfig, LLMError
 from llm.service import ExpertConfig, ExpertService
 from reled_jax import qmix
-from reled_jax.networks import init_agents
+from reled_jax.networks import init_env_agents, input_dim as observation_dim
 from reled_jax.mappo import global_state_dim
 from reled_jax.reled import EXPERT_FREE, METHODS, HPOConfig, empty_expert, init_state, make_epoch, split_method
 from reled_jax.sed import SED, SEDConfig
@@ -164,15 +164,15 @@ def train(cfg: TrainConfig) -> dict:
     cfg = cfg.resolved()
     hpo = cfg.hpo()
     network, env, env_params = load_scenario(cfg.scenario, cfg.regime, n_agents=cfg.n_agents, seed=cfg.seed)
-    input_dim = 2 * env.n_nodes + 2 * env.m_out
+    input_dim = observation_dim(env.m_out)
     seeds = [cfg.seed + s for s in range(cfg.seeds)]
     uses_expert = cfg.method not in EXPERT_FREE
-    critic_dim = input_dim + global_state_dim(env.n_agents, env.n_edges) if hpo.centralised_critic else None
+    critic_extra = global_state_dim(env.n_agents, env.n_edges) if hpo.centralised_critic else 0
 
     # Per-seed initial states, stacked on a leading seed axis.
     states, policy, value = [], None, None
     for s in seeds:
-        params, policy, value = init_agents(jax.random.PRNGKey(s), env.n_agents, input_dim, env.m_out, critic_dim=critic_dim)
+        params, policy, value = init_env_agents(jax.random.PRNGKey(s), env, critic_extra)
         if cfg.method == "qmix":  # the same initial networks serve as the agents' Q networks
             qmix_state, q_net, mixer = qmix.init_state(jax.random.PRNGKey(10_000 + s), env, cfg.qmix_config(), params.policy)
             states.append(qmix_state)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reled_jax.mappo import critic_input, global_state, global_state_dim
-from reled_jax.networks import encode, init_agents
+from reled_jax.networks import init_env_agents, input_dim as observation_dim, observe
 from reled_jax.reled import HPOConfig, empty_expert, init_state, make_epoch
 from sim.scenarios import load_scenario
 
@@ -34,7 +34,7 @@ def test_an_agents_critic_sees_the_other_agents_but_its_actor_does_not():
     network, env, params = _scenario()
     obs, state = env.reset(jax.random.PRNGKey(0), params)
     moved = state.replace(veh_node=state.veh_node.at[1].set((state.veh_node[1] + 1) % env.n_nodes))
-    x = encode(obs.features, env.n_nodes, env.m_out)  # agent 0's own observation is unchanged by agent 1's move
+    x = observe(obs.features, env.m_out)  # agent 0's own observation is unchanged by agent 1's move
     cx_before = critic_input(x, global_state(state, params, env.n_agents))
     cx_after = critic_input(x, global_state(moved, params, env.n_agents))
     d = x.shape[-1]
@@ -46,16 +46,16 @@ def test_an_agents_critic_sees_the_other_agents_but_its_actor_does_not():
 def test_mappo_epoch_trains_a_critic_on_the_global_state():
     network, env, params = _scenario()
     cfg = HPOConfig(method="mappo", epochs=2, n_envs=2, rollout_steps=16, n_minibatches=2, update_epochs=1)
-    input_dim = 2 * env.n_nodes + 2 * env.m_out
-    critic_dim = input_dim + global_state_dim(env.n_agents, env.n_edges)
-    agents, policy, value = init_agents(jax.random.PRNGKey(0), env.n_agents, input_dim, env.m_out, critic_dim=critic_dim)
-    assert agents.value_agent["params"]["Dense_0"]["kernel"].shape == (env.n_agents, critic_dim, 128)
+    input_dim = observation_dim(env.m_out)
+    one_hot_dim = 2 * env.n_nodes + 2 * env.m_out  # rows of the first layer's kernel before the global state's
+    agents, policy, value = init_env_agents(jax.random.PRNGKey(0), env, global_state_dim(env.n_agents, env.n_edges))
+    assert agents.value_agent["params"]["Dense_0"]["kernel"].shape == (env.n_agents, one_hot_dim + global_state_dim(env.n_agents, env.n_edges), 128)
     epoch = jax.jit(make_epoch(env, params, policy, value, cfg))
     no_nodes = (jnp.zeros((1, env.n_agents, cfg.max_trajectory, 2)), jnp.zeros((1, env.n_agents), jnp.int32))
     state = init_state(jax.random.PRNGKey(1), agents, cfg)
     new, metrics = epoch(state, empty_expert(env.n_agents, input_dim, env.m_out), no_nodes)
     assert float(metrics["alpha"]) == 1.0 and np.isfinite(float(metrics["value_loss"]))
     # The critic's weights on the global-state inputs moved: it is trained on them.
-    w0 = np.asarray(agents.value_agent["params"]["Dense_0"]["kernel"][:, input_dim:])
-    w1 = np.asarray(new.params.value_agent["params"]["Dense_0"]["kernel"][:, input_dim:])
+    w0 = np.asarray(agents.value_agent["params"]["Dense_0"]["kernel"][:, one_hot_dim:])
+    w1 = np.asarray(new.params.value_agent["params"]["Dense_0"]["kernel"][:, one_hot_dim:])
     assert np.abs(w1 - w0).max() > 1e-6

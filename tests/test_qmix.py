@@ -9,7 +9,7 @@ import pytest
 
 from reled_jax import qmix
 from reled_jax.mappo import global_state_dim
-from reled_jax.networks import MLP, encode, init_agents
+from reled_jax.networks import MLP, init_env_agents, observe
 from sim.scenarios import load_scenario
 
 N_AGENTS, G_DIM = 4, 12
@@ -65,14 +65,13 @@ def _batch(key, n, n_agents, m_out, n_nodes, g_dim, active):
 def test_agents_off_the_road_get_no_gradient_from_the_td_error():
     _, env, _ = load_scenario("oakland", "moderate", n_agents=3, seed=0, n_background=20)
     cfg = qmix.QMixConfig(mixer_embed=8)
-    d = 2 * env.n_nodes + 2 * env.m_out
-    agents, _, _ = init_agents(jax.random.PRNGKey(0), env.n_agents, d, env.m_out)
+    agents, _, _ = init_env_agents(jax.random.PRNGKey(0), env)
     g_dim = global_state_dim(env.n_agents, env.n_edges)
     mixer = qmix.Mixer(env.n_agents, cfg.mixer_embed)
     mix_params = mixer.init(jax.random.PRNGKey(1), jnp.zeros((env.n_agents,)), jnp.zeros((g_dim,)))
     target_q = jax.tree.map(lambda z: z * 0.5, agents.policy)  # targets differ from the online networks
     batch = _batch(jax.random.PRNGKey(2), 32, env.n_agents, env.m_out, env.n_nodes, g_dim, jnp.array([True, False, True]))
-    loss_grad = jax.jit(lambda q, m: jax.grad(qmix.qmix_loss, has_aux=True)(q, m, target_q, m, batch, MLP(env.m_out), mixer, cfg, env.n_nodes, env.m_out))
+    loss_grad = jax.jit(lambda q, m: jax.grad(qmix.qmix_loss, has_aux=True)(q, m, target_q, m, batch, MLP(env.m_out, one_hot_nodes=env.n_nodes), mixer, cfg, env.n_nodes, env.m_out))
     grads, aux = loss_grad(agents.policy, mix_params)
     norm = lambda i: sum(float(jnp.abs(g[i]).sum()) for g in jax.tree.leaves(grads))  # noqa: E731
     assert norm(1) == 0.0 and norm(0) > 0 and norm(2) > 0
@@ -82,8 +81,7 @@ def test_agents_off_the_road_get_no_gradient_from_the_td_error():
 def _qmix_setup(cfg):
     """The small oakland scenario (3 agents) and a fresh QMIX state on the shared initial agent networks."""
     _, env, params = load_scenario("oakland", "moderate", n_agents=3, seed=0, n_background=20)
-    d = 2 * env.n_nodes + 2 * env.m_out
-    agents, _, _ = init_agents(jax.random.PRNGKey(0), env.n_agents, d, env.m_out)
+    agents, _, _ = init_env_agents(jax.random.PRNGKey(0), env)
     state, q_net, mixer = qmix.init_state(jax.random.PRNGKey(1), env, cfg, agents.policy)
     return env, params, state, q_net, mixer
 
@@ -173,7 +171,7 @@ def test_td_target_bootstraps_from_the_target_networks():
     batch = {**batch, "next_acting": jnp.broadcast_to(jnp.array([True, False, False]), (16, 3)),
              "next_active": jnp.broadcast_to(jnp.array([False, True, False]), (16, 3)), "done": jnp.arange(16) % 5 == 0}
     loss = jax.jit(lambda tq, tm: qmix.qmix_loss(online_q, online_mix, tq, tm, batch, q_net, mixer, cfg, env.n_nodes, env.m_out))
-    q = lambda p, f, m: qmix._q_values(q_net, p, encode(f, env.n_nodes, env.m_out), m)  # noqa: E731
+    q = lambda p, f, m: qmix._q_values(q_net, p, observe(f, env.m_out), m)  # noqa: E731
     chosen = lambda qs: jnp.take_along_axis(qs, batch["action"][..., None], -1)[..., 0]  # noqa: E731
     q_tot = mixer.apply(online_mix, jnp.where(batch["active"], chosen(q(online_q, batch["features"], batch["mask"])), 0.0), batch["state"])
     y = batch["reward"] + 0.9 * (1.0 - batch["done"]) * mixer.apply(target_mix, jnp.where(

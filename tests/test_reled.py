@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reled_jax.networks import encode, init_agents
+from reled_jax.networks import encode, init_agents, init_env_agents, input_dim as observation_dim
 from reled_jax.reled import (
     PAPER_RELED, VA_RELED, HPOConfig, Samples, agent_loss, clipped_surrogate, decision_returns, dtw_alpha, empty_expert, entropy,
     hybrid_alpha, init_state, make_epoch, rollout_statistics, split_method,
@@ -294,8 +294,8 @@ def test_alpha_inside_epoch_compares_each_agents_first_episode_with_its_own_expe
     env = make_env(ring, n_agents=2, n_background=0)
     params = make_params(ring, [0, 1], [2, 3], [0], [2])
     cfg = HPOConfig(epochs=4, n_envs=1, rollout_steps=6, n_minibatches=1, update_epochs=1)
-    input_dim = 2 * env.n_nodes + 2 * env.m_out
-    agents, policy, value = init_agents(jax.random.PRNGKey(0), env.n_agents, input_dim, env.m_out)
+    agents, policy, value = init_env_agents(jax.random.PRNGKey(0), env)
+    input_dim = observation_dim(env.m_out)
     state = init_state(jax.random.PRNGKey(1), agents, cfg).replace(epoch=jnp.int32(2))
     # Expert rows: agent 0's expert drives 0 -> 1 (its own route), agent 1's drives 2 -> 3 (one junction ahead of it).
     e_xy = np.zeros((1, 2, cfg.max_trajectory, 2))

@@ -10,7 +10,7 @@ import pytest
 from llm.demos import DemoRollout
 from llm.feedback import DivergencePair, Feedback, RewardInstructionPair, TrajectorySummary, agent_routes, merge_feedback, volatility_threshold
 from llm.service import ExpertConfig, ExpertService
-from reled_jax.networks import encode, init_agents
+from reled_jax.networks import init_env_agents, observe
 from reled_jax.reled import HPOConfig
 from reled_jax.sed import SED, SEDConfig, expert_samples, partition_agents
 from sim.env import make_env, make_params
@@ -55,8 +55,8 @@ def test_each_agent_takes_its_expert_rows_from_its_own_subsets_rollout(line_netw
         np.testing.assert_array_equal(samples.decided[a], d.decided[:, a] & d.valid)
         np.testing.assert_array_equal(samples.done[a], d.done[:, a])
         np.testing.assert_array_equal(samples.mask[a], d.mask[:, a])
-        np.testing.assert_array_equal(samples.x[a], encode(jnp.asarray(d.obs[:, a]), env.n_nodes, env.m_out))
-        np.testing.assert_array_equal(samples.last_x[a, 0], encode(jnp.asarray(d.obs[-1, a]), env.n_nodes, env.m_out))
+        np.testing.assert_array_equal(samples.x[a], observe(jnp.asarray(d.obs[:, a]), env.m_out))
+        np.testing.assert_array_equal(samples.last_x[a, 0], observe(jnp.asarray(d.obs[-1, a]), env.m_out))
         # Its trajectory for DTW: the junctions of its valid decisions up to its first episode's end.
         keep = d.decided[:, a] & d.valid & (np.cumsum(d.done[:, a]) - d.done[:, a] == 0)
         assert int(length[0, a]) == keep.sum()
@@ -112,8 +112,7 @@ def test_agent_routes_are_decision_junctions_then_where_the_last_edge_leads(line
 @pytest.fixture(scope="module")
 def small_sed_setup():
     network, env, params = load_scenario("oakland", "moderate", n_agents=4, seed=0, n_background=20)
-    input_dim = 2 * env.n_nodes + 2 * env.m_out
-    agents, policy, _ = init_agents(jax.random.PRNGKey(0), env.n_agents, input_dim, env.m_out)
+    agents, policy, _ = init_env_agents(jax.random.PRNGKey(0), env)
     return network, env, params, agents, policy
 
 

@@ -61,14 +61,14 @@ def test_reled_learns_from_its_expert_on_oakland(tmp_path):
     import jax.numpy as jnp
 
     from reled_jax.export_policy import NumpyPolicy, export
-    from reled_jax.networks import MLP, encode
+    from reled_jax.networks import MLP, observe
     from reled_jax.reled import policy_apply
 
     deployed = NumpyPolicy(export(run / "checkpoint.pkl", tmp_path / "policy.npz"))
     p = jax.tree.map(lambda z: jnp.asarray(z[0]), read_checkpoint(run / "checkpoint.pkl")["state"].params.policy)
     obs, state = env.reset(jax.random.PRNGKey(3), params)
     for k in range(5):
-        want = policy_apply(MLP(env.m_out), p, encode(obs.features, env.n_nodes, env.m_out), obs.action_mask)
+        want = policy_apply(MLP(env.m_out, one_hot_nodes=env.n_nodes), p, observe(obs.features, env.m_out), obs.action_mask)
         got = deployed.logits(np.asarray(obs.features), np.asarray(obs.action_mask))
         np.testing.assert_allclose(got, np.asarray(want), rtol=1e-4, atol=1e-4)
         obs, state, *_ = env.step(jax.random.PRNGKey(k), state, jnp.asarray(deployed.act(np.asarray(obs.features), np.asarray(obs.action_mask))), params)
