@@ -8,7 +8,11 @@ compile time reported separately from the run time:
 * `step`: `vmap` over environments of a `lax.scan` of decision-driven env
   steps with auto-reset, actions from the uniform random policy. Reports
   env-steps/s, agent decisions/s (interaction steps) and the vehicle-steps/s
-  implied by the ticks those steps advanced.
+  implied by the ticks those steps advanced. Under vmap each step's tick loop
+  runs until the slowest environment's next decision.
+* `lockstep`: the same with `env.step_batch`, which ticks all environments
+  together until any has a decision (no tick wasted; some steps hold no
+  decision). `lockstep_over_tick` is its vehicle-steps/s over the tick loop's.
 
     python -m benchmarks.env_throughput                      # full sweep, writes JSON
     python -m benchmarks.env_throughput --scenarios oakland --n-envs 1 64 --ticks 50 --steps 20
@@ -67,9 +71,25 @@ def bench(scenario: str, regime: str, n_envs: int, n_ticks: int, n_steps: int, r
         _, (ticks, decisions) = jax.lax.scan(body, (key, state, obs), None, length=n_steps)
         return ticks.sum(), decisions.sum()
 
+    def run_lockstep(key, state):
+        def body(carry, _):
+            key, state, obs = carry
+            key, k_act, k_step = jax.random.split(key, 3)
+            actions = jax.vmap(random_policy, in_axes=(0, 0, None))(jax.random.split(k_act, n_envs), obs, params)
+            obs, state, _, _, info = env.step_batch(jax.random.split(k_step, n_envs), state, actions, params)
+            return (key, state, obs), (info["ticks"][0], info["n_decisions"].sum())
+
+        obs = jax.vmap(env.get_obs, in_axes=(0, None))(state, params)
+        _, (ticks, decisions) = jax.lax.scan(body, (key, state, obs), None, length=n_steps * lockstep_factor)
+        return ticks.sum() * n_envs, decisions.sum()
+
+    # Lockstep steps are shorter (the batch stops at any environment's decision): run more of them.
+    lockstep_factor = max(1, min(8, n_envs // 8))
     _, tick_compile, tick_s = _timed(jax.vmap(run_ticks), states, repeats=repeats)
     (ticks, decisions), step_compile, step_s = _timed(jax.vmap(run_steps), keys, states, repeats=repeats)
+    (l_ticks, l_decisions), lock_compile, lock_s = _timed(run_lockstep, jax.random.PRNGKey(1), states, repeats=repeats)
     total_ticks, total_decisions = int(ticks.sum()), int(decisions.sum())
+    tick_rate = n_envs * n_ticks * env.n_vehicles / tick_s
     return {
         "scenario": scenario,
         "regime": regime,
@@ -90,6 +110,17 @@ def bench(scenario: str, regime: str, n_envs: int, n_ticks: int, n_steps: int, r
             "agent_decisions_per_s": total_decisions / step_s,
             "vehicle_steps_per_s": total_ticks * env.n_vehicles / step_s,
             "mean_ticks_per_step": total_ticks / (n_envs * n_steps),
+            "step_over_tick": total_ticks * env.n_vehicles / step_s / tick_rate,
+        },
+        "lockstep": {
+            "steps_per_env": n_steps * lockstep_factor,
+            "compile_s": round(lock_compile, 3),
+            "run_s": round(lock_s, 4),
+            "env_steps_per_s": n_envs * n_steps * lockstep_factor / lock_s,
+            "agent_decisions_per_s": int(l_decisions) / lock_s,
+            "vehicle_steps_per_s": int(l_ticks) * env.n_vehicles / lock_s,
+            "mean_ticks_per_step": int(l_ticks) / (n_envs * n_steps * lockstep_factor),
+            "lockstep_over_tick": int(l_ticks) * env.n_vehicles / lock_s / tick_rate,
         },
     }
 
@@ -126,7 +157,9 @@ def main() -> None:
                 f"{scenario:9s} n_envs={n_envs:5d}  tick: {row['tick']['vehicle_steps_per_s'] / 1e6:8.2f} M veh-steps/s "
                 f"(compile {row['tick']['compile_s']:.1f}s)  step: {row['step']['env_steps_per_s']:10.0f} env-steps/s "
                 f"{row['step']['agent_decisions_per_s']:10.0f} decisions/s "
-                f"{row['step']['vehicle_steps_per_s'] / 1e6:7.2f} M veh-steps/s",
+                f"{row['step']['vehicle_steps_per_s'] / 1e6:7.2f} M veh-steps/s ({row['step']['step_over_tick']:.0%} of ticks)  "
+                f"lockstep: {row['lockstep']['agent_decisions_per_s']:10.0f} decisions/s "
+                f"{row['lockstep']['vehicle_steps_per_s'] / 1e6:7.2f} M veh-steps/s ({row['lockstep']['lockstep_over_tick']:.0%} of ticks)",
                 flush=True,
             )
     args.out.parent.mkdir(parents=True, exist_ok=True)

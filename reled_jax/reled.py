@@ -35,6 +35,7 @@ critic: V^a of agent i sees the global state beside its own observation
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 import jax
@@ -90,10 +91,17 @@ class HPOConfig:
     # expert, fading as it catches up). V^e is trained on its returns either way (Eq. 27). Methods
     # "reled-va*" are RELED's variants with both switches set (agent baseline, uncentred), whatever these fields say.
     expert_baseline: str = "expert"
+    # Share of each agent's rows (env steps) the update keeps: its decisions come first, the rows
+    # without one (most: an env step is one agent's decision among A) are dropped before the
+    # minibatch loop, which then costs this share of the full one. Decisions past the capacity
+    # are dropped too, and counted (metric `dropped_decisions`); 1.0 keeps every row.
+    decision_share: float = 1.0
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {METHODS}")
+        if not 0.0 < self.decision_share <= 1.0:
+            raise ValueError(f"decision_share must be in (0, 1], got {self.decision_share}")
         if self.expert_baseline not in ("expert", "agent"):
             raise ValueError(f"unknown expert_baseline {self.expert_baseline!r}; choose 'expert' (Eq. 28) or 'agent'")
 
@@ -354,14 +362,19 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: M
         agent_points = trajectory_points(traj["node"], traj["decided"], traj["done"], node_m, cfg.max_trajectory)
         alpha, dtw_m, d_dtw = hybrid_alpha(agent_points, expert_nodes, state.epoch, cfg)
 
-        def old_logp(samples):
-            logits = policy_apply(policy, params.policy, samples.x, samples.mask)
-            return jnp.take_along_axis(jax.nn.log_softmax(logits), samples.action[..., None], axis=-1)[..., 0]
+        def old_logp(batch):
+            logits = policy_apply(policy, params.policy, batch["x"], batch["mask"])
+            return jnp.take_along_axis(jax.nn.log_softmax(logits), batch["action"][..., None], axis=-1)[..., 0]
 
-        batch_a = dict(x=agent.x, mask=agent.mask, action=agent.action, old_logp=old_logp(agent), adv=adv_a, ret=ret_a, valid=agent.decided)
+        batch_a = dict(x=agent.x, mask=agent.mask, action=agent.action, adv=adv_a, ret=ret_a, valid=agent.decided)
         if agent.cx is not None:
             batch_a["cx"] = agent.cx
-        batch_e = dict(x=expert.x, mask=expert.mask, action=expert.action, old_logp=old_logp(expert), adv=adv_e, ret=ret_e, valid=expert.decided)
+        batch_e = dict(x=expert.x, mask=expert.mask, action=expert.action, adv=adv_e, ret=ret_e, valid=expert.decided)
+        # Only decision rows carry samples: compact both batches before the minibatch loop.
+        batch_a, dropped_a = compact_rows(batch_a, batch_a["valid"], decision_capacity(batch_a["valid"].shape[1], cfg.decision_share, cfg.n_minibatches))
+        batch_e, dropped_e = compact_rows(batch_e, batch_e["valid"], decision_capacity(batch_e["valid"].shape[1], cfg.decision_share, cfg.n_minibatches))
+        batch_a["old_logp"] = old_logp(batch_a)
+        batch_e["old_logp"] = old_logp(batch_e)
         params, opt_state, aux = update(params, state.opt_state, batch_a, batch_e, alpha, k_perm)
 
         metrics = {
@@ -369,6 +382,8 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: M
             "alpha": alpha.mean(),
             "dtw_m": dtw_m.mean(),
             "d_dtw": d_dtw.mean(),
+            "dropped_decisions": dropped_a.sum() + dropped_e.sum(),
+            "decision_share_max": (agent.decided.sum(axis=1) / agent.decided.shape[1]).max(),
             **{k: v.mean() for k, v in aux.items()},
         }
         return TrainState(params, opt_state, key, state.epoch + 1), metrics
@@ -410,6 +425,27 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: M
     epoch.agents_update = agents_update  # exposed for tests
     epoch.expert_advantages = expert_advantages
     return epoch
+
+
+def decision_capacity(n_rows: int, share: float, n_minibatches: int) -> int:
+    """Rows per agent the update keeps: `share` of n_rows, rounded up to whole minibatches (all at share 1)."""
+    if share >= 1.0:
+        return n_rows
+    return min(n_rows, max(1, math.ceil(share * n_rows / n_minibatches)) * n_minibatches)
+
+
+def compact_rows(batch: dict, valid: jax.Array, capacity: int) -> tuple[dict, jax.Array]:
+    """Each agent's valid rows first, cut to `capacity`: batch leaves [A, N, ...] -> [A, C, ...].
+
+    Invalid rows carry nothing into a masked mean, so a loss over the compacted batch equals the
+    loss over the full one (tests/test_reled.py). Returns the batch, whose "valid" marks real
+    rows, and each agent's number of valid rows that did not fit [A].
+    """
+    count = valid.sum(axis=1)
+    idx = jax.vmap(lambda v: jnp.nonzero(v, size=capacity, fill_value=0)[0])(valid)  # in row order
+    out = jax.tree.map(lambda z: jax.vmap(lambda zi, i: zi[i])(z, idx), batch)
+    out["valid"] = jnp.arange(capacity)[None, :] < count[:, None]
+    return out, jnp.maximum(count - capacity, 0)
 
 
 def agent_rows(z: jax.Array) -> jax.Array:

@@ -27,7 +27,9 @@ model follows the paper's Section IV-A:
 * Background vehicles follow free-flow shortest-time routes between origin-
   destination pairs of the scenario's predefined set and are re-injected at a
   new origin when they arrive, so demand stays steady. Re-injection draws from
-  a counter-based integer hash seeded by the step key, so ticks need no PRNG.
+  a counter-based integer hash of the episode's salt (drawn at reset), the
+  vehicle and its trip count, so ticks need no PRNG and, given its reset, an
+  episode is a deterministic function of the agents' actions.
 
 Observation per agent (paper Table I), shape 2*m_out + 2: current junction,
 destination junction, then per outgoing edge its score (free-flow time over
@@ -237,7 +239,10 @@ class RouteChoiceEnv:
     def step(
         self, key: chex.PRNGKey, state: EnvState, actions: jax.Array, params: EnvParams
     ) -> tuple[Observation, EnvState, jax.Array, jax.Array, dict]:
-        """Step with auto-reset: when the episode ends, the returned obs/state are a fresh reset."""
+        """Step with auto-reset: when the episode ends, the returned obs/state are a fresh reset.
+
+        Many environments: `step_batch` (lockstep) or `jax.vmap(step)` (each its own tick loop).
+        """
         k_step, k_reset = jax.random.split(key)
         obs_st, state_st, reward, done, info = self.step_env(k_step, state, actions, params)
         obs_re, state_re = self.reset(k_reset, params)
@@ -252,8 +257,50 @@ class RouteChoiceEnv:
         """Apply awaiting agents' actions, then run ticks until a decision or the end.
 
         Returns per-agent reward [A] (Eq. 32 for each decision that completed in
-        this step), per-agent done [A] (arrived or episode over), and info.
+        this step), per-agent done [A] (arrived or episode over), and info. `key` is
+        unused: given its reset, an episode is a deterministic function of the actions
+        (re-injection hashes the reset's salt with a per-vehicle trip counter).
         """
+        del key
+        state, decided, valid = self._consume_actions(state, actions, params)
+        t_start = state.t
+        state = jax.lax.while_loop(lambda s: self._ticking(s, t_start, params), lambda s: self.tick(s, params), state)
+        return self._finish_step(state, t_start, decided, valid, params)
+
+    def step_batch(
+        self, keys: chex.PRNGKey, state: EnvState, actions: jax.Array, params: EnvParams
+    ) -> tuple[Observation, EnvState, jax.Array, jax.Array, dict]:
+        """`step` of B environments in lockstep: arrays carry a leading [B] axis (keys [B, 2]).
+
+        Under `jax.vmap(step)` every environment's tick loop runs until the slowest one's
+        next decision (XLA executes a batched while_loop for all and masks the finished),
+        so most ticks are computed and thrown away. Here all environments tick together
+        until any of them has an awaiting agent (or ends its episode): no tick is wasted,
+        and an environment without a decision returns `decided` all False (an empty
+        step, no interaction step). Each environment runs exactly the ticks, decisions
+        and rewards it would run alone (tests/test_env.py); only the env-step boundaries
+        differ. The auto-reset is computed only when some episode ended.
+        """
+        chex.assert_shape(actions, (keys.shape[0], self.n_agents))
+        state, decided, valid = jax.vmap(self._consume_actions, in_axes=(0, 0, None))(state, actions, params)
+        t_start = state.t
+        ticking = lambda s: jnp.all(jax.vmap(self._ticking, in_axes=(0, 0, None))(s, t_start, params))  # noqa: E731
+        state = jax.lax.while_loop(ticking, lambda s: jax.vmap(self.tick, in_axes=(0, None))(s, params), state)
+        obs, state, reward, done, info = jax.vmap(self._finish_step, in_axes=(0, 0, 0, 0, None))(state, t_start, decided, valid, params)
+
+        def auto_reset(obs_state):
+            obs_st, state_st = obs_state
+            k_reset = jax.vmap(lambda k: jax.random.split(k)[1])(keys)
+            obs_re, state_re = jax.vmap(self.reset, in_axes=(0, None))(k_reset, params)
+            ended = info["episode_done"]
+            pick = lambda a, b: jnp.where(ended.reshape(ended.shape + (1,) * (a.ndim - 1)), a, b)  # noqa: E731
+            return jax.tree.map(pick, obs_re, obs_st), jax.tree.map(pick, state_re, state_st)
+
+        obs, state = jax.lax.cond(jnp.any(info["episode_done"]), auto_reset, lambda o_s: o_s, (obs, state))
+        return obs, state, reward, done, info
+
+    def _consume_actions(self, state: EnvState, actions: jax.Array, params: EnvParams):
+        """Awaiting agents take their chosen edges; returns (state, decided [A], valid [A])."""
         chex.assert_shape(actions, (self.n_agents,))
         n_ag = self.n_agents
         decided = state.agent_awaiting
@@ -269,20 +316,21 @@ class RouteChoiceEnv:
             agent_awaiting=jnp.zeros_like(decided),
             agent_decisions=state.agent_decisions + decided,
             agent_reward=jnp.zeros((n_ag,), jnp.float32),
-            salt=jax.random.bits(key, (), jnp.uint32),
         )
-        t_start = state.t
+        return state, decided, valid
 
-        def running(s):
-            return (
-                (~jnp.any(s.agent_awaiting))
-                & (~jnp.all(s.agent_arrived))
-                & (s.t < params.t_max)
-                & (s.t - t_start < params.max_ticks_per_step)
-            )
+    @staticmethod
+    def _ticking(s: EnvState, t_start, params: EnvParams):
+        """Whether an env step keeps ticking: nobody awaiting, someone driving, time left."""
+        return (
+            (~jnp.any(s.agent_awaiting))
+            & (~jnp.all(s.agent_arrived))
+            & (s.t < params.t_max)
+            & (s.t - t_start < params.max_ticks_per_step)
+        )
 
-        state = jax.lax.while_loop(running, lambda s: self.tick(s, params), state)
-
+    def _finish_step(self, state: EnvState, t_start, decided, valid, params: EnvParams):
+        """Rewards, done flags, info and observation at the end of an env step's ticks."""
         episode_done = jnp.all(state.agent_arrived) | (state.t >= params.t_max)
         # Truncation: agents still driving get the Eq. 32 reward of their last, unfinished decision.
         reward = state.agent_reward + self._truncation_reward(state, params, episode_done)

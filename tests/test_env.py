@@ -402,3 +402,57 @@ def test_an_agent_is_done_when_it_arrives_while_the_episode_goes_on(line_network
         if bool(info["arrived"][0]):
             break
     assert bool(done[0]) and not bool(done[1]) and not bool(info["episode_done"])
+
+
+def _best_score_policy(key, obs, params):
+    """Deterministic and state-dependent: the outgoing edge with the best current score."""
+    del key, params
+    return jnp.argmax(jnp.where(obs.action_mask, obs.features[:, 2::2], -jnp.inf), axis=-1)
+
+
+def _first_episode_events(trace, env_index):
+    """(time, agent, junction, action) of every decision and each agent's rewards in order,
+    until the first episode of one environment ended (a reward is reported at the end of the env step
+    it completed in, so its time depends on where steps end; its order does not)."""
+    t0, t1, decided, node, action, reward, ended = (np.asarray(z[:, env_index]) for z in trace)
+    end = int(np.argmax(ended)) if ended.any() else len(ended) - 1
+    decisions = [(int(t0[k]), a, int(node[k, a]), int(action[k, a])) for k in range(end + 1) for a in np.flatnonzero(decided[k])]
+    rewards = [[round(float(reward[k, a]), 3) for k in range(end + 1) if reward[k, a]] for a in range(reward.shape[1])]
+    return decisions, rewards, bool(ended.any())
+
+
+def test_lockstep_batch_runs_every_environment_as_it_would_run_alone(oakland):
+    """`step_batch` ticks all environments together until any has a decision: the same decisions, at
+    the same seconds, with the same rewards, as each environment's own tick loop under vmap."""
+    _, env, params = oakland
+    n_envs = 3
+    _, states = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(jax.random.PRNGKey(5), n_envs), params)
+
+    def trace(step, n_steps):
+        def body(carry, key):
+            obs, state = carry
+            actions = jax.vmap(_best_score_policy, in_axes=(0, 0, None))(jax.random.split(key, n_envs), obs, params)
+            obs2, state2, reward, _, info = step(jax.random.split(key, n_envs), state, actions, params)
+            node = state.veh_node[:, : env.n_agents]
+            return (obs2, state2), (state.t, info["sim_time"], info["decided"], node, actions, reward, info["episode_done"])
+
+        obs = jax.vmap(env.get_obs, in_axes=(0, None))(states, params)
+        return jax.lax.scan(body, (obs, states), jax.random.split(jax.random.PRNGKey(9), n_steps))[1]
+
+    own = jax.jit(lambda: trace(jax.vmap(env.step, in_axes=(0, 0, 0, None)), 400))()
+    lockstep = jax.jit(lambda: trace(env.step_batch, 900))()
+    assert int(np.asarray(lockstep[2]).sum()) > 0
+    n_steps_own, n_steps_lock = [], []
+    for i in range(n_envs):
+        d_own, r_own, ended_own = _first_episode_events(own, i)
+        d_lock, r_lock, ended_lock = _first_episode_events(lockstep, i)
+        assert ended_own and ended_lock and len(d_own) > 20
+        assert d_lock == d_own and r_lock == r_own
+        n_steps_own.append(int(np.argmax(np.asarray(own[6][:, i]))))
+        n_steps_lock.append(int(np.argmax(np.asarray(lockstep[6][:, i]))))
+    # Lockstep env steps are shorter (some hold no decision), never longer.
+    assert all(b >= a for a, b in zip(n_steps_own, n_steps_lock)) and sum(n_steps_lock) > sum(n_steps_own)
+    # The lockstep batch never wastes a tick: every step advanced every environment equally.
+    ticks = np.asarray(lockstep[1]) - np.asarray(lockstep[0])
+    first_end = min(n_steps_lock)
+    assert np.all(ticks[:first_end] == ticks[:first_end, :1])
