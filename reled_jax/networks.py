@@ -122,6 +122,8 @@ def init_agents(
     policy, value = MLP(m_out, hidden, one_hot_nodes), MLP(1, hidden, one_hot_nodes)
     dummy = jnp.zeros((input_dim,))
     keys = jax.random.split(key, (3, n_agents))
+    # Eager on purpose: a jitted orthogonal initialiser (QR) leaves the process hanging at exit
+    # with jax 0.10.2 on CPU, though it would start a few seconds faster.
     params = AgentParams(
         policy=jax.vmap(policy.init, in_axes=(0, None))(keys[0], dummy),
         value_agent=jax.vmap(value.init, in_axes=(0, None))(keys[1], jnp.zeros((critic_dim or input_dim,))),

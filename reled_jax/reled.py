@@ -96,6 +96,13 @@ class HPOConfig:
     # minibatch loop, which then costs this share of the full one. Decisions past the capacity
     # are dropped too, and counted (metric `dropped_decisions`); 1.0 keeps every row.
     decision_share: float = 1.0
+    # Environments in lockstep (RouteChoiceEnv.step_batch: no tick wasted waiting for the slowest
+    # environment's decision; some env steps then hold no decision) instead of vmap(step).
+    lockstep: bool = False
+    # Environments carry over from epoch to epoch (PureJaxRL): rollouts may be shorter than an
+    # episode, so many environments can share one epoch's interaction budget. False: every
+    # epoch starts from fresh resets (episodes longer than the rollout are cut at its end).
+    carry_envs: bool = False
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -147,11 +154,23 @@ class Samples:
 
 
 @struct.dataclass
+class EnvCarry:
+    """Environments between epochs (HPOConfig.carry_envs), [E, ...]: where every episode in progress stands."""
+
+    obs: object
+    state: object
+    path_nodes: jax.Array  # [E, A, L] junctions the agent decided at so far in its episode in progress
+    path_len: jax.Array  # [E, A]
+    reward_sum: jax.Array  # [E, A] its reward so far in that episode (unscaled)
+
+
+@struct.dataclass
 class TrainState:
     params: AgentParams
     opt_state: optax.OptState
     key: jax.Array
     epoch: jax.Array
+    envs: EnvCarry | None = None  # only with carry_envs
 
 
 def make_optimizer(cfg: HPOConfig) -> optax.GradientTransformation:
@@ -284,9 +303,16 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: M
     enc = lambda f: observe(f, m_out)  # noqa: E731
     node_m = env_params.node_xy
 
-    def rollout(params: AgentParams, key):
-        k_reset, k_run = jax.random.split(key)
-        obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_reset, cfg.n_envs), env_params)
+    batch_step = env.step_batch if cfg.lockstep else jax.vmap(env.step, in_axes=(0, 0, 0, None))
+
+    def initial_envs(key) -> EnvCarry:
+        obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(key, cfg.n_envs), env_params)
+        zeros = jnp.zeros((cfg.n_envs, n_agents), jnp.int32)
+        return EnvCarry(obs, state, jnp.zeros((cfg.n_envs, n_agents, cfg.max_trajectory), jnp.int32), zeros, zeros.astype(jnp.float32))
+
+    def rollout(params: AgentParams, key, start: EnvCarry):
+        obs, state = start.obs, start.state
+        _, k_run = jax.random.split(key)
 
         def one(carry, step_key):
             obs, state = carry
@@ -297,9 +323,7 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: M
             action = jax.random.categorical(k_act, logits, axis=-1)
             # Old log-probabilities and values are computed after the rollout, in one batch per agent (epoch).
             cx = critic_input(x, jax.vmap(global_state, in_axes=(0, None, None))(state, env_params, n_agents)) if cfg.centralised_critic else None
-            obs2, state2, reward, done, info = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
-                jax.random.split(k_env, cfg.n_envs), state, action, env_params
-            )
+            obs2, state2, reward, done, info = batch_step(jax.random.split(k_env, cfg.n_envs), state, action, env_params)
             rec = dict(
                 x=x, cx=cx, mask=obs.action_mask, action=action, reward=reward, decided=info["decided"], done=done,
                 node=state.veh_node[:, :n_agents], episode_done=info["episode_done"], travel_time=info["travel_time"], arrived=info["arrived"],
@@ -353,13 +377,14 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: M
     def epoch(state: TrainState, expert: Samples, expert_nodes: tuple) -> tuple[TrainState, dict]:
         key, k_roll, k_perm = jax.random.split(state.key, 3)
         params = state.params
-        traj, final_obs, final_state = rollout(params, k_roll)
+        start = state.envs if cfg.carry_envs else initial_envs(jax.random.split(k_roll)[0])
+        traj, final_obs, final_state = rollout(params, k_roll, start)
         agent = to_samples(traj, final_obs, final_state)
         ret_a, adv_a = advantages(agent, params.value_agent, cfg.n_envs)
         ret_e, adv_e = expert_advantages(expert, params)
 
         # alpha per agent (Eq. 30): DTW between each agent's own and expert first-episode trajectories.
-        agent_points = trajectory_points(traj["node"], traj["decided"], traj["done"], node_m, cfg.max_trajectory)
+        agent_points = trajectory_points(traj["node"], traj["decided"], traj["done"], node_m, cfg.max_trajectory, (start.path_nodes, start.path_len))
         alpha, dtw_m, d_dtw = hybrid_alpha(agent_points, expert_nodes, state.epoch, cfg)
 
         def old_logp(batch):
@@ -377,8 +402,13 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: M
         batch_e["old_logp"] = old_logp(batch_e)
         params, opt_state, aux = update(params, state.opt_state, batch_a, batch_e, alpha, k_perm)
 
+        reward_sums = _episode_sums(traj["reward"], traj["episode_done"], start.reward_sum)
+        envs = None
+        if cfg.carry_envs:
+            path = episode_in_progress(traj["node"], traj["decided"], traj["done"], (start.path_nodes, start.path_len), cfg.max_trajectory)
+            envs = EnvCarry(final_obs, final_state, *path, jnp.where(traj["episode_done"][-1][:, None], 0.0, reward_sums[-1]))
         metrics = {
-            **rollout_statistics(traj["reward"], traj["episode_done"], traj["travel_time"], traj["arrived"], traj["decided"]),
+            **rollout_statistics(traj["reward"], traj["episode_done"], traj["travel_time"], traj["arrived"], traj["decided"], reward_sums),
             "alpha": alpha.mean(),
             "dtw_m": dtw_m.mean(),
             "d_dtw": d_dtw.mean(),
@@ -386,7 +416,7 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: M
             "decision_share_max": (agent.decided.sum(axis=1) / agent.decided.shape[1]).max(),
             **{k: v.mean() for k, v in aux.items()},
         }
-        return TrainState(params, opt_state, key, state.epoch + 1), metrics
+        return TrainState(params, opt_state, key, state.epoch + 1, envs), metrics
 
     def update(params, opt_state, batch_a, batch_e, alpha, key):
         n_a = batch_a["action"].shape[1]
@@ -422,6 +452,8 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: M
 
         return jax.vmap(single)(params, opt_state, mb_a, mb_e, alpha)
 
+    epoch.initial_envs = initial_envs  # TrainState.envs of a carry_envs run
+    epoch.rollout = lambda state: rollout(state.params, state.key, state.envs if cfg.carry_envs else initial_envs(state.key))  # timed alone by benchmarks
     epoch.agents_update = agents_update  # exposed for tests
     epoch.expert_advantages = expert_advantages
     return epoch
@@ -448,48 +480,95 @@ def compact_rows(batch: dict, valid: jax.Array, capacity: int) -> tuple[dict, ja
     return out, jnp.maximum(count - capacity, 0)
 
 
+def measure_decision_share(env: RouteChoiceEnv, env_params: EnvParams, n_envs: int, n_steps: int, lockstep: bool, key, skip: int = 0) -> float:
+    """Largest share of env steps at which one agent decides, over n_steps of a uniform-random rollout
+    after `skip` steps (the initial policies are near-uniform): what HPOConfig.decision_share must hold."""
+    from sim.policies import random_policy
+
+    batch_step = env.step_batch if lockstep else jax.vmap(env.step, in_axes=(0, 0, 0, None))
+
+    def run(key):
+        k_reset, k_run = jax.random.split(key)
+        obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_reset, n_envs), env_params)
+
+        def one(carry, k):
+            obs, state = carry
+            k_act, k_env = jax.random.split(k)
+            actions = jax.vmap(random_policy, in_axes=(0, 0, None))(jax.random.split(k_act, n_envs), obs, env_params)
+            obs, state, _, _, info = batch_step(jax.random.split(k_env, n_envs), state, actions, env_params)
+            return (obs, state), info["decided"]
+
+        decided = jax.lax.scan(one, (obs, state), jax.random.split(k_run, skip + n_steps))[1][skip:]  # [T, E, A]
+        return decided.sum(axis=(0, 1)).max() / (n_steps * n_envs)
+
+    return float(jax.jit(run)(key))
+
+
 def agent_rows(z: jax.Array) -> jax.Array:
     """[E, T, A, ...] -> [A, E*T, ...]: each agent's rows, ordered by (environment, time), as Samples holds them."""
     z = jnp.moveaxis(z, 2, 0)
     return z.reshape((z.shape[0], z.shape[1] * z.shape[2]) + z.shape[3:])
 
 
-def trajectory_points(node, decided, done, node_km, max_len: int):
+def trajectory_points(node, decided, done, node_km, max_len: int, prefix: tuple | None = None):
     """Coordinates of the junctions where each agent decided in its first episode of a rollout.
 
-    node, decided, done: [T, E, A]. Returns ([E, A, max_len, 2] padded coordinates, [E, A] lengths):
-    the trajectories tau^{x,i} whose DTW sets alpha (Eq. 30).
+    node, decided, done: [T, E, A]. `prefix`: ([E, A, L] junctions, [E, A] lengths) of the episode in
+    progress when the rollout started (carried environments), which the first episode continues.
+    Returns ([E, A, max_len, 2] padded coordinates, [E, A] lengths): the trajectories tau^{x,i}
+    whose DTW sets alpha (Eq. 30).
     """
     node, decided, done = (jnp.moveaxis(z, 0, -1) for z in (node, decided, done))  # [E, A, T]
     before_end = (jnp.cumsum(done, axis=-1) - done) == 0  # up to and including the first done
-    keep = decided & before_end
-    pos = jnp.cumsum(keep, axis=-1) - 1
-    length = jnp.minimum(keep.sum(-1), max_len)
+    nodes, length = _append_path(prefix, node, decided & before_end, max_len)
+    return node_km[nodes], length
+
+
+def episode_in_progress(node, decided, done, prefix: tuple, max_len: int) -> tuple[jax.Array, jax.Array]:
+    """([E, A, L] junctions, [E, A] lengths) each agent decided at in its episode still in progress at a
+    rollout's end: the decisions after its last `done`, after `prefix` if it had none. node...: [T, E, A]."""
+    node, decided, done = (jnp.moveaxis(z, 0, -1) for z in (node, decided, done))  # [E, A, T]
+    after_last = jnp.flip(jnp.cumsum(jnp.flip(done, -1), -1), -1) == 0  # no done at this step or later
+    any_done = done.any(-1)
+    kept = (jnp.where(any_done[..., None], 0, prefix[0]), jnp.where(any_done, 0, prefix[1]))
+    return _append_path(kept, node, decided & after_last, max_len)
+
+
+def _append_path(prefix: tuple | None, node, keep, max_len: int):
+    """prefix junctions followed by node[..., t] where keep[..., t] ([E, A, T]), cut to max_len."""
+    start = jnp.zeros(node.shape[:-1], jnp.int32) if prefix is None else prefix[1]
+    pos = start[..., None] + jnp.cumsum(keep, axis=-1) - 1
+    length = jnp.minimum(start + keep.sum(-1), max_len)
     slot = jnp.where(keep & (pos < max_len), pos, max_len)
     buf = jnp.zeros(node.shape[:-1] + (max_len + 1,), jnp.int32)
+    if prefix is not None:
+        buf = buf.at[..., :max_len].set(prefix[0])
     buf = jax.vmap(jax.vmap(lambda b, s, n: b.at[s].set(n)))(buf, slot, node)[..., :max_len]
-    return node_km[buf], length
+    return buf, length
 
 
-def rollout_statistics(reward, ended, travel_time, arrived, decided) -> dict:
+def rollout_statistics(reward, ended, travel_time, arrived, decided, reward_sums=None) -> dict:
     """Interaction steps and per-agent statistics of the episodes that ended inside a rollout.
 
-    reward, travel_time, arrived, decided: [T, E, A]; ended: [T, E]. NaN statistics when no
-    episode ended inside the rollout.
+    reward, travel_time, arrived, decided: [T, E, A]; ended: [T, E]. `reward_sums`: `_episode_sums`
+    (with the rewards episodes had before the rollout, when environments carry over); default from
+    `reward` alone. NaN statistics when no episode ended inside the rollout.
     """
+    reward_sums = _episode_sums(reward, ended) if reward_sums is None else reward_sums
     n_ended = ended.sum() * reward.shape[-1]
     per_episode = lambda z: jnp.sum(jnp.where(ended[..., None], z, 0.0)) / n_ended  # noqa: E731
     return {
         "interaction_steps": decided.sum(),
         "episodes": ended.sum(),
-        "episode_reward": per_episode(_episode_sums(reward, ended)),
+        "episode_reward": per_episode(reward_sums),
         "travel_time": per_episode(travel_time),
         "arrival_rate": per_episode(arrived.astype(jnp.float32)),
     }
 
 
-def _episode_sums(reward, ended):
-    """Sum of rewards of the episode that ended at each step, per agent: [T, E, A]."""
+def _episode_sums(reward, ended, before=None):
+    """Sum of rewards of the episode that ended at each step, per agent: [T, E, A]. `before` [E, A]:
+    what the episodes in progress at the first step had gained earlier."""
 
     def scan(acc, inp):
         r, e = inp
@@ -498,13 +577,13 @@ def _episode_sums(reward, ended):
         acc = jnp.where(e[..., None], 0.0, acc)
         return acc, out
 
-    _, sums = jax.lax.scan(scan, jnp.zeros(reward.shape[1:]), (reward, ended))
+    _, sums = jax.lax.scan(scan, jnp.zeros(reward.shape[1:]) if before is None else before, (reward, ended))
     return sums
 
 
 def init_state(key, params: AgentParams, cfg: HPOConfig) -> TrainState:
     tx = make_optimizer(cfg)
-    return TrainState(params=params, opt_state=jax.vmap(tx.init)(params), key=key, epoch=jnp.int32(0))
+    return TrainState(params=params, opt_state=jax.jit(jax.vmap(tx.init))(params), key=key, epoch=jnp.int32(0))
 
 
 def empty_expert(n_agents: int, input_dim: int, m_out: int, n_rows: int = 8) -> Samples:

@@ -40,16 +40,22 @@ from llm.service import ExpertConfig, ExpertService
 from reled_jax import qmix
 from reled_jax.networks import init_env_agents, input_dim as observation_dim
 from reled_jax.mappo import global_state_dim
-from reled_jax.reled import EXPERT_FREE, METHODS, HPOConfig, empty_expert, init_state, make_epoch, split_method
+from reled_jax.reled import EXPERT_FREE, METHODS, HPOConfig, empty_expert, init_state, make_epoch, measure_decision_share, split_method
 from reled_jax.sed import SED, SEDConfig
 from sim.scenarios import REGIMES, SCENARIOS, load_scenario
 
 PRESETS = {
     # Finishes on a 2-core CPU in a few minutes and visibly learns.
     "default": {},
-    # Paper IV-A2: 500 epochs x 1,000 interaction steps. Measured on hongkong with 10 agents:
-    # ~1.16 decisions per environment step, so one environment x 864 steps is ~1,000.
-    "paper": {"epochs": 500, "n_envs": 1, "rollout_steps": 864, "n_demo_envs": 1},
+    # Paper IV-A2: 500 epochs x 1,000 interaction steps. 64 environments in lockstep, carried from epoch
+    # to epoch, x 32 env steps make ~1,000 decisions an epoch on hongkong with 10 agents (measured:
+    # 1,014 after the first), where one environment x 864 steps of its own did the same ~13x slower.
+    # PPO's epochs and minibatches are not in the paper: 4 x 2 give minibatches of ~50 decisions per
+    # agent (8 x 8 would give ~12). benchmarks/train_throughput.py measures this preset.
+    "paper": {"epochs": 500, "n_envs": 64, "rollout_steps": 32, "n_demo_envs": 1, "lockstep": True, "carry_envs": True,
+              "update_epochs": 4, "n_minibatches": 2},
+    # The paper budget as first run here: one environment of its own x 864 steps, fresh every epoch, 8 x 8 updates.
+    "paper-1env": {"epochs": 500, "n_envs": 1, "rollout_steps": 864, "n_demo_envs": 1},
     # Seconds, for tests and smoke checks.
     "smoke": {"epochs": 4, "n_envs": 2, "rollout_steps": 32},
 }
@@ -102,7 +108,7 @@ class TrainConfig:
     expert: ExpertConfig = ExpertConfig()
     out: str = ""  # default runs/<scenario>-<regime>-<method>-s<seed>
     resume: bool = False
-    preset: str = "default"  # default | paper | smoke (overrides the budget fields)
+    preset: str = "default"  # default | paper | paper-1env | smoke (overrides the budget fields)
     entropy_coef: float = 0.01
     qmix_updates_per_epoch: int = 128  # QMIX only: minibatch updates per epoch
     qmix_target_every: int = 32  # QMIX only: updates between target-network copies
@@ -110,6 +116,10 @@ class TrainConfig:
     update_epochs: int = 8
     n_minibatches: int = 8
     center_expert_advantages: bool = True
+    # Speed (benchmarks/train_throughput.py; none changes what an interaction step is):
+    decision_share: float = 0.0  # rows per agent the update keeps (HPOConfig); 0: twice the share measured on a random rollout
+    lockstep: bool = False  # environments tick together until any has a decision (RouteChoiceEnv.step_batch)
+    carry_envs: bool = False  # episodes continue across epochs, so rollouts may be shorter than an episode
 
     def resolved(self) -> TrainConfig:
         if self.preset not in PRESETS:
@@ -120,7 +130,11 @@ class TrainConfig:
             raise SystemExit(f"unknown regime {self.regime!r}; choose one of {sorted(REGIMES)}")
         if self.method not in METHODS:
             raise SystemExit(f"unknown method {self.method!r}; choose one of {METHODS}")
-        cfg = dataclasses.replace(self, **PRESETS[self.preset])
+        preset = PRESETS[self.preset]
+        if self.method == "qmix" and preset.get("carry_envs"):
+            # QMIX's rollouts start from fresh resets every epoch: its paper budget is one environment x 864 steps.
+            preset = PRESETS[f"{self.preset}-1env"]
+        cfg = dataclasses.replace(self, **preset)
         if split_method(cfg.method)[0] == "reled-logit":
             cfg = dataclasses.replace(cfg, expert=dataclasses.replace(cfg.expert, backend="logit"))
         if cfg.expert.backend == "llm":
@@ -133,6 +147,10 @@ class TrainConfig:
             except LLMError as err:
                 raise SystemExit(str(err)) from None
             cfg = dataclasses.replace(cfg, expert=dataclasses.replace(cfg.expert, llm=llm))
+        if cfg.method == "qmix" and (cfg.lockstep or cfg.carry_envs):
+            raise SystemExit("--lockstep and --carry-envs are PPO-family options; QMIX rolls out with vmap(step) and fresh resets")
+        if not 0.0 <= cfg.decision_share <= 1.0:
+            raise SystemExit(f"--decision-share must be in [0, 1] (0: measured), got {cfg.decision_share}")
         if cfg.q < 1 or cfg.m < 1 or cfg.m > cfg.n_agents or cfg.seeds < 1 or cfg.epochs < 1:
             raise SystemExit(f"need q >= 1, 1 <= m <= n_agents, seeds >= 1, epochs >= 1 (got q={cfg.q}, m={cfg.m}, seeds={cfg.seeds}, epochs={cfg.epochs})")
         return cfg
@@ -157,13 +175,23 @@ class TrainConfig:
         return HPOConfig(
             method=self.method, epochs=self.epochs, n_envs=self.n_envs, rollout_steps=self.rollout_steps, entropy_coef=self.entropy_coef, lr=self.lr, update_epochs=self.update_epochs, n_minibatches=self.n_minibatches,
             center_expert_advantages=self.center_expert_advantages,
+            decision_share=self.decision_share or 1.0, lockstep=self.lockstep, carry_envs=self.carry_envs,
         )
 
 
 def train(cfg: TrainConfig) -> dict:
     cfg = cfg.resolved()
-    hpo = cfg.hpo()
     network, env, env_params = load_scenario(cfg.scenario, cfg.regime, n_agents=cfg.n_agents, seed=cfg.seed)
+    probe_s = time.perf_counter()
+    if cfg.method != "qmix" and not cfg.decision_share:
+        # The update's row capacity (HPOConfig.decision_share): 1.5 times what one rollout of the random
+        # policy needs, from a reset, or, when environments carry over, one rollout later (the first
+        # epoch's burst of departures may then drop a few decisions, counted as dropped_decisions).
+        steps = min(cfg.rollout_steps, 256)
+        measured = measure_decision_share(env, env_params, cfg.n_envs, steps, cfg.lockstep, jax.random.PRNGKey(cfg.seed), skip=steps if cfg.carry_envs else 0)
+        cfg = dataclasses.replace(cfg, decision_share=round(min(1.0, 1.5 * measured + 0.01), 4))
+    probe_s = time.perf_counter() - probe_s
+    hpo = cfg.hpo()
     input_dim = observation_dim(env.m_out)
     seeds = [cfg.seed + s for s in range(cfg.seeds)]
     uses_expert = cfg.method not in EXPERT_FREE
@@ -179,6 +207,9 @@ def train(cfg: TrainConfig) -> dict:
         else:
             states.append(init_state(jax.random.PRNGKey(10_000 + s), params, hpo))
     state = jax.tree.map(lambda *z: jnp.stack(z), *states)
+    epoch_fn = qmix.make_epoch(env, env_params, q_net, mixer, cfg.qmix_config()) if cfg.method == "qmix" else make_epoch(env, env_params, policy, value, hpo)
+    if hpo.carry_envs:  # every seed's environments, reset once; epochs continue their episodes
+        state = state.replace(envs=jax.jit(jax.vmap(epoch_fn.initial_envs))(jnp.stack([jax.random.PRNGKey(20_000 + s) for s in seeds])))
 
     seds = []
     if uses_expert:
@@ -196,11 +227,20 @@ def train(cfg: TrainConfig) -> dict:
     log = print if writer else (lambda *args: None)
     state, expert, expert_nodes = place((state, expert, expert_nodes))
 
-    epoch_fn = qmix.make_epoch(env, env_params, q_net, mixer, cfg.qmix_config()) if cfg.method == "qmix" else make_epoch(env, env_params, policy, value, hpo)
+    def epoch_done(epoch, metrics):
+        """Host callback after every compiled epoch: the bar moves (and estimates) inside a chunk.
+        Idempotent (it sets the bar to the epoch reached), as a sharded program may call it per device."""
+        done = int(np.max(epoch))
+        if done > bar.n:
+            bar.update(done - bar.n)
+        bar.set_postfix(reward=_fmt(metrics["episode_reward"]), travel=_fmt(metrics["travel_time"]) + "s", alpha=f"{np.mean(metrics['alpha']):.2f}")
 
     def run_chunk(state, expert, nodes, length):
         def body(st, _):
-            return jax.vmap(epoch_fn)(st, expert, nodes)
+            st, metrics = jax.vmap(epoch_fn)(st, expert, nodes)
+            shown = {k: metrics[k] for k in ("episode_reward", "travel_time", "alpha")}
+            jax.debug.callback(epoch_done, st.epoch, shown)
+            return st, metrics
 
         return jax.lax.scan(body, state, None, length=length)
 
@@ -230,9 +270,13 @@ def train(cfg: TrainConfig) -> dict:
           f"{len(seeds)} seed(s), {cfg.epochs} epochs of {cfg.n_envs} envs x {cfg.rollout_steps} steps; expert: "
           f"{cfg.expert.backend if uses_expert else 'none'}; output {out}")
     wall_start = time.perf_counter() - wall_offset
-    bar = tqdm(total=cfg.epochs, initial=start_epoch, unit="epoch", desc=cfg.method, disable=not writer)
+    bar = tqdm(total=cfg.epochs, initial=start_epoch, unit="epoch", desc=cfg.method, disable=not writer, smoothing=0.1)
+    # Where the wall-clock goes (summary.json "timing"; benchmarks/train_throughput.py).
+    timing = {"probe_s": probe_s, "compile_s": 0.0, "chunks_s": 0.0, "expert_s": 0.0, "checkpoint_s": 0.0}
+    compiled = {}  # chunk length -> executable, compiled ahead of time so compilation is timed on its own
     epoch = start_epoch
     while epoch < cfg.epochs:
+        t0 = time.perf_counter()
         if uses_expert:
             policy_params = to_host(state.params.policy)
             refreshed = [sed.refresh(jax.tree.map(lambda z, i=i: z[i], policy_params), epoch) for i, sed in enumerate(seds)]
@@ -243,8 +287,16 @@ def train(cfg: TrainConfig) -> dict:
             sed_log += [{**r[2], "seed": s} for r, s in zip(refreshed, seeds)]
             expert, expert_nodes = place((expert, expert_nodes))
         length = min(cfg.q, cfg.epochs - epoch)
-        state, metrics = run_chunk(state, expert, expert_nodes, length)
+        t1 = time.perf_counter()
+        timing["expert_s"] += t1 - t0
+        if length not in compiled:
+            compiled[length] = run_chunk.lower(state, expert, expert_nodes, length).compile()
+        t2 = time.perf_counter()
+        timing["compile_s"] += t2 - t1
+        state, metrics = compiled[length](state, expert, expert_nodes)
         metrics = to_host(metrics)  # [length, seeds]
+        t3 = time.perf_counter()
+        timing["chunks_s"] += t3 - t2
         chunk_start = rows[-1]["wall_s"] if rows else wall_offset
         wall = time.perf_counter() - wall_start
         for k in range(length):
@@ -259,9 +311,6 @@ def train(cfg: TrainConfig) -> dict:
                     row.update(rvi=last["rvi"], pdi=last["pdi"], expert_reward=last["expert_reward"], execution_rate=last["execution_rate"], expert_fallbacks=last["fallbacks"])
                 rows.append(row)
         epoch += length
-        recent = [r for r in rows if r["epoch"] == epoch]
-        bar.update(length)
-        bar.set_postfix(reward=_fmt([r["episode_reward"] for r in recent]), travel=_fmt([r["travel_time"] for r in recent]) + "s", alpha=f"{np.mean([r['alpha'] for r in recent]):.2f}")
         arrays = to_host({"state": state, "expert": expert, "expert_nodes": expert_nodes})  # every process gathers
         if writer:
             _write_metrics(out, rows)
@@ -269,10 +318,16 @@ def train(cfg: TrainConfig) -> dict:
                 "config": dataclasses.asdict(cfg), "epoch": epoch, "wall": wall, "steps": steps_done, "rows": rows, "sed_log": sed_log, **arrays,
                 "seds": [{"service": sed.service.state_dict(), "feedback": sed.feedback, "history": sed.history} for sed in seds],
             })
+        timing["checkpoint_s"] += time.perf_counter() - t3
     bar.close()
     for sed in seds:
         sed.service.close()
     summary = _summary(cfg, rows, seds)
+    summary["timing"] = {k: round(v, 3) for k, v in timing.items()}
+    summary["decision_share"] = cfg.decision_share
+    summary["dropped_decisions"] = int(sum(r.get("dropped_decisions", 0) for r in rows))
+    if summary["dropped_decisions"]:
+        log(f"warning: {summary['dropped_decisions']} decisions did not fit the update's rows (--decision-share {cfg.decision_share}); raise it")
     if writer:
         (out / "sed.json").write_text(json.dumps(sed_log, indent=1, default=_jsonable))
         (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_jsonable))

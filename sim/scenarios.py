@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import os
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -69,9 +72,44 @@ REGIMES: dict[str, Regime] = {
 
 @functools.lru_cache(maxsize=16)
 def load_network(name: str, signals: SignalConfig = SignalConfig()) -> RoadNetwork:
-    """Load a named scenario's network from the offline extract (cached per process)."""
+    """Load a named scenario's network from the offline extract (cached per process, and on disk).
+
+    Parsing an extract with osmnx takes seconds (7.5 s for hongkong, most of a short run's start),
+    so the built network is kept in $RELED_CACHE_DIR (default ~/.cache/reled-jax), keyed by the
+    extract's bytes, the bounding box, the signal settings and the source of the code that builds
+    it: a changed file or builder never reads a stale network. RELED_CACHE_DIR="" turns it off.
+    """
     spec = _spec(name)
-    return network_from_graph(name, load_osm_graph(DATA_DIR / spec.osm_file, bbox=spec.bbox), signals=signals)
+    path = DATA_DIR / spec.osm_file
+    cache = _network_cache_path(path, spec.bbox, signals)
+    if cache is not None and cache.is_file():
+        try:
+            return pickle.loads(cache.read_bytes())
+        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError):
+            pass  # unreadable (e.g. cut short): rebuild it below
+    network = network_from_graph(name, load_osm_graph(path, bbox=spec.bbox), signals=signals)
+    if cache is not None:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_bytes(pickle.dumps(network))
+            os.replace(tmp, cache)  # whole or not at all, also with several processes writing
+        except OSError:
+            pass  # a read-only home costs only the time
+    return network
+
+
+def _network_cache_path(path: Path, bbox, signals: SignalConfig) -> Path | None:
+    root = os.environ.get("RELED_CACHE_DIR", str(Path.home() / ".cache" / "reled-jax"))
+    if not root or not path.is_file():
+        return None
+    import sim.network
+    import sim.osm
+
+    key = hashlib.sha256(path.read_bytes())
+    for part in (repr(bbox), repr(signals), Path(sim.osm.__file__).read_text(), Path(sim.network.__file__).read_text()):
+        key.update(part.encode())
+    return Path(root) / "networks" / f"{path.name}-{key.hexdigest()[:20]}.pkl"
 
 
 def od_pairs(network: RoadNetwork, n_pairs: int, min_trip_frac: float, seed: int) -> np.ndarray:

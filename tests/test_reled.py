@@ -10,7 +10,8 @@ import pytest
 from reled_jax.networks import encode, init_agents, init_env_agents, input_dim as observation_dim
 from reled_jax.reled import (
     PAPER_RELED, VA_RELED, HPOConfig, Samples, agent_loss, clipped_surrogate, decision_returns, dtw_alpha, empty_expert, entropy,
-    hybrid_alpha, init_state, make_epoch, rollout_statistics, split_method,
+    _episode_sums, compact_rows, decision_capacity, episode_in_progress, hybrid_alpha, init_state, make_epoch, rollout_statistics,
+    split_method, trajectory_points,
 )
 from reled_jax.train import TrainConfig
 from sim.env import make_env, make_params
@@ -306,3 +307,78 @@ def test_alpha_inside_epoch_compares_each_agents_first_episode_with_its_own_expe
     assert float(metrics["dtw_m"]) == pytest.approx((0.0 + 200.0) / 2, rel=1e-5)
     assert float(metrics["d_dtw"]) == pytest.approx((0.0 + 0.5) / 2, rel=1e-5)
     assert float(metrics["alpha"]) == pytest.approx((1.0 + np.exp(-2 / 4 * 0.5)) / 2, rel=1e-5)  # k = 2 of K = 4
+
+
+def test_compacted_batch_gives_the_same_loss_and_gradients_as_the_full_one(tiny):
+    """The update keeps only decision rows (HPOConfig.decision_share): masked means ignore the rest."""
+    env, _, cfg, agent_params, policy, value, input_dim = tiny
+    p0 = jax.tree.map(lambda z: z[0], agent_params)
+    full_a = jax.tree.map(lambda z: z[0], _tiny_batches(jax.random.PRNGKey(11), 1, 40, input_dim, env.m_out))
+    full_e = jax.tree.map(lambda z: z[0], _tiny_batches(jax.random.PRNGKey(12), 1, 40, input_dim, env.m_out))
+    full_a["valid"] = jnp.arange(40) % 5 == 1  # 8 decision rows among 40
+    full_e["valid"] = jnp.arange(40) % 8 == 3  # 5
+    add_agent = lambda b: jax.tree.map(lambda z: z[None], b)  # noqa: E731
+    compact_a, dropped_a = compact_rows(add_agent(full_a), add_agent(full_a)["valid"], 12)
+    compact_e, dropped_e = compact_rows(add_agent(full_e), add_agent(full_e)["valid"], 8)
+    assert compact_a["x"].shape == (1, 12, input_dim) and int(dropped_a[0]) == 0 and int(dropped_e[0]) == 0
+    np.testing.assert_array_equal(compact_a["valid"][0], np.arange(12) < 8)
+    np.testing.assert_array_equal(compact_a["x"][0, :8], full_a["x"][1::5])  # the decision rows, in order
+    compact_a, compact_e = jax.tree.map(lambda z: z[0], compact_a), jax.tree.map(lambda z: z[0], compact_e)
+    grad = jax.grad(agent_loss, has_aux=True)
+    for center in (True, False):
+        c = dataclasses.replace(cfg, center_expert_advantages=center)
+        (g_full, aux_full), (g_compact, aux_compact) = grad(p0, policy, value, full_a, full_e, 0.6, c), grad(p0, policy, value, compact_a, compact_e, 0.6, c)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), aux_full, aux_compact)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g_full, g_compact)
+
+
+def test_decisions_beyond_the_capacity_are_dropped_and_counted():
+    valid = jnp.array([[True, False, True, True, False, True], [False, True, False, False, False, False]])
+    batch, dropped = compact_rows({"x": jnp.arange(12.0).reshape(2, 6)}, valid, 3)
+    np.testing.assert_array_equal(batch["x"], [[0.0, 2.0, 3.0], [7.0, 6.0, 6.0]])  # agent 1: one row, then padding
+    np.testing.assert_array_equal(batch["valid"], [[True, True, True], [True, False, False]])
+    np.testing.assert_array_equal(dropped, [1, 0])
+    assert decision_capacity(1000, 0.25, 8) == 256 and decision_capacity(1000, 1.0, 8) == 1000 and decision_capacity(10, 0.01, 4) == 4
+
+
+def test_carried_episodes_continue_their_trajectory_and_reward_across_rollouts():
+    """One environment, one agent. Before the rollout its episode had visited junctions 7, 8 and
+    gained 5. The rollout: decides at 1 (t=0), 2 (t=1), its episode ends at t=2, decides at 3, 4."""
+    node = jnp.array([1, 2, 9, 3, 4])[:, None, None]  # [T, E, A]
+    decided = jnp.array([True, True, False, True, True])[:, None, None]
+    done = jnp.array([False, False, True, False, False])[:, None, None]
+    prefix = (jnp.zeros((1, 1, 6), jnp.int32).at[0, 0, :2].set(jnp.array([7, 8])), jnp.array([[2]]))
+    xy = jnp.stack([jnp.arange(10.0), jnp.zeros(10)], -1)  # junction k at (k, 0)
+    points, length = trajectory_points(node, decided, done, xy, 6, prefix)
+    assert int(length[0, 0]) == 4 and np.asarray(points[0, 0, :4, 0]).tolist() == [7, 8, 1, 2]
+    nodes, length = episode_in_progress(node, decided, done, prefix, 6)
+    assert int(length[0, 0]) == 2 and np.asarray(nodes[0, 0, :2]).tolist() == [3, 4]
+    no_end = episode_in_progress(node, decided, jnp.zeros_like(done), prefix, 6)
+    assert int(no_end[1][0, 0]) == 6 and np.asarray(no_end[0][0, 0]).tolist() == [7, 8, 1, 2, 9, 3][:2] + [1, 2, 3, 4]
+    reward = jnp.array([1.0, 2.0, 3.0, 4.0, 5.0])[:, None, None]
+    sums = _episode_sums(reward, done[..., 0], jnp.array([[5.0]]))
+    assert float(sums[2, 0, 0]) == 5 + 1 + 2 + 3 and float(sums[4, 0, 0]) == 4 + 5
+
+
+def test_carried_environments_go_on_from_epoch_to_epoch():
+    _, env, params = load_scenario("oakland", "moderate", n_agents=3, seed=0, n_background=20)
+    agents, policy, value = init_env_agents(jax.random.PRNGKey(0), env)
+    no_nodes = (jnp.zeros((1, env.n_agents, 64, 2)), jnp.zeros((1, env.n_agents), jnp.int32))
+    cfg = HPOConfig(method="ippo", epochs=3, n_envs=2, rollout_steps=3, n_minibatches=1, update_epochs=1, lockstep=True, carry_envs=True)
+    epoch = make_epoch(env, params, policy, value, cfg)
+    state = init_state(jax.random.PRNGKey(1), agents, cfg).replace(envs=epoch.initial_envs(jax.random.PRNGKey(2)))
+    run = jax.jit(epoch)
+    clock, steps = [np.asarray(state.envs.state.t)], 0
+    for _ in range(3):
+        state, metrics = run(state, empty_expert(env.n_agents, observation_dim(env.m_out), env.m_out), no_nodes)
+        clock.append(np.asarray(state.envs.state.t))
+        steps += int(metrics["interaction_steps"])
+        assert int(metrics["episodes"]) == 0
+    assert np.all(np.diff(np.stack(clock), axis=0) > 0)  # each epoch's rollout went on from the last one's end
+    # The trajectories in progress hold every decision since the reset (an agent's ends when it arrives).
+    sim = state.envs.state
+    np.testing.assert_array_equal(state.envs.path_len, np.where(sim.agent_arrived, 0, sim.agent_decisions))
+    assert int(sim.agent_decisions.sum()) == steps > 0
+    # Without carry_envs the state holds no environments: every epoch resets its own.
+    plain = init_state(jax.random.PRNGKey(1), agents, dataclasses.replace(cfg, carry_envs=False))
+    assert plain.envs is None
