@@ -57,7 +57,7 @@ PRESETS = {
     # The paper budget as first run here: one environment of its own x 864 steps, fresh every epoch, 8 x 8 updates.
     "paper-1env": {"epochs": 500, "n_envs": 1, "rollout_steps": 864, "n_demo_envs": 1},
     # Seconds, for tests and smoke checks.
-    "smoke": {"epochs": 4, "n_envs": 2, "rollout_steps": 32},
+    "smoke": {"epochs": 4, "n_envs": 2, "rollout_steps": 32, "decision_share": 1.0},  # no probe: every row fits
 }
 
 
@@ -227,6 +227,11 @@ def train(cfg: TrainConfig) -> dict:
     log = print if writer else (lambda *args: None)
     state, expert, expert_nodes = place((state, expert, expert_nodes))
 
+    # A host callback inside a program sharded over several devices hangs (jax 0.10.2, CPU): there
+    # the bar moves after every chunk instead.
+    n_dev = len(jax.devices())
+    per_epoch_bar = not (cfg.shard_seeds and n_dev > 1 and len(seeds) % n_dev == 0)
+
     def epoch_done(epoch, metrics):
         """Host callback after every compiled epoch: the bar moves (and estimates) inside a chunk.
         Idempotent (it sets the bar to the epoch reached), as a sharded program may call it per device."""
@@ -239,7 +244,8 @@ def train(cfg: TrainConfig) -> dict:
         def body(st, _):
             st, metrics = jax.vmap(epoch_fn)(st, expert, nodes)
             shown = {k: metrics[k] for k in ("episode_reward", "travel_time", "alpha")}
-            jax.debug.callback(epoch_done, st.epoch, shown)
+            if per_epoch_bar:
+                jax.debug.callback(epoch_done, st.epoch, shown)
             return st, metrics
 
         return jax.lax.scan(body, state, None, length=length)
@@ -289,12 +295,16 @@ def train(cfg: TrainConfig) -> dict:
         length = min(cfg.q, cfg.epochs - epoch)
         t1 = time.perf_counter()
         timing["expert_s"] += t1 - t0
-        if length not in compiled:
+        if jax.process_count() > 1:  # ahead-of-time compilation hangs across processes (jax 0.10.2): compile on call
+            compiled.setdefault(length, lambda *args, n=length: run_chunk(*args, n))
+        elif length not in compiled:
             compiled[length] = run_chunk.lower(state, expert, expert_nodes, length).compile()
         t2 = time.perf_counter()
         timing["compile_s"] += t2 - t1
         state, metrics = compiled[length](state, expert, expert_nodes)
         metrics = to_host(metrics)  # [length, seeds]
+        if not per_epoch_bar:
+            epoch_done(epoch + length, {k: metrics[k][-1] for k in ("episode_reward", "travel_time", "alpha")})
         t3 = time.perf_counter()
         timing["chunks_s"] += t3 - t2
         chunk_start = rows[-1]["wall_s"] if rows else wall_offset
