@@ -53,12 +53,14 @@ MUTANTS = ROOT / "mutants"
 # function's nested closures (the jitted epoch's rollout, update, ...) are mutated with it.
 SCOPE: dict[str, tuple[str, ...]] = {
     "sim/env.py": (
-        "RouteChoiceEnv.step", "RouteChoiceEnv.step_env", "RouteChoiceEnv.tick", "edge_speed",
+        "RouteChoiceEnv.step", "RouteChoiceEnv.step_env", "RouteChoiceEnv.step_batch", "RouteChoiceEnv._consume_actions",
+        "RouteChoiceEnv._ticking", "RouteChoiceEnv._finish_step", "RouteChoiceEnv.tick", "edge_speed",
         "RouteChoiceEnv._settle_rewards", "RouteChoiceEnv._truncation_reward", "eq32_reward",
     ),
     "reled_jax/reled.py": (
         "decision_returns", "masked_mean", "clipped_surrogate", "entropy", "dtw_alpha", "hybrid_alpha", "agent_loss",
-        "policy_apply", "make_epoch", "agent_rows", "trajectory_points", "rollout_statistics", "_episode_sums",
+        "policy_apply", "make_epoch", "agent_rows", "trajectory_points", "episode_in_progress", "_append_path",
+        "decision_capacity", "compact_rows", "rollout_statistics", "_episode_sums",
     ),
     "reled_jax/qmix.py": ("_q_values", "td_target", "qmix_loss", "make_update", "make_epoch", "epsilon"),
     "reled_jax/sed.py": ("SED.refresh", "partition_agents", "expert_samples", "_own_subset"),
@@ -124,8 +126,6 @@ EQUIVALENT: tuple[Equivalent, ...] = (
                "completes = (arrived_now | (awaits_now & ~departs)) & (state.agent_decisions >= 0)",
                "an agent that has never decided is in its depot (tick): it cannot arrive or reach a stop line, and its only "
                "way to start awaiting is its departure, which `~departs` excludes; the guard is defensive"),
-    Equivalent("sim/env.py", "RouteChoiceEnv.step_env", "salt=jax.random.bits(key, (), jnp.uint32),", "salt=jax.random.bits(key, (), None),",
-               "jax.random.bits draws uint32 when no dtype is given"),
     *(Equivalent("sim/env.py", "RouteChoiceEnv.tick", "idx = jnp.arange(n_veh, dtype=jnp.int32)", m,
                  "jnp.arange of a Python int is int32 with 64-bit mode off, the dtype asked for")
       for m in ("idx = jnp.arange(n_veh, dtype=None)", "idx = jnp.arange(n_veh, )")),

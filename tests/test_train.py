@@ -132,8 +132,10 @@ def test_training_survives_a_dead_llm_and_counts_fallbacks(tmp_path):
 
 @pytest.mark.slow
 def test_seeds_sharded_across_devices_and_hosts_equal_the_unsharded_run(tmp_path):
-    """Four seeds on four forced host devices, then on two processes of two devices joined by
-    jax.distributed: both give the metrics of all seeds on one device, and only process 0 writes."""
+    """Four seeds on two processes of two devices each, joined by jax.distributed (so sharded over four
+    devices on two hosts): the metrics of all four seeds on one device, and only process 0 writes.
+    (The same four devices in one process, sharded, were checked here too until issue 16; it is the
+    two-host case with the collectives left out, and its third process made `make test` too long.)"""
     import os
     import socket
     import subprocess
@@ -161,22 +163,22 @@ def test_seeds_sharded_across_devices_and_hosts_equal_the_unsharded_run(tmp_path
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         coordinator = f"127.0.0.1:{s.getsockname()[1]}"
-    # All four processes at once (the machine's cores compile them side by side): one host of four devices,
-    # sharded and not, and two hosts of two devices each.
+    # All three processes at once (the machine's cores compile them side by side): one host of four devices,
+    # unsharded (the reference), and two hosts of two devices each.
     start = lambda args, devices: subprocess.Popen(  # noqa: E731
         [sys.executable, "-c", *args], env=dict(env, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}"),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    procs = [start([one_host, str(tmp_path / shard), shard], 4) for shard in ("1", "0")]
+    procs = [start([one_host, str(tmp_path / "0"), "0"], 4)]
     procs += [start([two_hosts, str(tmp_path / "hosts"), coordinator, str(pid)], 2) for pid in (0, 1)]
     for proc in procs:
         _, err = proc.communicate(timeout=900)
         assert proc.returncode == 0, err[-2000:]
     assert not (tmp_path / "hosts" / "p1").exists()  # process 1 trained its shards but wrote nothing
 
-    dirs = {"1": tmp_path / "1", "0": tmp_path / "0", "hosts": tmp_path / "hosts" / "p0"}
+    dirs = {"0": tmp_path / "0", "hosts": tmp_path / "hosts" / "p0"}
     rows = {name: [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()] for name, d in dirs.items()}
-    assert len(rows["1"]) == len(rows["0"]) == len(rows["hosts"]) == 4 * 4  # 4 epochs x 4 seeds
-    for name in ("1", "hosts"):
+    assert len(rows["0"]) == len(rows["hosts"]) == 4 * 4  # 4 epochs x 4 seeds
+    for name in ("hosts",):
         for placed_row, single in zip(rows[name], rows["0"]):
             for key in ("episode_reward", "value_loss", "entropy", "alpha", "interaction_steps"):
                 np.testing.assert_allclose(placed_row[key], single[key], rtol=1e-4, err_msg=f"{name}: {key}")
