@@ -138,7 +138,7 @@ EQUIVALENT: tuple[Equivalent, ...] = (
                  _FLOAT32)
       for m in ("count = jnp.zeros((n_edges,), None).at[edge].add(on_edge.astype(jnp.float32))",
                 "count = jnp.zeros((n_edges,), jnp.float32).at[edge].add(on_edge.astype(None))")),
-    Equivalent("sim/env.py", "RouteChoiceEnv.step_env",
+    Equivalent("sim/env.py", "RouteChoiceEnv._consume_actions",
                "chosen = jnp.take_along_axis(slot_edges, jnp.clip(actions, 0, self.m_out - 1)[:, None], axis=1)[:, 0]",
                "chosen = jnp.take_along_axis(slot_edges, jnp.clip(actions, 0, self.m_out - 1)[:, None], )[:, 0]",
                "slot_edges is [A, M]: take_along_axis's default axis, -1, is axis 1"),
