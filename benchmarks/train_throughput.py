@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import platform
 import sys
 import tempfile
 import time
@@ -35,11 +33,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.common import RESULTS, machine, write_json
 from reled_jax.train import PRESETS, TrainConfig, train
 from sim.policies import random_policy
 from sim.scenarios import load_scenario
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def bare_env_decisions_per_s(cfg: TrainConfig, repeats: int = 3) -> float:
@@ -151,10 +149,7 @@ def main() -> None:
     out = args.out or RESULTS / f"train_throughput{'_gpu' if gpu else ''}.json"
     report = {
         "benchmark": "train_throughput",
-        "device": f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind}",
-        "n_devices": jax.device_count(),
-        "cpu": platform.processor() or platform.machine(),
-        "jax": jax.__version__,
+        **machine(),
         "command": "python -m benchmarks.train_throughput " + " ".join(sys.argv[1:]),
         "results": [],
     }
@@ -165,10 +160,7 @@ def main() -> None:
             print(f"{method:6s} seeds={seeds}: {row['paper_budget_seconds']:7.1f} s for {row['interaction_steps']:,} interaction steps; "
                   f"{row['interaction_steps_per_s']:8.0f} steps/s in chunks vs bare env {row['env_decisions_per_s']:8.0f}/s "
                   f"(ratio {row['train_over_env_ratio']:.2f}); split {row['time_split_s']}", flush=True)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_suffix(".tmp")
-            tmp.write_text(json.dumps(report, indent=2))
-            tmp.replace(out)
+            write_json(out, report)
     print(f"wrote {out}")
 
 

@@ -47,6 +47,7 @@ from reled_jax.dtw import dtw_batch
 from reled_jax.mappo import critic_input, global_state
 from reled_jax.networks import MLP, AgentParams, masked_logits, observe
 from sim.env import EnvParams, RouteChoiceEnv
+from sim.policies import random_policy
 
 PAPER_RELED = ("reled", "reled-norefine", "reled-alpha0.2", "reled-alpha0.5", "reled-logit")  # Table IV's variants
 # The same variants with reled-va's expert advantages: "reled-va", "reled-va-norefine", ...
@@ -483,8 +484,6 @@ def compact_rows(batch: dict, valid: jax.Array, capacity: int) -> tuple[dict, ja
 def measure_decision_share(env: RouteChoiceEnv, env_params: EnvParams, n_envs: int, n_steps: int, lockstep: bool, key, skip: int = 0) -> float:
     """Largest share of env steps at which one agent decides, over n_steps of a uniform-random rollout
     after `skip` steps (the initial policies are near-uniform): what HPOConfig.decision_share must hold."""
-    from sim.policies import random_policy
-
     batch_step = env.step_batch if lockstep else jax.vmap(env.step, in_axes=(0, 0, 0, None))
 
     def run(key):
