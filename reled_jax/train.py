@@ -24,6 +24,7 @@ import dataclasses
 import json
 import os
 import pickle
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -120,6 +121,9 @@ class TrainConfig:
     decision_share: float = 0.0  # rows per agent the update keeps (HPOConfig); 0: twice the share measured on a random rollout
     lockstep: bool = False  # environments tick together until any has a decision (RouteChoiceEnv.step_batch)
     carry_envs: bool = False  # episodes continue across epochs, so rollouts may be shorter than an episode
+    # auto: the bar moves after every epoch when it is shown on a terminal, after every compiled chunk otherwise.
+    # A per-epoch host callback keeps JAX's persistent compilation cache from storing the chunk (tests rely on it).
+    progress: str = "auto"  # auto | epoch | chunk
 
     def resolved(self) -> TrainConfig:
         if self.preset not in PRESETS:
@@ -149,6 +153,8 @@ class TrainConfig:
             cfg = dataclasses.replace(cfg, expert=dataclasses.replace(cfg.expert, llm=llm))
         if cfg.method == "qmix" and (cfg.lockstep or cfg.carry_envs):
             raise SystemExit("--lockstep and --carry-envs are PPO-family options; QMIX rolls out with vmap(step) and fresh resets")
+        if cfg.progress not in ("auto", "epoch", "chunk"):
+            raise SystemExit(f"unknown --progress {cfg.progress!r}; choose auto, epoch or chunk")
         if not 0.0 <= cfg.decision_share <= 1.0:
             raise SystemExit(f"--decision-share must be in [0, 1] (0: measured), got {cfg.decision_share}")
         if cfg.q < 1 or cfg.m < 1 or cfg.m > cfg.n_agents or cfg.seeds < 1 or cfg.epochs < 1:
@@ -230,7 +236,8 @@ def train(cfg: TrainConfig) -> dict:
     # A host callback inside a program sharded over several devices hangs (jax 0.10.2, CPU): there
     # the bar moves after every chunk instead.
     n_dev = len(jax.devices())
-    per_epoch_bar = not (cfg.shard_seeds and n_dev > 1 and len(seeds) % n_dev == 0)
+    sharded = cfg.shard_seeds and n_dev > 1 and len(seeds) % n_dev == 0
+    per_epoch_bar = not sharded and (cfg.progress == "epoch" or (cfg.progress == "auto" and sys.stderr.isatty()))
 
     def epoch_done(epoch, metrics):
         """Host callback after every compiled epoch: the bar moves (and estimates) inside a chunk.
@@ -240,17 +247,7 @@ def train(cfg: TrainConfig) -> dict:
             bar.update(done - bar.n)
         bar.set_postfix(reward=_fmt(metrics["episode_reward"]), travel=_fmt(metrics["travel_time"]) + "s", alpha=f"{np.mean(metrics['alpha']):.2f}")
 
-    def run_chunk(state, expert, nodes, length):
-        def body(st, _):
-            st, metrics = jax.vmap(epoch_fn)(st, expert, nodes)
-            shown = {k: metrics[k] for k in ("episode_reward", "travel_time", "alpha")}
-            if per_epoch_bar:
-                jax.debug.callback(epoch_done, st.epoch, shown)
-            return st, metrics
-
-        return jax.lax.scan(body, state, None, length=length)
-
-    run_chunk = jax.jit(run_chunk, static_argnums=3)
+    run_chunk = make_run_chunk(epoch_fn, epoch_done if per_epoch_bar else None)
 
     out = cfg.out_dir
     if writer:
@@ -304,7 +301,7 @@ def train(cfg: TrainConfig) -> dict:
         state, metrics = compiled[length](state, expert, expert_nodes)
         metrics = to_host(metrics)  # [length, seeds]
         if not per_epoch_bar:
-            epoch_done(epoch + length, {k: metrics[k][-1] for k in ("episode_reward", "travel_time", "alpha")})
+            epoch_done(epoch + length, {k: metrics[k][-1] for k in BAR_METRICS})
         t3 = time.perf_counter()
         timing["chunks_s"] += t3 - t2
         chunk_start = rows[-1]["wall_s"] if rows else wall_offset
@@ -378,9 +375,29 @@ def to_host(tree):
     return jax.tree.map(fetch, tree)
 
 
+BAR_METRICS = ("episode_reward", "travel_time", "alpha")
+
+
+def make_run_chunk(epoch_fn, on_epoch=None):
+    """`run_chunk(state, expert, nodes, length) -> (state, metrics [length, seeds])`, jitted: `length`
+    epochs of every seed (vmapped) as one compiled scan. `on_epoch(epochs [seeds], metrics)`, when given,
+    runs on the host after every epoch (`jax.debug.callback`), so a progress bar can move inside the chunk."""
+
+    def run_chunk(state, expert, nodes, length):
+        def body(st, _):
+            st, metrics = jax.vmap(epoch_fn)(st, expert, nodes)
+            if on_epoch is not None:
+                jax.debug.callback(on_epoch, st.epoch, {k: metrics[k] for k in BAR_METRICS})
+            return st, metrics
+
+        return jax.lax.scan(body, state, None, length=length)
+
+    return jax.jit(run_chunk, static_argnums=3)
+
+
 def _comparable(config: dict) -> dict:
     """The fields that decide a run's result (not where it is written or whether it resumes)."""
-    return {k: v for k, v in config.items() if k not in ("resume", "out", "shard_seeds", "cluster")}
+    return {k: v for k, v in config.items() if k not in ("resume", "out", "shard_seeds", "cluster", "progress")}
 
 
 def _fmt(values) -> str:

@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny hand-built networks and the small `oakland` scenario; one compilation cache per session."""
+"""Shared fixtures: tiny hand-built networks and the small `oakland` scenario; one compilation cache per session, compiled at -O0."""
 
 import os
 import shutil
@@ -19,6 +19,12 @@ def pytest_configure(config):
     a hit is the same executable and results cannot change. A cache set from outside (mutation runs) is kept."""
     import jax
 
+    # LLVM at -O0: tests run tiny programs, so compiling is most of their time; -O0 compiles ~25 % faster and
+    # gives the same results to float rounding (measured: 1e-7 relative on a training run's metrics).
+    # Set before any JAX backend exists; subprocesses of tests inherit it. A level set from outside is kept.
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_backend_optimization_level" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_backend_optimization_level=0".strip()
     if CACHE_ENV not in os.environ:
         os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="reled-jax-test-jit-")
         config._reled_owns_jit_cache = True

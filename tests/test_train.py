@@ -102,12 +102,42 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch):
         assert a == pytest.approx(b, nan_ok=True)
 
 
+def test_progress_callback_runs_after_every_epoch_inside_a_compiled_chunk():
+    """The chunk calls back once per epoch, while it runs, with every seed's epoch count and bar metrics
+    (the bar's per-epoch moves); without a callback the chunk computes the same."""
+    import jax
+    import jax.numpy as jnp
+    from flax import struct
+
+    from reled_jax.train import BAR_METRICS, make_run_chunk
+
+    @struct.dataclass
+    class Counter:
+        epoch: jnp.ndarray
+        total: jnp.ndarray
+
+    def epoch_fn(st, expert, nodes):
+        total = st.total + expert
+        return Counter(st.epoch + 1, total), {k: total * (i + 1) for i, k in enumerate(BAR_METRICS)}
+
+    seen = []
+    state = Counter(jnp.array([0, 0]), jnp.array([0.0, 10.0]))
+    expert = jnp.array([1.0, 2.0])
+    out, metrics = make_run_chunk(epoch_fn, lambda e, m: seen.append((e.tolist(), {k: v.tolist() for k, v in m.items()})))(state, expert, None, 3)
+    jax.effects_barrier()
+    assert [e for e, _ in seen] == [[1, 1], [2, 2], [3, 3]]
+    assert [m["alpha"] for _, m in seen] == [[3.0, 36.0], [6.0, 42.0], [9.0, 48.0]]
+    assert out.epoch.tolist() == [3, 3] and metrics["travel_time"].tolist() == [[2.0, 24.0], [4.0, 28.0], [6.0, 32.0]]
+    silent, silent_metrics = make_run_chunk(epoch_fn)(state, expert, None, 3)
+    assert silent.total.tolist() == out.total.tolist() and silent_metrics["alpha"].tolist() == metrics["alpha"].tolist()
+
+
 def test_bad_configuration_is_a_clear_error(monkeypatch):
     from llm.service import ExpertConfig
 
     monkeypatch.delenv("RELED_LLM_BASE_URL", raising=False)
     no_url = dict(expert=ExpertConfig(backend="llm"))
-    for bad, match in [(dict(scenario="atlantis"), "unknown scenario"), (dict(method="sac"), "unknown method"), (dict(m=20), "m <= n_agents"), (no_url, "RELED_LLM_BASE_URL")]:
+    for bad, match in [(dict(scenario="atlantis"), "unknown scenario"), (dict(method="sac"), "unknown method"), (dict(m=20), "m <= n_agents"), (no_url, "RELED_LLM_BASE_URL"), (dict(progress="often"), "unknown --progress")]:
         with pytest.raises(SystemExit, match=match):
             TrainConfig(**bad).resolved()
 
@@ -141,8 +171,9 @@ def test_seeds_sharded_across_devices_and_hosts_equal_the_unsharded_run(tmp_path
     import subprocess
     import sys
 
-    run = ("train(TrainConfig(scenario='oakland', n_agents=3, preset='smoke', seeds=4, q=2, m=1, n_demo_envs=1, demo_steps=64, "
-           "out=out, shard_seeds=shard, cluster=cluster))\n")
+    # IPPO: the expert's plans are host data that every host takes from process 0, so they add nothing
+    # to what is sharded; two chunks of two epochs carry the sharded state from one chunk to the next.
+    run = "train(TrainConfig(scenario='oakland', n_agents=3, method='ippo', preset='smoke', seeds=4, q=2, out=out, shard_seeds=shard, cluster=cluster))\n"
     one_host = (
         "import sys, jax; from reled_jax.train import ClusterConfig, TrainConfig, train, seed_placement\n"
         "assert jax.device_count() == 4\n"
@@ -166,7 +197,7 @@ def test_seeds_sharded_across_devices_and_hosts_equal_the_unsharded_run(tmp_path
     # All three processes at once (the machine's cores compile them side by side): one host of four devices,
     # unsharded (the reference), and two hosts of two devices each.
     start = lambda args, devices: subprocess.Popen(  # noqa: E731
-        [sys.executable, "-c", *args], env=dict(env, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}"),
+        [sys.executable, "-c", *args], env=dict(env, XLA_FLAGS=f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     procs = [start([one_host, str(tmp_path / "0"), "0"], 4)]
     procs += [start([two_hosts, str(tmp_path / "hosts"), coordinator, str(pid)], 2) for pid in (0, 1)]
@@ -180,7 +211,7 @@ def test_seeds_sharded_across_devices_and_hosts_equal_the_unsharded_run(tmp_path
     assert len(rows["0"]) == len(rows["hosts"]) == 4 * 4  # 4 epochs x 4 seeds
     for name in ("hosts",):
         for placed_row, single in zip(rows[name], rows["0"]):
-            for key in ("episode_reward", "value_loss", "entropy", "alpha", "interaction_steps"):
+            for key in ("episode_reward", "value_loss", "entropy", "l_agent", "interaction_steps"):
                 np.testing.assert_allclose(placed_row[key], single[key], rtol=1e-4, err_msg=f"{name}: {key}")
 
 
