@@ -73,14 +73,14 @@ def rollout_seconds_per_epoch(cfg: TrainConfig, run_dir: Path, repeats: int = 3)
     import pickle
 
     from reled_jax.networks import init_env_agents
-    from reled_jax.reled import make_epoch
+    from reled_jax.reled import SEED_AXIS, make_epoch
 
     ck = pickle.loads((run_dir / "checkpoint.pkl").read_bytes())
     cfg = dataclasses.replace(cfg.resolved(), decision_share=ck["config"]["decision_share"])
     _, env, params = load_scenario(cfg.scenario, cfg.regime, n_agents=cfg.n_agents, seed=cfg.seed)
     _, policy, value = init_env_agents(jax.random.PRNGKey(0), env)
     epoch = make_epoch(env, params, policy, value, cfg.hpo())
-    run = jax.jit(jax.vmap(lambda st: epoch.rollout(st)[0]["decided"].sum()))
+    run = jax.jit(jax.vmap(lambda st: epoch.rollout(st, SEED_AXIS)[0]["decided"].sum(), axis_name=SEED_AXIS))
     state = jax.tree.map(jnp.asarray, ck["state"])
     jax.block_until_ready(run(state))
     best = float("inf")
@@ -112,7 +112,7 @@ def measure(method: str, seeds: int, preset: str, epochs: int | None, overrides:
         "seeds": seeds,
         "budget": {k: getattr(resolved, k) for k in ("epochs", "n_envs", "rollout_steps", "update_epochs", "n_minibatches", "lockstep", "carry_envs")},
         "decision_share": summary.get("decision_share"),
-        "dropped_decisions": summary.get("dropped_decisions"),
+        "update_rows_mean": summary.get("update_rows_mean"),
         "interaction_steps": int(steps),
         "paper_budget_seconds": round(wall, 2),
         "paper_budget_seconds_per_5e5_steps": round(wall * 5e5 / max(summary["interaction_steps_per_seed"], 1), 2),

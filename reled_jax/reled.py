@@ -54,6 +54,7 @@ PAPER_RELED = ("reled", "reled-norefine", "reled-alpha0.2", "reled-alpha0.5", "r
 VA_RELED = tuple(m.replace("reled", "reled-va", 1) for m in PAPER_RELED)
 EXPERT_FREE = ("ippo", "mappo", "qmix")  # qmix is trained by reled_jax/qmix.py, not by this module's epoch
 METHODS = (*PAPER_RELED, *VA_RELED, *EXPERT_FREE)
+SEED_AXIS = "seeds"  # the vmap axis of `batched_epoch`
 
 
 def split_method(method: str) -> tuple[str, bool]:
@@ -92,10 +93,11 @@ class HPOConfig:
     # expert, fading as it catches up). V^e is trained on its returns either way (Eq. 27). Methods
     # "reled-va*" are RELED's variants with both switches set (agent baseline, uncentred), whatever these fields say.
     expert_baseline: str = "expert"
-    # Share of each agent's rows (env steps) the update keeps: its decisions come first, the rows
-    # without one (most: an env step is one agent's decision among A) are dropped before the
-    # minibatch loop, which then costs this share of the full one. Decisions past the capacity
-    # are dropped too, and counted (metric `dropped_decisions`); 1.0 keeps every row.
+    # Only decision rows carry samples (an env step is one agent's decision among A, or none), so the
+    # update runs on each agent's decision rows, compacted to the front, in `decision_share` of its
+    # rows (rounded to whole minibatches). An epoch in which some agent of some seed has more
+    # decisions than that runs the update on all rows instead (a second compiled branch of a
+    # `lax.switch`, chosen outside the seeds' vmap): no decision is ever dropped. 1.0: all rows.
     decision_share: float = 1.0
     # Environments in lockstep (RouteChoiceEnv.step_batch: no tick wasted waiting for the slowest
     # environment's decision; some env steps then hold no decision) instead of vmap(step).
@@ -304,14 +306,19 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: M
     enc = lambda f: observe(f, m_out)  # noqa: E731
     node_m = env_params.node_xy
 
-    batch_step = env.step_batch if cfg.lockstep else jax.vmap(env.step, in_axes=(0, 0, 0, None))
+    def batch_step(keys, state, action, axis_name):
+        if cfg.lockstep:
+            return env.step_batch(keys, state, action, env_params, axis_name=axis_name)
+        return jax.vmap(env.step, in_axes=(0, 0, 0, None))(keys, state, action, env_params)
 
     def initial_envs(key) -> EnvCarry:
         obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(key, cfg.n_envs), env_params)
         zeros = jnp.zeros((cfg.n_envs, n_agents), jnp.int32)
         return EnvCarry(obs, state, jnp.zeros((cfg.n_envs, n_agents, cfg.max_trajectory), jnp.int32), zeros, zeros.astype(jnp.float32))
 
-    def rollout(params: AgentParams, key, start: EnvCarry):
+    def rollout(params: AgentParams, key, start: EnvCarry, axis_name: str | None = None):
+        """tau^a of one seed: `cfg.rollout_steps` env steps of every environment. `axis_name`: the
+        seeds' vmap axis, when there is one (`RouteChoiceEnv.step_batch`)."""
         obs, state = start.obs, start.state
         _, k_run = jax.random.split(key)
 
@@ -324,7 +331,7 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: M
             action = jax.random.categorical(k_act, logits, axis=-1)
             # Old log-probabilities and values are computed after the rollout, in one batch per agent (epoch).
             cx = critic_input(x, jax.vmap(global_state, in_axes=(0, None, None))(state, env_params, n_agents)) if cfg.centralised_critic else None
-            obs2, state2, reward, done, info = batch_step(jax.random.split(k_env, cfg.n_envs), state, action, env_params)
+            obs2, state2, reward, done, info = batch_step(jax.random.split(k_env, cfg.n_envs), state, action, axis_name)
             rec = dict(
                 x=x, cx=cx, mask=obs.action_mask, action=action, reward=reward, decided=info["decided"], done=done,
                 node=state.veh_node[:, :n_agents], episode_done=info["episode_done"], travel_time=info["travel_time"], arrived=info["arrived"],
@@ -349,75 +356,105 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: M
             last_x=jnp.swapaxes(last_x, 0, 1), **critic,
         )
 
-    def advantages(samples: Samples, value_params, n_segments: int):
-        """Eqs. 26 and 28 for every agent and segment, with that agent's value function."""
+    def advantages(samples: Samples, value_params, n_segments: int, rows: jax.Array):
+        """Eqs. 26 and 28 for every agent and segment, with that agent's value function, on the rows
+        `rows` [A, C] (`decision_rows`): values are computed there only (the other rows' values are
+        never read: returns and advantages exist at decisions) and the results are taken there."""
         x, last_x = (samples.x, samples.last_x) if samples.cx is None else (samples.cx, samples.last_cx)
-        v = jax.vmap(lambda p, x: value.apply(p, x)[..., 0])(value_params, x)  # [A, N]
+        n = x.shape[1]
+        v_rows = jax.vmap(lambda p, x: value.apply(p, x)[..., 0])(value_params, take_rows(x, rows))  # [A, C]
+        v = jax.vmap(lambda r, vr: jnp.zeros(n).at[r].set(vr, mode="drop"))(rows, v_rows)  # [A, N]
         v_last = jax.vmap(lambda p, x: value.apply(p, x)[..., 0])(value_params, last_x)  # [A, S]
         shape = (n_agents, n_segments, -1)
         ret, adv = jax.vmap(jax.vmap(lambda r, d, dn, vv, lv: decision_returns(r, d, dn, vv, lv, cfg.gamma, cfg.gae_lambda)))(
             samples.reward.reshape(shape), samples.decided.reshape(shape), samples.done.reshape(shape), v.reshape(shape), v_last
         )
-        return ret.reshape(n_agents, -1), adv.reshape(n_agents, -1)
+        return take_rows(ret.reshape(n_agents, -1), rows), take_rows(adv.reshape(n_agents, -1), rows)
 
-    def expert_advantages(expert: Samples, params: AgentParams):
-        """R^e (Eq. 26, bootstrapped with V^e) and A^e = R^e - V^e(o^e) (Eq. 28), or R^e - V^a(o^e) (reled-va).
+    def expert_advantages(expert: Samples, params: AgentParams, capacity: int | None = None):
+        """R^e (Eq. 26, bootstrapped with V^e) and A^e = R^e - V^e(o^e) (Eq. 28), or R^e - V^a(o^e) (reled-va),
+        on the expert's decision rows compacted to `capacity` (`decision_rows`), or on all rows in order.
 
         Uncentred expert advantages (reled-va) leave here already divided by their spread; centred
         ones are standardised per minibatch in `agent_loss` like the agent's.
         """
-        ret_e, adv_e = advantages(expert, params.value_expert, expert.last_x.shape[1])
+        rows, valid = decision_rows(expert.decided, capacity)
+        ret_e, adv_e = advantages(expert, params.value_expert, expert.last_x.shape[1], rows)
         if cfg.expert_advantage_baseline == "agent" and cfg.method not in EXPERT_FREE:  # V^e keeps R^e as its target either way
-            v_agent = jax.vmap(lambda p, x: value.apply(p, x)[..., 0])(params.value_agent, expert.x)
-            adv_e = jnp.where(expert.decided, ret_e - v_agent, 0.0)
+            v_agent = jax.vmap(lambda p, x: value.apply(p, x)[..., 0])(params.value_agent, take_rows(expert.x, rows))
+            adv_e = jnp.where(valid, ret_e - v_agent, 0.0)
         if not cfg.center_expert:  # scale only, by each agent's spread over all its expert decisions (a minibatch may hold one)
-            spread = jax.vmap(lambda a, v: jnp.sqrt(masked_mean((a - masked_mean(a, v)) ** 2, v)))(adv_e, expert.decided)
+            spread = jax.vmap(lambda a, v: jnp.sqrt(masked_mean((a - masked_mean(a, v)) ** 2, v)))(adv_e, valid)
             adv_e = adv_e / jnp.maximum(spread, 1e-6)[:, None]
         return ret_e, adv_e
 
-    def epoch(state: TrainState, expert: Samples, expert_nodes: tuple) -> tuple[TrainState, dict]:
+    def prepare(state: TrainState, expert: Samples, expert_nodes: tuple):
+        """One seed's rollout and alpha, and the rows its update needs (the most decisions of any agent)."""
         key, k_roll, k_perm = jax.random.split(state.key, 3)
-        params = state.params
         start = state.envs if cfg.carry_envs else initial_envs(jax.random.split(k_roll)[0])
-        traj, final_obs, final_state = rollout(params, k_roll, start)
+        traj, final_obs, final_state = rollout(state.params, k_roll, start, SEED_AXIS)
         agent = to_samples(traj, final_obs, final_state)
-        ret_a, adv_a = advantages(agent, params.value_agent, cfg.n_envs)
-        ret_e, adv_e = expert_advantages(expert, params)
-
         # alpha per agent (Eq. 30): DTW between each agent's own and expert first-episode trajectories.
         agent_points = trajectory_points(traj["node"], traj["decided"], traj["done"], node_m, cfg.max_trajectory, (start.path_nodes, start.path_len))
         alpha, dtw_m, d_dtw = hybrid_alpha(agent_points, expert_nodes, state.epoch, cfg)
+        need = jnp.maximum(agent.decided.sum(1).max(), expert.decided.sum(1).max())
+        return dict(key=key, k_perm=k_perm, start=start, traj=traj, final_obs=final_obs, final_state=final_state, agent=agent,
+                    alpha=alpha, dtw_m=dtw_m, d_dtw=d_dtw), need
+
+    def learn(params: AgentParams, opt_state, expert: Samples, prep: dict, capacity: int):
+        """One seed's update (Eqs. 26-31) on every agent's decision rows, compacted to `capacity` rows."""
+        agent = prep["agent"]
+        rows_a, valid_a = decision_rows(agent.decided, min(capacity, agent.decided.shape[1]))
+        ret_a, adv_a = advantages(agent, params.value_agent, cfg.n_envs, rows_a)
+        ret_e, adv_e = expert_advantages(expert, params, min(capacity, expert.decided.shape[1]))
+        rows_e, valid_e = decision_rows(expert.decided, min(capacity, expert.decided.shape[1]))
 
         def old_logp(batch):
             logits = policy_apply(policy, params.policy, batch["x"], batch["mask"])
             return jnp.take_along_axis(jax.nn.log_softmax(logits), batch["action"][..., None], axis=-1)[..., 0]
 
-        batch_a = dict(x=agent.x, mask=agent.mask, action=agent.action, adv=adv_a, ret=ret_a, valid=agent.decided)
-        if agent.cx is not None:
-            batch_a["cx"] = agent.cx
-        batch_e = dict(x=expert.x, mask=expert.mask, action=expert.action, adv=adv_e, ret=ret_e, valid=expert.decided)
-        # Only decision rows carry samples: compact both batches before the minibatch loop.
-        batch_a, dropped_a = compact_rows(batch_a, batch_a["valid"], decision_capacity(batch_a["valid"].shape[1], cfg.decision_share, cfg.n_minibatches))
-        batch_e, dropped_e = compact_rows(batch_e, batch_e["valid"], decision_capacity(batch_e["valid"].shape[1], cfg.decision_share, cfg.n_minibatches))
+        batch_a = take_rows(dict(x=agent.x, mask=agent.mask, action=agent.action) | ({} if agent.cx is None else {"cx": agent.cx}), rows_a)
+        batch_a |= dict(adv=adv_a, ret=ret_a, valid=valid_a)
+        batch_e = take_rows(dict(x=expert.x, mask=expert.mask, action=expert.action), rows_e) | dict(adv=adv_e, ret=ret_e, valid=valid_e)
         batch_a["old_logp"] = old_logp(batch_a)
         batch_e["old_logp"] = old_logp(batch_e)
-        params, opt_state, aux = update(params, state.opt_state, batch_a, batch_e, alpha, k_perm)
+        return update(params, opt_state, batch_a, batch_e, prep["alpha"], prep["k_perm"])
 
+    def finish(state: TrainState, prep: dict, params, opt_state, aux, capacity) -> tuple[TrainState, dict]:
+        traj, start, agent = prep["traj"], prep["start"], prep["agent"]
         reward_sums = _episode_sums(traj["reward"], traj["episode_done"], start.reward_sum)
         envs = None
         if cfg.carry_envs:
             path = episode_in_progress(traj["node"], traj["decided"], traj["done"], (start.path_nodes, start.path_len), cfg.max_trajectory)
-            envs = EnvCarry(final_obs, final_state, *path, jnp.where(traj["episode_done"][-1][:, None], 0.0, reward_sums[-1]))
+            envs = EnvCarry(prep["final_obs"], prep["final_state"], *path, jnp.where(traj["episode_done"][-1][:, None], 0.0, reward_sums[-1]))
         metrics = {
             **rollout_statistics(traj["reward"], traj["episode_done"], traj["travel_time"], traj["arrived"], traj["decided"], reward_sums),
-            "alpha": alpha.mean(),
-            "dtw_m": dtw_m.mean(),
-            "d_dtw": d_dtw.mean(),
-            "dropped_decisions": dropped_a.sum() + dropped_e.sum(),
+            "alpha": prep["alpha"].mean(),
+            "dtw_m": prep["dtw_m"].mean(),
+            "d_dtw": prep["d_dtw"].mean(),
+            "update_rows": capacity,
             "decision_share_max": (agent.decided.sum(axis=1) / agent.decided.shape[1]).max(),
             **{k: v.mean() for k, v in aux.items()},
         }
-        return TrainState(params, opt_state, key, state.epoch + 1, envs), metrics
+        return TrainState(params, opt_state, prep["key"], state.epoch + 1, envs), metrics
+
+    def batched_epoch(states: TrainState, experts: Samples, expert_nodes: tuple) -> tuple[TrainState, dict]:
+        """One epoch of every seed (leading axis): rollouts and alphas vmapped; then the smallest row
+        capacity that holds every seed's and agent's decisions, chosen outside the vmap so that only
+        that branch runs; then the updates vmapped at that capacity."""
+        prep, need = jax.vmap(prepare, axis_name=SEED_AXIS)(states, experts, expert_nodes)
+        capacities = update_capacities(max(prep["agent"].decided.shape[2], experts.decided.shape[2]), cfg.decision_share, cfg.n_minibatches)
+        branch = jnp.minimum(jnp.searchsorted(jnp.asarray(capacities), need.max()), len(capacities) - 1)
+        branches = [lambda ops, c=c: jax.vmap(lambda p, o, e, pr: learn(p, o, e, pr, c))(*ops) for c in capacities]
+        needed = (states.params, states.opt_state, experts, {k: prep[k] for k in ("agent", "alpha", "k_perm")})
+        params, opt_state, aux = jax.lax.switch(branch, branches, needed)
+        capacity = jnp.asarray(capacities)[branch]
+        return jax.vmap(finish, in_axes=(0, 0, 0, 0, 0, None))(states, prep, params, opt_state, aux, capacity)
+
+    def epoch(state: TrainState, expert: Samples, expert_nodes: tuple) -> tuple[TrainState, dict]:
+        """One seed's epoch: `batched_epoch` on a seed axis of one."""
+        one = lambda tree: jax.tree.map(lambda z: z[None], tree)  # noqa: E731
+        return jax.tree.map(lambda z: z[0], batched_epoch(one(state), one(expert), one(expert_nodes)))
 
     def update(params, opt_state, batch_a, batch_e, alpha, key):
         n_a = batch_a["action"].shape[1]
@@ -453,18 +490,38 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: M
 
         return jax.vmap(single)(params, opt_state, mb_a, mb_e, alpha)
 
+    epoch.batched = batched_epoch  # every seed at once (the trainer's chunks)
     epoch.initial_envs = initial_envs  # TrainState.envs of a carry_envs run
-    epoch.rollout = lambda state: rollout(state.params, state.key, state.envs if cfg.carry_envs else initial_envs(state.key))  # timed alone by benchmarks
+    # Timed alone by benchmarks; under jax.vmap(..., axis_name=SEED_AXIS) pass axis_name=SEED_AXIS.
+    epoch.rollout = lambda state, axis_name=None: rollout(state.params, state.key, state.envs if cfg.carry_envs else initial_envs(state.key), axis_name)
     epoch.agents_update = agents_update  # exposed for tests
     epoch.expert_advantages = expert_advantages
     return epoch
 
 
-def decision_capacity(n_rows: int, share: float, n_minibatches: int) -> int:
-    """Rows per agent the update keeps: `share` of n_rows, rounded up to whole minibatches (all at share 1)."""
-    if share >= 1.0:
-        return n_rows
-    return min(n_rows, max(1, math.ceil(share * n_rows / n_minibatches)) * n_minibatches)
+def update_capacities(n_rows: int, share: float, n_minibatches: int) -> tuple[int, ...]:
+    """The update's row capacities, ascending: `share` of n_rows rounded up to whole minibatches, and
+    every row (for the epochs that need more)."""
+    usual = n_rows if share >= 1.0 else min(n_rows, max(1, math.ceil(share * n_rows / n_minibatches)) * n_minibatches)
+    return tuple(sorted({usual, n_rows}))
+
+
+def decision_rows(valid: jax.Array, capacity: int | None) -> tuple[jax.Array, jax.Array]:
+    """Indices [A, C] of each agent's valid rows, in row order, padded to `capacity` with row 0, and
+    which of them are real [A, C]. capacity None: every row in order (all marked real where valid).
+    Padding indices point at row 0 for reads; `take_rows` and the value scatter treat them as padding."""
+    if capacity is None:
+        rows = jnp.broadcast_to(jnp.arange(valid.shape[1]), valid.shape)
+        return rows, valid
+    count = valid.sum(axis=1)
+    real = jnp.arange(capacity)[None, :] < count[:, None]
+    rows = jax.vmap(lambda v: jnp.nonzero(v, size=capacity, fill_value=valid.shape[1])[0])(valid)  # padding: out of range
+    return rows, real
+
+
+def take_rows(tree, rows: jax.Array):
+    """tree leaves [A, N, ...] -> [A, C, ...] at rows [A, C] (out-of-range padding rows read row N-1)."""
+    return jax.tree.map(lambda z: jax.vmap(lambda zi, r: zi[jnp.minimum(r, zi.shape[0] - 1)])(z, rows), tree)
 
 
 def compact_rows(batch: dict, valid: jax.Array, capacity: int) -> tuple[dict, jax.Array]:
@@ -474,16 +531,15 @@ def compact_rows(batch: dict, valid: jax.Array, capacity: int) -> tuple[dict, ja
     loss over the full one (tests/test_reled.py). Returns the batch, whose "valid" marks real
     rows, and each agent's number of valid rows that did not fit [A].
     """
-    count = valid.sum(axis=1)
-    idx = jax.vmap(lambda v: jnp.nonzero(v, size=capacity, fill_value=0)[0])(valid)  # in row order
-    out = jax.tree.map(lambda z: jax.vmap(lambda zi, i: zi[i])(z, idx), batch)
-    out["valid"] = jnp.arange(capacity)[None, :] < count[:, None]
-    return out, jnp.maximum(count - capacity, 0)
+    rows, real = decision_rows(valid, capacity)
+    out = take_rows(batch, rows)
+    out["valid"] = real
+    return out, jnp.maximum(valid.sum(axis=1) - capacity, 0)
 
 
 def measure_decision_share(env: RouteChoiceEnv, env_params: EnvParams, n_envs: int, n_steps: int, lockstep: bool, key, skip: int = 0) -> float:
     """Largest share of env steps at which one agent decides, over n_steps of a uniform-random rollout
-    after `skip` steps (the initial policies are near-uniform): what HPOConfig.decision_share must hold."""
+    after `skip` steps (the initial policies are near-uniform): what HPOConfig.decision_share should hold."""
     batch_step = env.step_batch if lockstep else jax.vmap(env.step, in_axes=(0, 0, 0, None))
 
     def run(key):

@@ -58,7 +58,7 @@ PRESETS = {
     # The paper budget as first run here: one environment of its own x 864 steps, fresh every epoch, 8 x 8 updates.
     "paper-1env": {"epochs": 500, "n_envs": 1, "rollout_steps": 864, "n_demo_envs": 1},
     # Seconds, for tests and smoke checks.
-    "smoke": {"epochs": 4, "n_envs": 2, "rollout_steps": 32, "decision_share": 1.0},  # no probe: every row fits
+    "smoke": {"epochs": 4, "n_envs": 2, "rollout_steps": 32, "decision_share": 1.0},  # no probe, one update branch
 }
 
 
@@ -118,7 +118,7 @@ class TrainConfig:
     n_minibatches: int = 8
     center_expert_advantages: bool = True
     # Speed (benchmarks/train_throughput.py; none changes what an interaction step is):
-    decision_share: float = 0.0  # rows per agent the update keeps (HPOConfig); 0: twice the share measured on a random rollout
+    decision_share: float = 0.0  # rows per agent of the update's usual branch (HPOConfig); 0: measured on a random rollout
     lockstep: bool = False  # environments tick together until any has a decision (RouteChoiceEnv.step_batch)
     carry_envs: bool = False  # episodes continue across epochs, so rollouts may be shorter than an episode
     # auto: the bar moves after every epoch when it is shown on a terminal, after every compiled chunk otherwise.
@@ -190,9 +190,9 @@ def train(cfg: TrainConfig) -> dict:
     network, env, env_params = load_scenario(cfg.scenario, cfg.regime, n_agents=cfg.n_agents, seed=cfg.seed)
     probe_s = time.perf_counter()
     if cfg.method != "qmix" and not cfg.decision_share:
-        # The update's row capacity (HPOConfig.decision_share): 1.5 times what one rollout of the random
-        # policy needs, from a reset, or, when environments carry over, one rollout later (the first
-        # epoch's burst of departures may then drop a few decisions, counted as dropped_decisions).
+        # The row capacity of the update's usual branch (HPOConfig.decision_share): 1.5 times what a
+        # random policy's rollout needs, one rollout after the reset when environments carry over. An
+        # epoch that needs more (the first epoch's burst of departures) runs the all-rows branch.
         steps = min(cfg.rollout_steps, 256)
         measured = measure_decision_share(env, env_params, cfg.n_envs, steps, cfg.lockstep, jax.random.PRNGKey(cfg.seed), skip=steps if cfg.carry_envs else 0)
         cfg = dataclasses.replace(cfg, decision_share=round(min(1.0, 1.5 * measured + 0.01), 4))
@@ -247,7 +247,7 @@ def train(cfg: TrainConfig) -> dict:
             bar.update(done - bar.n)
         bar.set_postfix(reward=_fmt(metrics["episode_reward"]), travel=_fmt(metrics["travel_time"]) + "s", alpha=f"{np.mean(metrics['alpha']):.2f}")
 
-    run_chunk = make_run_chunk(epoch_fn, epoch_done if per_epoch_bar else None)
+    run_chunk = make_run_chunk(jax.vmap(epoch_fn) if cfg.method == "qmix" else epoch_fn.batched, epoch_done if per_epoch_bar else None)
 
     out = cfg.out_dir
     if writer:
@@ -332,9 +332,8 @@ def train(cfg: TrainConfig) -> dict:
     summary = _summary(cfg, rows, seds)
     summary["timing"] = {k: round(v, 3) for k, v in timing.items()}
     summary["decision_share"] = cfg.decision_share
-    summary["dropped_decisions"] = int(sum(r.get("dropped_decisions", 0) for r in rows))
-    if summary["dropped_decisions"]:
-        log(f"warning: {summary['dropped_decisions']} decisions did not fit the update's rows (--decision-share {cfg.decision_share}); raise it")
+    if cfg.method != "qmix":  # the update's row capacity, chosen every epoch (HPOConfig.decision_share)
+        summary["update_rows_mean"] = float(np.mean([r["update_rows"] for r in rows]))
     if writer:
         (out / "sed.json").write_text(json.dumps(sed_log, indent=1, default=_jsonable))
         (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_jsonable))
@@ -378,14 +377,14 @@ def to_host(tree):
 BAR_METRICS = ("episode_reward", "travel_time", "alpha")
 
 
-def make_run_chunk(epoch_fn, on_epoch=None):
+def make_run_chunk(batched_epoch, on_epoch=None):
     """`run_chunk(state, expert, nodes, length) -> (state, metrics [length, seeds])`, jitted: `length`
-    epochs of every seed (vmapped) as one compiled scan. `on_epoch(epochs [seeds], metrics)`, when given,
+    epochs of every seed (`batched_epoch`: all seeds at once, e.g. a vmapped epoch) as one compiled scan. `on_epoch(epochs [seeds], metrics)`, when given,
     runs on the host after every epoch (`jax.debug.callback`), so a progress bar can move inside the chunk."""
 
     def run_chunk(state, expert, nodes, length):
         def body(st, _):
-            st, metrics = jax.vmap(epoch_fn)(st, expert, nodes)
+            st, metrics = batched_epoch(st, expert, nodes)
             if on_epoch is not None:
                 jax.debug.callback(on_epoch, st.epoch, {k: metrics[k] for k in BAR_METRICS})
             return st, metrics

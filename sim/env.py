@@ -268,7 +268,7 @@ class RouteChoiceEnv:
         return self._finish_step(state, t_start, decided, valid, params)
 
     def step_batch(
-        self, keys: chex.PRNGKey, state: EnvState, actions: jax.Array, params: EnvParams
+        self, keys: chex.PRNGKey, state: EnvState, actions: jax.Array, params: EnvParams, axis_name: str | None = None
     ) -> tuple[Observation, EnvState, jax.Array, jax.Array, dict]:
         """`step` of B environments in lockstep: arrays carry a leading [B] axis (keys [B, 2]).
 
@@ -280,6 +280,10 @@ class RouteChoiceEnv:
         step, no interaction step). Each environment runs exactly the ticks, decisions
         and rewards it would run alone (tests/test_env.py); only the env-step boundaries
         differ. The auto-reset is computed only when some episode ended.
+
+        `axis_name`: when this runs under `jax.vmap(..., axis_name=axis_name)` (seeds), whether
+        any episode ended is asked across that axis too, so the reset stays a `lax.cond` (a cond
+        on a batched predicate becomes a select: the reset would be computed at every step).
         """
         chex.assert_shape(actions, (keys.shape[0], self.n_agents))
         state, decided, valid = jax.vmap(self._consume_actions, in_axes=(0, 0, None))(state, actions, params)
@@ -296,7 +300,10 @@ class RouteChoiceEnv:
             pick = lambda a, b: jnp.where(ended.reshape(ended.shape + (1,) * (a.ndim - 1)), a, b)  # noqa: E731
             return jax.tree.map(pick, obs_re, obs_st), jax.tree.map(pick, state_re, state_st)
 
-        obs, state = jax.lax.cond(jnp.any(info["episode_done"]), auto_reset, lambda o_s: o_s, (obs, state))
+        any_ended = jnp.any(info["episode_done"])
+        if axis_name is not None:
+            any_ended = jax.lax.psum(any_ended.astype(jnp.int32), axis_name) > 0
+        obs, state = jax.lax.cond(any_ended, auto_reset, lambda o_s: o_s, (obs, state))
         return obs, state, reward, done, info
 
     def _consume_actions(self, state: EnvState, actions: jax.Array, params: EnvParams):

@@ -456,3 +456,31 @@ def test_lockstep_batch_runs_every_environment_as_it_would_run_alone(oakland):
     ticks = np.asarray(lockstep[1]) - np.asarray(lockstep[0])
     first_end = min(n_steps_lock)
     assert np.all(ticks[:first_end] == ticks[:first_end, :1])
+
+
+def test_lockstep_batches_of_several_seeds_reset_as_each_would_alone(oakland):
+    """Under the seeds' vmap (axis_name) the auto-reset asks whether an episode ended in any seed, so
+    it stays a cond; each seed's environments still reset exactly when their own episode ends."""
+    _, env, params = oakland
+
+    def run(states, key, axis_name=None):
+        def body(carry, k):
+            obs, state = carry
+            actions = jax.vmap(_best_score_policy, in_axes=(0, 0, None))(jax.random.split(k, 2), obs, params)
+            obs, state, reward, _, info = env.step_batch(jax.random.split(k, 2), state, actions, params, axis_name=axis_name)
+            return (obs, state), (state.t, reward, info["episode_done"], state.veh_node)
+
+        obs = jax.vmap(env.get_obs, in_axes=(0, None))(states, params)
+        return jax.lax.scan(body, (obs, states), jax.random.split(key, 700))[1]
+
+    seeds = [jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(jax.random.PRNGKey(s), 2), params)[1] for s in (5, 6)]
+    keys = jnp.stack([jax.random.PRNGKey(7), jax.random.PRNGKey(8)])
+    together = jax.jit(jax.vmap(lambda st, k: run(st, k, "seeds"), axis_name="seeds"))(jax.tree.map(lambda *z: jnp.stack(z), *seeds), keys)
+    ended = np.asarray(together[2])  # [seed, step, env]
+    first_end = [int(np.argmax(ended[i].any(-1))) for i in range(2)]
+    assert ended[0].any() and ended[1].any() and first_end[0] != first_end[1]  # a reset in one seed while the other went on
+    alone_run = jax.jit(run)
+    for i in range(2):
+        alone = alone_run(seeds[i], keys[i])
+        for a, b in zip(together, alone):
+            np.testing.assert_array_equal(np.asarray(a)[i], np.asarray(b))

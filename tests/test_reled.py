@@ -10,8 +10,8 @@ import pytest
 from reled_jax.networks import encode, init_agents, init_env_agents, input_dim as observation_dim
 from reled_jax.reled import (
     PAPER_RELED, VA_RELED, HPOConfig, Samples, agent_loss, clipped_surrogate, decision_returns, dtw_alpha, empty_expert, entropy,
-    _episode_sums, compact_rows, decision_capacity, episode_in_progress, hybrid_alpha, init_state, make_epoch, rollout_statistics,
-    split_method, trajectory_points,
+    _episode_sums, compact_rows, episode_in_progress, hybrid_alpha, init_state, make_epoch, rollout_statistics,
+    split_method, trajectory_points, update_capacities,
 )
 from reled_jax.train import TrainConfig
 from sim.env import make_env, make_params
@@ -335,10 +335,30 @@ def test_compacted_batch_gives_the_same_loss_and_gradients_as_the_full_one(tiny)
 def test_decisions_beyond_the_capacity_are_dropped_and_counted():
     valid = jnp.array([[True, False, True, True, False, True], [False, True, False, False, False, False]])
     batch, dropped = compact_rows({"x": jnp.arange(12.0).reshape(2, 6)}, valid, 3)
-    np.testing.assert_array_equal(batch["x"], [[0.0, 2.0, 3.0], [7.0, 6.0, 6.0]])  # agent 1: one row, then padding
+    np.testing.assert_array_equal(batch["x"], [[0.0, 2.0, 3.0], [7.0, 11.0, 11.0]])  # agent 1: one row, then padding (last row)
     np.testing.assert_array_equal(batch["valid"], [[True, True, True], [True, False, False]])
     np.testing.assert_array_equal(dropped, [1, 0])
-    assert decision_capacity(1000, 0.25, 8) == 256 and decision_capacity(1000, 1.0, 8) == 1000 and decision_capacity(10, 0.01, 4) == 4
+    assert update_capacities(1000, 0.25, 8) == (256, 1000) and update_capacities(1000, 1.0, 8) == (1000,) and update_capacities(10, 0.01, 4) == (4, 10)
+
+
+def test_epoch_that_needs_more_rows_than_the_usual_capacity_updates_on_all_rows():
+    """The update runs on the usual capacity (decision_share) when every agent's decisions fit, on all
+    rows when one agent's do not (no decision is dropped): either way the same update as on all rows."""
+    _, env, params = load_scenario("oakland", "moderate", n_agents=3, seed=0, n_background=20)
+    agents, policy, value = init_env_agents(jax.random.PRNGKey(0), env)
+    no_nodes = (jnp.zeros((1, env.n_agents, 64, 2)), jnp.zeros((1, env.n_agents), jnp.int32))
+    expert = empty_expert(env.n_agents, observation_dim(env.m_out), env.m_out)
+    base = HPOConfig(method="ippo", epochs=2, n_envs=2, rollout_steps=24, n_minibatches=1, update_epochs=1)
+    results = {}
+    for share in (1.0, 0.5, 1 / 48):  # 48 rows per agent: all, 24, 1
+        cfg = dataclasses.replace(base, decision_share=share)
+        state = init_state(jax.random.PRNGKey(1), agents, cfg)
+        results[share] = jax.jit(make_epoch(env, params, policy, value, cfg))(state, expert, no_nodes)
+    decisions = int(results[1.0][1]["decision_share_max"] * 48)
+    assert 1 < decisions <= 24, decisions  # fits in 24 rows, not in 1
+    assert [int(results[s][1]["update_rows"]) for s in (1.0, 0.5, 1 / 48)] == [48, 24, 48]
+    for share in (0.5, 1 / 48):
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6), results[share][0].params, results[1.0][0].params)
 
 
 def test_carried_episodes_continue_their_trajectory_and_reward_across_rollouts():
