@@ -33,7 +33,7 @@ import numpy as np
 import tyro
 
 from benchmarks.common import RESULTS, machine, write_json
-from reled_jax.evaluate import evaluate_policies, evaluate_seeds
+from reled_jax.evaluate import evaluate_policies, evaluate_seeds, untrained_policies
 from reled_jax.export_policy import read_checkpoint
 from reled_jax.reled import METHODS, PAPER_RELED, VA_RELED
 from reled_jax.train import ClusterConfig, TrainConfig, join_cluster, train
@@ -84,6 +84,7 @@ class SweepConfig:
     tag: str = ""  # results file suffix, e.g. "gpu": sweep_fig4_small_gpu.json
     out: str = ""  # default benchmarks/results/sweep_<experiment>_<budget>[_<tag>].json
     cluster: ClusterConfig = ClusterConfig()  # several hosts train each cell together; process 0 writes
+    alpha_schedule: str = "text"  # which reading of Eq. 30 (HPOConfig.alpha_schedule); give others their own --runs-dir and --tag
 
     def grid(self) -> list[tuple[str, str, int, str]]:
         if self.experiment not in EXPERIMENTS:
@@ -112,7 +113,8 @@ class SweepConfig:
 
     def train_config(self, scenario: str, regime: str, n_agents: int, method: str) -> TrainConfig:
         run = Path(self.runs_dir) / self.budget / f"{scenario}-{regime}-a{n_agents}-{method}-x{self.seeds}"
-        return TrainConfig(scenario=scenario, regime=regime, method=method, n_agents=n_agents, seeds=self.seeds, seed=0, out=str(run), resume=True, cluster=self.cluster, **BUDGETS[self.budget])
+        return TrainConfig(scenario=scenario, regime=regime, method=method, n_agents=n_agents, seeds=self.seeds, seed=0, out=str(run), resume=True, cluster=self.cluster,
+                           alpha_schedule=self.alpha_schedule, **BUDGETS[self.budget])
 
 
 CURVE_KEYS = ("interaction_steps", "wall_s", "episode_reward", "travel_time", "arrival_rate", "dtw_m", "alpha", "expert_reward", "execution_rate")
@@ -132,25 +134,32 @@ def evaluate_cell(cfg: SweepConfig, tcfg: TrainConfig, summary: dict, t0: float)
     ck = read_checkpoint(run_dir / "checkpoint.pkl")
     _, env, params = load_scenario(scenario, regime, n_agents=n_agents, seed=0)
     tests = evaluate_seeds(env, params, ck["state"].params.policy, cfg.episodes, cfg.eval_seed, cfg.max_steps)
+    sampled = evaluate_seeds(env, params, ck["state"].params.policy, cfg.episodes, cfg.eval_seed, cfg.max_steps, stochastic=True)
     return {
         "method": method, "scenario": scenario, "regime": regime, "n_agents": n_agents, "seeds": cfg.seeds,
         "run_dir": str(run_dir), "train_wall_s": summary["wall_s"], "cell_wall_s": round(time.perf_counter() - t0, 1),
         "interaction_steps_per_seed": summary["interaction_steps_per_seed"],
         "expert": summary.get("expert", []),
         "curves": curves(run_dir, cfg.seeds),
-        # Per seed: mean over the test episodes of the per-agent reward / travel time, and the raw episode means.
-        "test": [{
-            "reward": t["reward_per_agent"][0], "travel_time_s": t["travel_time_s"][0], "arrival_rate": t["arrival_rate"],
-            "episode_reward": np.mean(t["per_agent"]["reward"], axis=1).tolist(),
-            "episode_travel_time_s": np.mean(t["per_agent"]["travel_time_s"], axis=1).tolist(),
-        } for t in tests],
+        # Per seed: mean over the test episodes of the per-agent reward / travel time, and the raw episode means;
+        # greedy ("test") and sampled ("test_sampled") actions on the same keys.
+        "test": [_test_row(t) for t in tests],
+        "test_sampled": [_test_row(t) for t in sampled],
     }
 
 
+def _test_row(t: dict) -> dict:
+    return {"reward": t["reward_per_agent"][0], "travel_time_s": t["travel_time_s"][0], "arrival_rate": t["arrival_rate"],
+            "episode_reward": np.mean(t["per_agent"]["reward"], axis=1).tolist(),
+            "episode_travel_time_s": np.mean(t["per_agent"]["travel_time_s"], axis=1).tolist()}
+
+
 def references(cfg: SweepConfig, scenario: str, regime: str, n_agents: int) -> dict:
-    """Shortest-time and random policies on the same test keys as the trained ones."""
+    """Shortest-time and random (sampling) policies, and seed 0's untrained networks greedy and sampled, on
+    the same test keys as the trained ones."""
     _, env, params = load_scenario(scenario, regime, n_agents=n_agents, seed=0)
     policies = {name: (lambda key, obs, ref=ref: ref(key, obs, params)) for name, ref in REFERENCE_POLICIES.items()}
+    policies |= untrained_policies(env, 0)
     res = evaluate_policies(env, params, policies, cfg.episodes, cfg.eval_seed, cfg.max_steps)
     return {name: {"reward": r["reward_per_agent"][0], "travel_time_s": r["travel_time_s"][0], "arrival_rate": r["arrival_rate"],
                    "episode_reward": np.mean(r["per_agent"]["reward"], axis=1).tolist()} for name, r in res.items()}
@@ -164,7 +173,10 @@ def sweep(cfg: SweepConfig) -> dict:
     grid = cfg.grid()
     out = cfg.out_path
     budget = dataclasses.asdict(cfg.train_config(*grid[0]).resolved())
-    budget = {k: budget[k] for k in ("epochs", "n_envs", "rollout_steps", "q", "m", "n_demo_envs", "demo_steps", "lr", "preset")}
+    # The method's form is part of the budget key: cells of another form are not reused (sweeps from before
+    # issue 17 have neither field, and were made with eq30 and centred expert advantages).
+    budget = {k: budget[k] for k in ("epochs", "n_envs", "rollout_steps", "q", "m", "n_demo_envs", "demo_steps", "lr", "preset",
+                                     "alpha_schedule", "center_expert_advantages")}
     result = {
         "benchmark": "sweep", "experiment": cfg.experiment, "budget": cfg.budget, "budget_config": budget, "seeds": cfg.seeds,
         "episodes": cfg.episodes, "machine": machine(), "command": "python -m benchmarks.sweep " + _cli_args(cfg), "cells": [], "references": {},
@@ -203,6 +215,10 @@ def _cli_args(cfg: SweepConfig) -> str:
             args.append(f"--{name.replace('_', '-')} " + " ".join(map(str, getattr(cfg, name))))
     if cfg.tag:
         args.append(f"--tag {cfg.tag}")
+    if cfg.alpha_schedule != SweepConfig.alpha_schedule:
+        args.append(f"--alpha-schedule {cfg.alpha_schedule}")
+    if cfg.runs_dir != SweepConfig.runs_dir:
+        args.append(f"--runs-dir {cfg.runs_dir}")
     return " ".join(args)
 
 

@@ -1,11 +1,14 @@
 """Evaluate a checkpoint: `python -m reled_jax.evaluate --checkpoint runs/.../checkpoint.pkl [--episodes 20]`.
 
 Runs N test episodes (vmapped, one episode per key, no auto-reset) of the
-trained policies of every seed in the checkpoint, greedy by default, and the
-two reference policies (free-flow shortest time, uniform random) on the same
-keys, and reports episode reward per agent and travel time as mean ± SD
-across episodes, plus arrival rate. Writes evaluation.json next to the
-checkpoint.
+trained policies of every seed in the checkpoint, greedy by default and also
+the other way ("sampled: ..." or "greedy: ..."), the untrained networks of the
+run's first seed both ways, and the two reference policies (free-flow shortest
+time, uniform random, which samples) on the same keys. Compare like with like:
+greedy against greedy, sampled against sampled (the untrained networks score far
+lower greedy than sampled, so a greedy policy below the random one says little).
+Reports episode reward per agent and travel time as mean ± SD across episodes,
+plus arrival rate. Writes evaluation.json next to the checkpoint.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import jax.numpy as jnp
 import tyro
 
 from reled_jax.export_policy import read_checkpoint
-from reled_jax.networks import MLP, observe
+from reled_jax.networks import MLP, init_env_agents, observe
 from reled_jax.reled import policy_apply
 from sim.env import EnvParams, RouteChoiceEnv
 from sim.policies import REFERENCE_POLICIES
@@ -118,6 +121,12 @@ def checkpoint_policies(ck: dict, env: RouteChoiceEnv, stochastic: bool = False)
     return policies
 
 
+def untrained_policies(env: RouteChoiceEnv, seed: int) -> dict[str, Callable]:
+    """The networks a run of `seed` starts from (`init_env_agents`), greedy and sampled."""
+    policy = init_env_agents(jax.random.PRNGKey(seed), env)[0].policy
+    return {f"untrained {mode}": trained_policy(policy, env.n_nodes, env.m_out, mode == "sampled") for mode in ("greedy", "sampled")}
+
+
 def main(cfg: EvalConfig) -> dict:
     policies: dict[str, Callable] = {}
     if cfg.checkpoint:
@@ -126,6 +135,9 @@ def main(cfg: EvalConfig) -> dict:
         run = ck["config"]
         _, env, params = load_scenario(run["scenario"], run["regime"], n_agents=run["n_agents"], seed=run["seed"])
         policies.update(checkpoint_policies(ck, env, cfg.stochastic))
+        other = "greedy" if cfg.stochastic else "sampled"
+        policies.update({f"{other}: {name}": p for name, p in checkpoint_policies(ck, env, not cfg.stochastic).items()})
+        policies.update(untrained_policies(env, run["seed"]))
         out_path = path.parent / "evaluation.json"
     else:
         _, env, params = load_scenario(cfg.scenario, cfg.regime, n_agents=cfg.n_agents)
@@ -133,10 +145,11 @@ def main(cfg: EvalConfig) -> dict:
     for name, ref in REFERENCE_POLICIES.items():
         policies[name] = lambda key, obs, ref=ref: ref(key, obs, params)
     results = evaluate_policies(env, params, policies, cfg.episodes, cfg.seed, cfg.max_steps)
-    print(f"{'policy':40s} {'reward/agent':>20s} {'travel time (s)':>20s} {'arrived':>8s}")
+    print(f"{'policy':52s} {'reward/agent':>20s} {'travel time (s)':>20s} {'arrived':>8s}")
     for name, r in results.items():
-        print(f"{name:40s} {r['reward_per_agent'][0]:11.1f} ± {r['reward_per_agent'][1]:6.1f} {r['travel_time_s'][0]:11.1f} ± {r['travel_time_s'][1]:6.1f} {r['arrival_rate']:8.1%}")
-    print(f"({cfg.episodes} test episodes; mean over agents, ± SD across episodes; {'sampled' if cfg.stochastic else 'greedy'} actions)")
+        print(f"{name:52s} {r['reward_per_agent'][0]:11.1f} ± {r['reward_per_agent'][1]:6.1f} {r['travel_time_s'][0]:11.1f} ± {r['travel_time_s'][1]:6.1f} {r['arrival_rate']:8.1%}")
+    print(f"({cfg.episodes} test episodes; mean over agents, ± SD across episodes; trained policies {'sampled' if cfg.stochastic else 'greedy'} "
+          f"unless marked; random samples: compare it with sampled policies)")
     if out_path is not None:
         out_path.write_text(json.dumps({"config": dataclasses.asdict(cfg), "results": results}, indent=1))
         print(f"wrote {out_path}")

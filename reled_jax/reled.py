@@ -14,8 +14,13 @@ adds +beta*H. We minimise loss = -(L_mix + beta*H) + c_v*(L_value(V^a) +
 L_value(V^e)): the surrogate terms push up the probability of actions with
 positive advantage (agent's own, and expert's under V^e), the entropy term
 pushes towards uniform (exploration), and the value terms pull V^a and V^e to
-their returns (Eq. 27). alpha -> 1 weights the agent's own experience, alpha
--> 0 imitation of the expert.
+their returns (Eq. 27). The agent-loss weight w -> 1 weights the agent's own
+experience, w -> 0 imitation of the expert. Which way Eq. 30's alpha sets w is
+`HPOConfig.alpha_schedule` (`agent_weight`): the paper's equation and its text
+disagree; the default ("text") follows the text, imitation first.
+
+Expert advantages in paper form are not centred (the paper never normalises
+A^e) but divided by the agent minibatch's advantage spread (`agent_loss`).
 
 Expert advantages. Eq. 28 measures A^e against the expert's own value V^e.
 Once V^e fits the demonstrations, their advantages are noise around zero,
@@ -54,6 +59,7 @@ PAPER_RELED = ("reled", "reled-norefine", "reled-alpha0.2", "reled-alpha0.5", "r
 VA_RELED = tuple(m.replace("reled", "reled-va", 1) for m in PAPER_RELED)
 EXPERT_FREE = ("ippo", "mappo", "qmix")  # qmix is trained by reled_jax/qmix.py, not by this module's epoch
 METHODS = (*PAPER_RELED, *VA_RELED, *EXPERT_FREE)
+ALPHA_SCHEDULES = ("text", "eq30", "expert-weight")
 SEED_AXIS = "seeds"  # the vmap axis of `batched_epoch`
 
 
@@ -86,7 +92,20 @@ class HPOConfig:
     # routes give 0 and routes a block apart on average give alpha = exp(-k/K) (e^-1 at the end).
     dtw_scale_m: float = 200.0
     max_trajectory: int = 64  # junctions kept per trajectory for DTW
-    center_expert_advantages: bool = True  # False: only scale expert advantages (see agent_loss)
+    # Paper form (False): A^e is not centred (the paper never normalises it) but divided by the agent
+    # minibatch's advantage spread, so both surrogates are on one scale. True: A^e standardised on its own
+    # per minibatch like the agent's (the behaviour before issue 17, kept as a flag).
+    center_expert_advantages: bool = False
+    # Which reading of Eq. 30 sets the weights of Eq. 31 (issue 17). The paper contradicts itself:
+    #   "eq30": literal, alpha = exp(-(k/K) D) on the agent loss, k = 0, 1, ...: no imitation at first,
+    #           more as k grows, i.e. most imitation once A^e is noise;
+    #   "text": imitation first, alpha rising as DTW falls, as the text around Fig. 2, III-E's end and
+    #           V-B2/V-D describe: alpha = exp(-(1 - k/K) D) on the agent loss, k = 1..K;
+    #   "expert-weight": Eq. 30's alpha as the expert loss's weight, as Table IV names it
+    #           ("alpha = 0.5 an overly large expert weight"): L = (1 - alpha) L^a + alpha L^e, k = 1..K.
+    # Table IV's fixed alpha (reled-alpha0.2, -alpha0.5) is the expert's weight under "text" and
+    # "expert-weight" (what Table IV means), the agent's under "eq30".
+    alpha_schedule: str = "text"
     # Baseline of the expert advantage A^e = R^e - V(o^e). "expert": V^e, as Eq. 28 writes it. "agent": V^a,
     # a variant outside the paper: demonstrations then score how much better the expert did than the agent
     # expects to do from the same observation (uncentred: imitation while the agent is worse than the
@@ -112,6 +131,8 @@ class HPOConfig:
             raise ValueError(f"unknown method {self.method!r}; choose one of {METHODS}")
         if not 0.0 < self.decision_share <= 1.0:
             raise ValueError(f"decision_share must be in (0, 1], got {self.decision_share}")
+        if self.alpha_schedule not in ALPHA_SCHEDULES:
+            raise ValueError(f"unknown alpha_schedule {self.alpha_schedule!r}; choose one of {ALPHA_SCHEDULES}")
         if self.expert_baseline not in ("expert", "agent"):
             raise ValueError(f"unknown expert_baseline {self.expert_baseline!r}; choose 'expert' (Eq. 28) or 'agent'")
 
@@ -127,6 +148,13 @@ class HPOConfig:
     @property
     def center_expert(self) -> bool:
         return self.center_expert_advantages and not split_method(self.method)[1]
+
+    @property
+    def expert_advantage_norm(self) -> str:
+        """How `agent_loss` scales A^e: "given" (reled-va), "center" (flag), "agent-spread" (paper form)."""
+        if split_method(self.method)[1]:
+            return "given"
+        return "center" if self.center_expert_advantages else "agent-spread"
 
     @property
     def centralised_critic(self) -> bool:
@@ -236,7 +264,32 @@ def dtw_alpha(dtw_km: jax.Array, epoch: jax.Array, total_epochs: int) -> jax.Arr
     return jnp.exp(-(epoch / total_epochs) * dtw_km)
 
 
-def hybrid_alpha(agent_points: tuple, expert_points: tuple, epoch: jax.Array, cfg: HPOConfig) -> tuple[jax.Array, jax.Array, jax.Array]:
+def agent_weight(d_dtw: jax.Array, epoch: jax.Array, cfg: HPOConfig) -> tuple[jax.Array, jax.Array]:
+    """(alpha, w): Eq. 30's alpha under `cfg.alpha_schedule` and the weight w of the agent's own loss in
+    Eq. 31, L = w L^a + (1 - w) L^e. `epoch` counts finished epochs (0 in the first); see HPOConfig.
+
+        eq30           alpha = exp(-(k/K) D),      k = epoch    w = alpha
+        text           alpha = exp(-(1 - k/K) D),  k = epoch+1  w = alpha
+        expert-weight  alpha = exp(-(k/K) D),      k = epoch+1  w = 1 - alpha
+    A fixed alpha (Table IV) is the agent's weight under eq30 and the expert's under the other two.
+    Expert-free methods have w = 1 (and alpha 1, or 0 as an expert weight)."""
+    k = jnp.asarray(epoch, jnp.float32)
+    on_expert = cfg.alpha_schedule == "expert-weight" or (cfg.alpha_schedule == "text" and cfg.fixed_alpha is not None)
+    if cfg.method in EXPERT_FREE:
+        alpha = jnp.full_like(d_dtw, 0.0 if cfg.alpha_schedule == "expert-weight" else 1.0)
+        return alpha, jnp.ones_like(d_dtw)
+    if cfg.fixed_alpha is not None:
+        alpha = jnp.full_like(d_dtw, cfg.fixed_alpha)
+    elif cfg.alpha_schedule == "eq30":
+        alpha = dtw_alpha(d_dtw, k, cfg.epochs)
+    elif cfg.alpha_schedule == "text":
+        alpha = jnp.exp(-(1.0 - (k + 1.0) / cfg.epochs) * d_dtw)
+    else:
+        alpha = dtw_alpha(d_dtw, k + 1.0, cfg.epochs)
+    return alpha, (1.0 - alpha if on_expert else alpha)
+
+
+def hybrid_alpha(agent_points: tuple, expert_points: tuple, epoch: jax.Array, cfg: HPOConfig) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Eq. 30's weight of every agent from the DTW between its own and its expert trajectories.
 
     agent_points, expert_points: ([E, A, L, 2] junction coordinates in metres, [E, A] lengths), as
@@ -244,7 +297,7 @@ def hybrid_alpha(agent_points: tuple, expert_points: tuple, epoch: jax.Array, cf
     expert row i of the same environment index, over the environments both have. D_DTW is the DTW
     in metres divided by the longer trajectory's length and by `dtw_scale_m` (HPOConfig), averaged
     over the pairs with a finite DTW (an empty trajectory against a non-empty one has none).
-    Returns (alpha, mean DTW in metres, D_DTW), each [A]; fixed-alpha methods get their constant.
+    Returns (alpha, agent-loss weight w, mean DTW in metres, D_DTW), each [A] (`agent_weight`).
     """
     a_xy, a_len = agent_points
     e_xy, e_len = expert_points
@@ -257,31 +310,36 @@ def hybrid_alpha(agent_points: tuple, expert_points: tuple, epoch: jax.Array, cf
     count = jnp.maximum(ok.sum(0), 1)
     dtw_m = jnp.sum(jnp.where(ok, dist, 0.0), 0) / count
     d_dtw = jnp.sum(jnp.where(ok, norm, 0.0), 0) / count
-    alpha = dtw_alpha(d_dtw, jnp.asarray(epoch, jnp.float32), cfg.epochs)
-    if cfg.fixed_alpha is not None:
-        alpha = jnp.full_like(alpha, cfg.fixed_alpha)
-    return alpha, dtw_m, d_dtw
+    alpha, weight = agent_weight(d_dtw, epoch, cfg)
+    return alpha, weight, dtw_m, d_dtw
 
 
 def agent_loss(params_i, policy: MLP, value: MLP, batch_a: dict, batch_e: dict, alpha, cfg: HPOConfig):
-    """Loss of one agent on one minibatch; returns (loss, aux). batch_* hold x, mask, action, old_logp, adv, ret, valid."""
+    """Loss of one agent on one minibatch; returns (loss, aux). batch_* hold x, mask, action, old_logp, adv, ret, valid.
 
-    def policy_terms(batch, center: bool):
+    `alpha`: the weight of the agent's own surrogate in Eq. 31 (`agent_weight`'s w), forced to 1 when the
+    minibatch holds no expert row. Agent advantages are centred and scaled per minibatch as usual in
+    PPO. Expert advantages (`HPOConfig.expert_advantage_norm`): "agent-spread" (paper form) divides them
+    by the agent minibatch's spread, uncentred; "center" standardises them on their own; "given" uses
+    them as they come (reled-va: already divided by their whole batch's spread in `expert_advantages`).
+    """
+    mean_a = masked_mean(batch_a["adv"], batch_a["valid"])
+    std_a = jnp.sqrt(masked_mean((batch_a["adv"] - mean_a) ** 2, batch_a["valid"]) + 1e-8)
+
+    def policy_terms(batch, adv):
         logits = masked_logits(policy, params_i.policy, batch["x"], batch["mask"])
         logp = jnp.take_along_axis(jax.nn.log_softmax(logits), batch["action"][..., None], axis=-1)[..., 0]
-        adv = batch["adv"]
-        # Advantages are centred and scaled per minibatch as usual in PPO. For expert samples this
-        # can be switched off (center=False): they arrive already scaled by their whole batch's
-        # spread (see `epoch`), since a minibatch may hold only one or two expert decisions.
-        if center:
-            mean = masked_mean(adv, batch["valid"])
-            std = jnp.sqrt(masked_mean((adv - mean) ** 2, batch["valid"]) + 1e-8)
-            adv = (adv - mean) / std
         surrogate, clipfrac = clipped_surrogate(logp, batch["old_logp"], adv, batch["valid"], cfg.clip_eps)
         return surrogate, clipfrac, logits
 
-    l_agent, clip_a, logits_a = policy_terms(batch_a, center=True)
-    l_expert, _, _ = policy_terms(batch_e, center=cfg.center_expert)
+    adv_e = batch_e["adv"]
+    if cfg.expert_advantage_norm == "center":
+        mean_e = masked_mean(adv_e, batch_e["valid"])
+        adv_e = (adv_e - mean_e) / jnp.sqrt(masked_mean((adv_e - mean_e) ** 2, batch_e["valid"]) + 1e-8)
+    elif cfg.expert_advantage_norm == "agent-spread":
+        adv_e = adv_e / std_a
+    l_agent, clip_a, logits_a = policy_terms(batch_a, (batch_a["adv"] - mean_a) / std_a)
+    l_expert, clip_e, _ = policy_terms(batch_e, adv_e)
     has_expert = jnp.any(batch_e["valid"])
     alpha = jnp.where(has_expert, alpha, 1.0)
     ent = masked_mean(entropy(logits_a, batch_a["mask"]), batch_a["valid"])
@@ -290,7 +348,9 @@ def agent_loss(params_i, policy: MLP, value: MLP, batch_a: dict, batch_e: dict, 
     v_e = value.apply(params_i.value_expert, batch_e["x"])[..., 0]
     value_loss = masked_mean((v_a - batch_a["ret"]) ** 2, batch_a["valid"]) + masked_mean((v_e - batch_e["ret"]) ** 2, batch_e["valid"])
     loss = -objective + cfg.value_coef * value_loss
-    return loss, {"l_agent": l_agent, "l_expert": l_expert, "entropy": ent, "value_loss": value_loss, "clipfrac": clip_a}
+    return loss, {"l_agent": l_agent, "l_expert": l_expert, "entropy": ent, "value_loss": value_loss, "clipfrac": clip_a,
+                  "clipfrac_expert": clip_e, "expert_weight": 1.0 - alpha,
+                  "expert_share": jnp.abs((1.0 - alpha) * l_expert) / jnp.maximum(jnp.abs(alpha * l_agent) + jnp.abs((1.0 - alpha) * l_expert), 1e-8)}
 
 
 # ----------------------------------------------------------------------------- rollout
@@ -383,7 +443,7 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: M
         if cfg.expert_advantage_baseline == "agent" and cfg.method not in EXPERT_FREE:  # V^e keeps R^e as its target either way
             v_agent = jax.vmap(lambda p, x: value.apply(p, x)[..., 0])(params.value_agent, take_rows(expert.x, rows))
             adv_e = jnp.where(valid, ret_e - v_agent, 0.0)
-        if not cfg.center_expert:  # scale only, by each agent's spread over all its expert decisions (a minibatch may hold one)
+        if cfg.expert_advantage_norm == "given":  # reled-va: scaled by each agent's spread over all its expert decisions (a minibatch may hold one)
             spread = jax.vmap(lambda a, v: jnp.sqrt(masked_mean((a - masked_mean(a, v)) ** 2, v)))(adv_e, valid)
             adv_e = adv_e / jnp.maximum(spread, 1e-6)[:, None]
         return ret_e, adv_e
@@ -396,10 +456,10 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: M
         agent = to_samples(traj, final_obs, final_state)
         # alpha per agent (Eq. 30): DTW between each agent's own and expert first-episode trajectories.
         agent_points = trajectory_points(traj["node"], traj["decided"], traj["done"], node_m, cfg.max_trajectory, (start.path_nodes, start.path_len))
-        alpha, dtw_m, d_dtw = hybrid_alpha(agent_points, expert_nodes, state.epoch, cfg)
+        alpha, weight, dtw_m, d_dtw = hybrid_alpha(agent_points, expert_nodes, state.epoch, cfg)
         need = jnp.maximum(agent.decided.sum(1).max(), expert.decided.sum(1).max())
         return dict(key=key, k_perm=k_perm, start=start, traj=traj, final_obs=final_obs, final_state=final_state, agent=agent,
-                    alpha=alpha, dtw_m=dtw_m, d_dtw=d_dtw), need
+                    alpha=alpha, weight=weight, dtw_m=dtw_m, d_dtw=d_dtw), need
 
     def learn(params: AgentParams, opt_state, expert: Samples, prep: dict, capacity: int):
         """One seed's update (Eqs. 26-31) on every agent's decision rows, compacted to `capacity` rows."""
@@ -418,7 +478,7 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: M
         batch_e = take_rows(dict(x=expert.x, mask=expert.mask, action=expert.action), rows_e) | dict(adv=adv_e, ret=ret_e, valid=valid_e)
         batch_a["old_logp"] = old_logp(batch_a)
         batch_e["old_logp"] = old_logp(batch_e)
-        return update(params, opt_state, batch_a, batch_e, prep["alpha"], prep["k_perm"])
+        return update(params, opt_state, batch_a, batch_e, prep["weight"], prep["k_perm"])
 
     def finish(state: TrainState, prep: dict, params, opt_state, aux, capacity) -> tuple[TrainState, dict]:
         traj, start, agent = prep["traj"], prep["start"], prep["agent"]
@@ -446,7 +506,7 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: M
         capacities = update_capacities(max(prep["agent"].decided.shape[2], experts.decided.shape[2]), cfg.decision_share, cfg.n_minibatches)
         branch = jnp.minimum(jnp.searchsorted(jnp.asarray(capacities), need.max()), len(capacities) - 1)
         branches = [lambda ops, c=c: jax.vmap(lambda p, o, e, pr: learn(p, o, e, pr, c))(*ops) for c in capacities]
-        needed = (states.params, states.opt_state, experts, {k: prep[k] for k in ("agent", "alpha", "k_perm")})
+        needed = (states.params, states.opt_state, experts, {k: prep[k] for k in ("agent", "weight", "k_perm")})
         params, opt_state, aux = jax.lax.switch(branch, branches, needed)
         capacity = jnp.asarray(capacities)[branch]
         return jax.vmap(finish, in_axes=(0, 0, 0, 0, 0, None))(states, prep, params, opt_state, aux, capacity)
@@ -478,7 +538,7 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: M
             return (params, opt_state), aux
 
         (params, opt_state), aux = jax.lax.scan(one_epoch, (params, opt_state), jax.random.split(key, cfg.update_epochs))
-        return params, opt_state, jax.tree.map(lambda z: z[-1, -1], aux)
+        return params, opt_state, jax.tree.map(lambda z: z.mean((0, 1)), aux)  # every minibatch's terms, averaged
 
     def agents_update(params, opt_state, mb_a, mb_e, alpha):
         """One gradient step for every agent, vmapped over the stacked agent axis (independent updates)."""

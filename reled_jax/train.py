@@ -41,7 +41,7 @@ from llm.service import ExpertConfig, ExpertService
 from reled_jax import qmix
 from reled_jax.networks import init_env_agents, input_dim as observation_dim
 from reled_jax.mappo import global_state_dim
-from reled_jax.reled import EXPERT_FREE, METHODS, HPOConfig, empty_expert, init_state, make_epoch, measure_decision_share, split_method
+from reled_jax.reled import ALPHA_SCHEDULES, EXPERT_FREE, METHODS, HPOConfig, empty_expert, init_state, make_epoch, measure_decision_share, split_method
 from reled_jax.sed import SED, SEDConfig
 from sim.scenarios import REGIMES, SCENARIOS, load_scenario
 
@@ -116,7 +116,8 @@ class TrainConfig:
     lr: float = 3e-4
     update_epochs: int = 8
     n_minibatches: int = 8
-    center_expert_advantages: bool = True
+    center_expert_advantages: bool = False  # True: A^e standardised on its own (before issue 17); False: the paper form
+    alpha_schedule: str = "text"  # text | eq30 | expert-weight: which reading of Eq. 30 (HPOConfig)
     # Speed (benchmarks/train_throughput.py; none changes what an interaction step is):
     decision_share: float = 0.0  # rows per agent of the update's usual branch (HPOConfig); 0: measured on a random rollout
     lockstep: bool = False  # environments tick together until any has a decision (RouteChoiceEnv.step_batch)
@@ -153,6 +154,8 @@ class TrainConfig:
             cfg = dataclasses.replace(cfg, expert=dataclasses.replace(cfg.expert, llm=llm))
         if cfg.method == "qmix" and (cfg.lockstep or cfg.carry_envs):
             raise SystemExit("--lockstep and --carry-envs are PPO-family options; QMIX rolls out with vmap(step) and fresh resets")
+        if cfg.alpha_schedule not in ALPHA_SCHEDULES:
+            raise SystemExit(f"unknown --alpha-schedule {cfg.alpha_schedule!r}; choose one of {ALPHA_SCHEDULES}")
         if cfg.progress not in ("auto", "epoch", "chunk"):
             raise SystemExit(f"unknown --progress {cfg.progress!r}; choose auto, epoch or chunk")
         if not 0.0 <= cfg.decision_share <= 1.0:
@@ -180,7 +183,7 @@ class TrainConfig:
     def hpo(self) -> HPOConfig:
         return HPOConfig(
             method=self.method, epochs=self.epochs, n_envs=self.n_envs, rollout_steps=self.rollout_steps, entropy_coef=self.entropy_coef, lr=self.lr, update_epochs=self.update_epochs, n_minibatches=self.n_minibatches,
-            center_expert_advantages=self.center_expert_advantages,
+            center_expert_advantages=self.center_expert_advantages, alpha_schedule=self.alpha_schedule,
             decision_share=self.decision_share or 1.0, lockstep=self.lockstep, carry_envs=self.carry_envs,
         )
 

@@ -11,7 +11,7 @@ from reled_jax.networks import encode, init_agents, init_env_agents, input_dim a
 from reled_jax.reled import (
     PAPER_RELED, VA_RELED, HPOConfig, Samples, agent_loss, clipped_surrogate, decision_returns, dtw_alpha, empty_expert, entropy,
     _episode_sums, compact_rows, episode_in_progress, hybrid_alpha, init_state, make_epoch, rollout_statistics,
-    split_method, trajectory_points, update_capacities,
+    split_method, trajectory_points, update_capacities, agent_weight,
 )
 from reled_jax.train import TrainConfig
 from sim.env import make_env, make_params
@@ -62,6 +62,35 @@ def test_clipped_surrogate_eq29_and_entropy():
     assert float(clipfrac) == pytest.approx(1.0)
     logits = jnp.array([[0.0, 0.0, -1e9], [5.0, 5.0, 5.0]])  # one entropy per row: log 2, then log 3
     np.testing.assert_allclose(np.asarray(entropy(logits, jnp.array([[True, True, False], [True, True, True]]))), np.log([2.0, 3.0]), rtol=1e-6)
+
+
+def test_alpha_schedules_on_hand_values():
+    """The three readings of Eq. 30 (HPOConfig.alpha_schedule) at K = 10, D = 0, 0.5, 2, and the agent-loss
+    weight w of Eq. 31 each gives; Table IV's fixed alpha is the expert's weight except under eq30."""
+    d = jnp.array([0.0, 0.5, 2.0])
+    run = lambda schedule, epoch, method="reled": agent_weight(d, jnp.int32(epoch), HPOConfig(epochs=10, method=method, alpha_schedule=schedule))  # noqa: E731
+    # eq30 (literal): k = epoch from 0, alpha on the agent loss: no imitation in the first epoch.
+    alpha, w = run("eq30", 0)
+    np.testing.assert_allclose(np.asarray(alpha), [1, 1, 1])
+    np.testing.assert_allclose(np.asarray(w), [1, 1, 1])
+    alpha, w = run("eq30", 5)
+    np.testing.assert_allclose(np.asarray(w), np.exp(-0.5 * np.asarray(d)), rtol=1e-6)
+    # text: imitation first (k = 1: alpha = exp(-0.9 D)), alpha -> 1 at the end (k = K).
+    alpha, w = run("text", 0)
+    np.testing.assert_allclose(np.asarray(w), np.exp(-0.9 * np.asarray(d)), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(run("text", 9)[1]), [1, 1, 1], rtol=1e-6)
+    assert float(run("text", 2)[1][2]) > float(run("text", 1)[1][2])  # the agent's weight rises with k
+    # expert-weight: alpha = exp(-(k/K) D), k from 1, weights the expert loss: w = 1 - alpha.
+    alpha, w = run("expert-weight", 0)
+    np.testing.assert_allclose(np.asarray(alpha), np.exp(-0.1 * np.asarray(d)), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(w), 1 - np.exp(-0.1 * np.asarray(d)), rtol=1e-5, atol=1e-7)
+    # Table IV's alpha0.2: the agent's weight under eq30, the expert's under the two text readings.
+    assert np.allclose(run("eq30", 3, "reled-alpha0.2")[1], 0.2) and np.allclose(run("text", 3, "reled-alpha0.2")[1], 0.8)
+    assert np.allclose(run("expert-weight", 3, "reled-va-alpha0.5")[1], 0.5) and np.allclose(run("text", 3, "reled-alpha0.2")[0], 0.2)
+    for schedule in ("eq30", "text", "expert-weight"):  # no expert: the agent's loss alone
+        assert np.allclose(run(schedule, 3, "ippo")[1], 1.0)
+    with pytest.raises(ValueError, match="alpha_schedule"):
+        HPOConfig(alpha_schedule="backwards")
 
 
 def test_alpha_follows_eq30():
@@ -121,8 +150,9 @@ def test_loss_signs_and_alpha_weighting(tiny):
 
 def test_agent_advantages_are_standardised_per_minibatch_and_entropy_is_per_decision(tiny):
     """l_agent is Eq. 29 on the minibatch's advantages centred and scaled (PPO's usual normalisation); expert
-    advantages are centred the same way or, with center_expert=False, used as given; the entropy bonus is the
-    mean over decisions of each decision's own entropy. All recomputed in NumPy."""
+    advantages are, in paper form, divided by the agent minibatch's spread and not centred (issue 17), with
+    center_expert_advantages standardised on their own, and for reled-va used as given; the entropy bonus is
+    the mean over decisions of each decision's own entropy. All recomputed in NumPy."""
     env, _, cfg, agent_params, policy, value, input_dim = tiny
     p0 = jax.tree.map(lambda z: z[0], agent_params)
     b_a = jax.tree.map(lambda z: z[0], _tiny_batches(jax.random.PRNGKey(6), 1, 16, input_dim, env.m_out))
@@ -139,10 +169,12 @@ def test_agent_advantages_are_standardised_per_minibatch_and_entropy_is_per_deci
 
     standard = lambda a: (a - a.mean()) / np.sqrt(a.var() + 1e-8)  # noqa: E731
     adv_a, adv_e = np.asarray(b_a["adv"], np.float64), np.asarray(b_e["adv"], np.float64)
-    for center, want_e in [(True, standard(adv_e)), (False, adv_e)]:
-        _, aux = agent_loss(p0, policy, value, b_a, b_e, 0.5, dataclasses.replace(cfg, center_expert_advantages=center))
+    spread_a = np.sqrt(adv_a.var() + 1e-8)
+    assert abs(spread_a - 1.0) > 0.1  # a spread that the paper form's scale must apply
+    for form, want_e in [(dict(center_expert_advantages=True), standard(adv_e)), (dict(), adv_e / spread_a), (dict(method="reled-va"), adv_e)]:
+        _, aux = agent_loss(p0, policy, value, b_a, b_e, 0.5, dataclasses.replace(cfg, **form))
         assert float(aux["l_agent"]) == pytest.approx(surrogate(b_a, standard(adv_a)), rel=1e-4, abs=1e-6)
-        assert float(aux["l_expert"]) == pytest.approx(surrogate(b_e, want_e), rel=1e-4, abs=1e-6), center
+        assert float(aux["l_expert"]) == pytest.approx(surrogate(b_e, want_e), rel=1e-4, abs=1e-6), form
     lp = log_softmax(b_a)
     assert float(aux["entropy"]) == pytest.approx(np.mean(-(np.exp(lp) * lp).sum(-1)), rel=1e-5)
     # The loss minimised is -(Eq. 31) plus the value terms: the entropy bonus lowers it (exploration is rewarded).
@@ -220,7 +252,8 @@ def test_expert_advantage_baselines(tiny):
         assert split_method(va_method) == (paper, True) and split_method(paper) == (paper, False)
         va, pv = HPOConfig(method=va_method), HPOConfig(method=paper)
         assert (va.expert_advantage_baseline, va.center_expert, va.fixed_alpha) == ("agent", False, pv.fixed_alpha)
-        assert (pv.expert_advantage_baseline, pv.center_expert) == ("expert", True)
+        assert (pv.expert_advantage_baseline, pv.center_expert, pv.expert_advantage_norm) == ("expert", False, "agent-spread")
+        assert (va.expert_advantage_norm, HPOConfig(method=paper, center_expert_advantages=True).expert_advantage_norm) == ("given", "center")
     assert HPOConfig(method="reled-va-alpha0.2").fixed_alpha == 0.2 and HPOConfig(method="reled-va").fixed_alpha is None
     for method, backend, refine in (("reled-va-logit", "logit", True), ("reled-va-norefine", "planner", False), ("reled-va", "planner", True)):
         tcfg = TrainConfig(method=method).resolved()
@@ -266,7 +299,7 @@ def test_expert_term_pulls_towards_positive_advantage_expert_actions(tiny, metho
 
 def test_hybrid_alpha_scales_dtw_and_pairs_each_agent_with_its_own_expert_rows():
     """Eq. 30 from hand-made trajectories: [E, A, L, 2] points and [E, A] lengths of agents and experts."""
-    cfg = HPOConfig(epochs=4, dtw_scale_m=200.0)
+    cfg = HPOConfig(epochs=4, dtw_scale_m=200.0, alpha_schedule="eq30")
     a_xy, a_len = np.zeros((2, 2, 4, 2)), np.zeros((2, 2), np.int32)
     e_xy, e_len = np.zeros((3, 2, 4, 2)), np.zeros((3, 2), np.int32)
     route = np.array([[0.0, 0.0], [100.0, 0.0], [100.0, 100.0]])
@@ -280,11 +313,12 @@ def test_hybrid_alpha_scales_dtw_and_pairs_each_agent_with_its_own_expert_rows()
     e_xy[1, 1, :2], e_len[1, 1] = route[:2], 2
     # A third expert environment has no agent counterpart and must not count.
     e_xy[2], e_len[2] = 5000.0, 1
-    alpha, dtw_m, d_dtw = jax.jit(lambda a, e, k: hybrid_alpha(a, e, k, cfg))((a_xy, a_len), (e_xy, e_len), jnp.int32(3))
+    alpha, weight, dtw_m, d_dtw = jax.jit(lambda a, e, k: hybrid_alpha(a, e, k, cfg))((a_xy, a_len), (e_xy, e_len), jnp.int32(3))
     np.testing.assert_allclose(np.asarray(dtw_m), [0.0, 900.0], atol=1e-3)
     np.testing.assert_allclose(np.asarray(d_dtw), [0.0, 1.5], rtol=1e-6)
     np.testing.assert_allclose(np.asarray(alpha), [1.0, np.exp(-3 / 4 * 1.5)], rtol=1e-6)  # exp(-(k/K) D)
-    fixed, _, _ = hybrid_alpha((a_xy, a_len), (e_xy, e_len), 3, dataclasses.replace(cfg, method="reled-alpha0.2"))
+    np.testing.assert_allclose(np.asarray(weight), np.asarray(alpha))  # eq30: alpha weights the agent loss
+    fixed, _, _, _ = hybrid_alpha((a_xy, a_len), (e_xy, e_len), 3, dataclasses.replace(cfg, method="reled-alpha0.2"))
     np.testing.assert_allclose(np.asarray(fixed), [0.2, 0.2])
 
 
@@ -294,7 +328,7 @@ def test_alpha_inside_epoch_compares_each_agents_first_episode_with_its_own_expe
     ring = build_network("ring", xy, [(k, (k + 1) % 4, 100.0, 10.0, 1) for k in range(4)], signals=SignalConfig(enabled=False))
     env = make_env(ring, n_agents=2, n_background=0)
     params = make_params(ring, [0, 1], [2, 3], [0], [2])
-    cfg = HPOConfig(epochs=4, n_envs=1, rollout_steps=6, n_minibatches=1, update_epochs=1)
+    cfg = HPOConfig(epochs=4, n_envs=1, rollout_steps=6, n_minibatches=1, update_epochs=1, alpha_schedule="eq30")
     agents, policy, value = init_env_agents(jax.random.PRNGKey(0), env)
     input_dim = observation_dim(env.m_out)
     state = init_state(jax.random.PRNGKey(1), agents, cfg).replace(epoch=jnp.int32(2))
@@ -307,6 +341,8 @@ def test_alpha_inside_epoch_compares_each_agents_first_episode_with_its_own_expe
     assert float(metrics["dtw_m"]) == pytest.approx((0.0 + 200.0) / 2, rel=1e-5)
     assert float(metrics["d_dtw"]) == pytest.approx((0.0 + 0.5) / 2, rel=1e-5)
     assert float(metrics["alpha"]) == pytest.approx((1.0 + np.exp(-2 / 4 * 0.5)) / 2, rel=1e-5)  # k = 2 of K = 4
+    # The logged expert weight is the one the loss used: no expert row in any minibatch forces it to 0.
+    assert float(metrics["expert_weight"]) == 0.0 and float(metrics["clipfrac_expert"]) == 0.0
 
 
 def test_compacted_batch_gives_the_same_loss_and_gradients_as_the_full_one(tiny):

@@ -28,6 +28,15 @@ def test_sweep_evaluates_every_seed_like_evaluate_and_reuses_finished_runs(tmp_p
     per_seed = [v["reward_per_agent"][0] for k, v in single.items() if k.startswith("ippo")]
     np.testing.assert_allclose([t["reward"] for t in ippo["test"]], per_seed, rtol=1e-5)
     assert result["references"]["oakland/moderate/a10"]["shortest"]["reward"] == pytest.approx(single["shortest"]["reward_per_agent"][0], rel=1e-5)
+    # Sampled actions too, on the same keys (evaluate plays the other mode as "sampled: ..."), and the
+    # untrained networks both ways beside the references.
+    sampled = [v["reward_per_agent"][0] for k, v in single.items() if k.startswith("sampled: ippo")]
+    assert len(sampled) == 2
+    np.testing.assert_allclose([t["reward"] for t in ippo["test_sampled"]], sampled, rtol=1e-5)
+    refs = result["references"]["oakland/moderate/a10"]
+    assert refs["untrained greedy"]["reward"] == pytest.approx(single["untrained greedy"]["reward_per_agent"][0], rel=1e-5)
+    assert refs["untrained sampled"]["reward"] == pytest.approx(single["untrained sampled"]["reward_per_agent"][0], rel=1e-5)
+    assert refs["untrained greedy"]["reward"] != refs["untrained sampled"]["reward"]
 
     # A second sweep reuses the finished runs: nothing retrains and the results are the same.
     mtime = ck.stat().st_mtime_ns

@@ -28,7 +28,7 @@ def test_reled_learns_from_its_expert_on_oakland(tmp_path):
     from reled_jax.export_policy import read_checkpoint
     from sim.scenarios import load_scenario
 
-    cfg = dict(SMALL, q=2, epochs=6)
+    cfg = dict(SMALL, q=2, epochs=6, alpha_schedule="eq30")  # eq30: alpha0.2 is the agent's weight (80 % expert)
     for method in ("ippo", "reled-va-alpha0.2"):
         train(TrainConfig(**cfg, method=method, out=str(tmp_path / method)))
     network, env, params = load_scenario("oakland", "moderate", n_agents=4)
