@@ -323,8 +323,11 @@ def agent_loss(params_i, policy: MLP, value: MLP, batch_a: dict, batch_e: dict, 
     by the agent minibatch's spread, uncentred; "center" standardises them on their own; "given" uses
     them as they come (reled-va: already divided by their whole batch's spread in `expert_advantages`).
     """
-    mean_a = masked_mean(batch_a["adv"], batch_a["valid"])
-    std_a = jnp.sqrt(masked_mean((batch_a["adv"] - mean_a) ** 2, batch_a["valid"]) + 1e-8)
+    def moments(adv, valid):
+        mean = masked_mean(adv, valid)
+        return mean, jnp.sqrt(masked_mean((adv - mean) ** 2, valid) + 1e-8)
+
+    mean_a, std_a = moments(batch_a["adv"], batch_a["valid"])
 
     def policy_terms(batch, adv):
         logits = masked_logits(policy, params_i.policy, batch["x"], batch["mask"])
@@ -334,8 +337,8 @@ def agent_loss(params_i, policy: MLP, value: MLP, batch_a: dict, batch_e: dict, 
 
     adv_e = batch_e["adv"]
     if cfg.expert_advantage_norm == "center":
-        mean_e = masked_mean(adv_e, batch_e["valid"])
-        adv_e = (adv_e - mean_e) / jnp.sqrt(masked_mean((adv_e - mean_e) ** 2, batch_e["valid"]) + 1e-8)
+        mean_e, std_e = moments(adv_e, batch_e["valid"])
+        adv_e = (adv_e - mean_e) / std_e
     elif cfg.expert_advantage_norm == "agent-spread":
         adv_e = adv_e / std_a
     l_agent, clip_a, logits_a = policy_terms(batch_a, (batch_a["adv"] - mean_a) / std_a)
@@ -431,14 +434,14 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: M
         )
         return take_rows(ret.reshape(n_agents, -1), rows), take_rows(adv.reshape(n_agents, -1), rows)
 
-    def expert_advantages(expert: Samples, params: AgentParams, capacity: int | None = None):
+    def expert_advantages(expert: Samples, params: AgentParams, rows: tuple | None = None):
         """R^e (Eq. 26, bootstrapped with V^e) and A^e = R^e - V^e(o^e) (Eq. 28), or R^e - V^a(o^e) (reled-va),
-        on the expert's decision rows compacted to `capacity` (`decision_rows`), or on all rows in order.
+        on the expert's rows `rows` = (indices, real) from `decision_rows`, or on all rows in order.
 
         Uncentred expert advantages (reled-va) leave here already divided by their spread; centred
         ones are standardised per minibatch in `agent_loss` like the agent's.
         """
-        rows, valid = decision_rows(expert.decided, capacity)
+        rows, valid = decision_rows(expert.decided, None) if rows is None else rows
         ret_e, adv_e = advantages(expert, params.value_expert, expert.last_x.shape[1], rows)
         if cfg.expert_advantage_baseline == "agent" and cfg.method not in EXPERT_FREE:  # V^e keeps R^e as its target either way
             v_agent = jax.vmap(lambda p, x: value.apply(p, x)[..., 0])(params.value_agent, take_rows(expert.x, rows))
@@ -466,8 +469,8 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: M
         agent = prep["agent"]
         rows_a, valid_a = decision_rows(agent.decided, min(capacity, agent.decided.shape[1]))
         ret_a, adv_a = advantages(agent, params.value_agent, cfg.n_envs, rows_a)
-        ret_e, adv_e = expert_advantages(expert, params, min(capacity, expert.decided.shape[1]))
         rows_e, valid_e = decision_rows(expert.decided, min(capacity, expert.decided.shape[1]))
+        ret_e, adv_e = expert_advantages(expert, params, (rows_e, valid_e))
 
         def old_logp(batch):
             logits = policy_apply(policy, params.policy, batch["x"], batch["mask"])
