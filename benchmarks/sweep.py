@@ -7,8 +7,8 @@
 
 Every cell is one `reled_jax.train` run with all its seeds vmapped in one
 compiled program (and split across devices when several are visible, on one
-host or on several with `--cluster.enabled`: see `reled_jax.train.seed_placement`), followed by 20 greedy test episodes per
-seed (`reled_jax.evaluate.evaluate_seeds`) and, once per environment, the
+host or on several with `--cluster.enabled`: see `reled_jax.train.seed_placement`), followed by 20 test episodes per
+seed, greedy and sampled on the same keys (`reled_jax.evaluate.evaluate_seeds_modes`) and, once per environment, the
 shortest-time and random reference policies on the same test keys.
 
 A cell's run directory is its cache: rerunning a sweep resumes unfinished runs
@@ -33,7 +33,7 @@ import numpy as np
 import tyro
 
 from benchmarks.common import RESULTS, machine, write_json
-from reled_jax.evaluate import evaluate_policies, evaluate_seeds, untrained_policies
+from reled_jax.evaluate import evaluate_policies, evaluate_seeds_modes, untrained_policies
 from reled_jax.export_policy import read_checkpoint
 from reled_jax.reled import METHODS, PAPER_RELED, VA_RELED
 from reled_jax.train import ClusterConfig, TrainConfig, join_cluster, train
@@ -133,8 +133,7 @@ def evaluate_cell(cfg: SweepConfig, tcfg: TrainConfig, summary: dict, t0: float)
     run_dir = tcfg.out_dir
     ck = read_checkpoint(run_dir / "checkpoint.pkl")
     _, env, params = load_scenario(scenario, regime, n_agents=n_agents, seed=0)
-    tests = evaluate_seeds(env, params, ck["state"].params.policy, cfg.episodes, cfg.eval_seed, cfg.max_steps)
-    sampled = evaluate_seeds(env, params, ck["state"].params.policy, cfg.episodes, cfg.eval_seed, cfg.max_steps, stochastic=True)
+    tests, sampled = evaluate_seeds_modes(env, params, ck["state"].params.policy, cfg.episodes, cfg.eval_seed, cfg.max_steps, (False, True))
     return {
         "method": method, "scenario": scenario, "regime": regime, "n_agents": n_agents, "seeds": cfg.seeds,
         "run_dir": str(run_dir), "train_wall_s": summary["wall_s"], "cell_wall_s": round(time.perf_counter() - t0, 1),

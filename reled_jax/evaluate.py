@@ -37,9 +37,28 @@ class EvalConfig:
     seed: int = 12345  # evaluation keys (different from training)
     max_steps: int = 3000  # environment steps per episode at most
     stochastic: bool = False  # sample from the policy instead of taking its most likely action
-    scenario: str = "hongkong"  # used only without a checkpoint
-    regime: str = "moderate"
-    n_agents: int = 10
+    # Without a checkpoint: the environment of the reference policies (default hongkong / moderate / 10).
+    # With one: read from it; a flag that disagrees with the checkpoint is an error.
+    scenario: str | None = None
+    regime: str | None = None
+    n_agents: int | None = None
+
+    def check(self) -> None:
+        if self.episodes < 1 or self.max_steps < 1:
+            raise SystemExit(f"--episodes and --max-steps must be at least 1 (got {self.episodes}, {self.max_steps})")
+        if self.n_agents is not None and self.n_agents < 1:
+            raise SystemExit(f"--n-agents must be at least 1 (got {self.n_agents})")
+
+    def environment(self, run: dict | None = None) -> tuple[str, str, int]:
+        """(scenario, regime, n_agents): the checkpoint's, refusing flags that disagree with it."""
+        given = {"scenario": self.scenario, "regime": self.regime, "n_agents": self.n_agents}
+        if run is None:
+            defaults = {"scenario": "hongkong", "regime": "moderate", "n_agents": 10}
+            return tuple(defaults[k] if v is None else v for k, v in given.items())
+        clash = [f"--{k.replace('_', '-')} {v} (the checkpoint has {run[k]})" for k, v in given.items() if v is not None and v != run[k]]
+        if clash:
+            raise SystemExit(f"{', '.join(clash)}: a checkpoint is evaluated in the environment it was trained in; drop the flag")
+        return run["scenario"], run["regime"], run["n_agents"]
 
 
 def test_episode(env: RouteChoiceEnv, params: EnvParams, policy: Callable, key: jax.Array, max_steps: int):
@@ -79,34 +98,62 @@ def test_keys(seed: int, n_episodes: int) -> jax.Array:
 
 
 def evaluate_policies(env: RouteChoiceEnv, params: EnvParams, policies: dict[str, Callable], n_episodes: int, seed: int, max_steps: int) -> dict:
-    """Episode statistics of each `policy(key, obs) -> actions [A]` over the same `n_episodes` keys."""
+    """Episode statistics of each `policy(key, obs) -> actions [A]` over the same `n_episodes` keys.
+
+    Policy networks (`NetworkPolicy`) of one shape share one compiled program, their parameters and action
+    mode its arguments: a checkpoint's seeds greedy and sampled, and the untrained networks, compile once."""
     keys = test_keys(seed, n_episodes)
+    network_runs: dict = {}
     results = {}
     for name, policy in policies.items():
-        run = jax.jit(jax.vmap(lambda key, policy=policy: test_episode(env, params, policy, key, max_steps)))
-        results[name] = episode_summary(*jax.device_get(run(keys)))
+        if isinstance(policy, NetworkPolicy):
+            kind = (policy.n_nodes, policy.m_out, jax.tree.structure(policy.params))
+            if kind not in network_runs:
+                network_runs[kind] = jax.jit(jax.vmap(
+                    lambda key, p, stochastic, like=policy: test_episode(env, params, dataclasses.replace(like, params=p, stochastic=stochastic), key, max_steps),
+                    in_axes=(0, None, None)))
+            out = network_runs[kind](keys, policy.params, jnp.bool_(policy.stochastic))
+        else:
+            out = jax.jit(jax.vmap(lambda key, policy=policy: test_episode(env, params, policy, key, max_steps)))(keys)
+        results[name] = episode_summary(*jax.device_get(out))
     return results
 
 
 def evaluate_seeds(env: RouteChoiceEnv, params: EnvParams, policy_params, n_episodes: int, seed: int, max_steps: int, stochastic: bool = False) -> list[dict]:
     """`evaluate_policies` for policies stacked on a leading seed axis, as one compiled program (seeds vmapped)."""
+    return evaluate_seeds_modes(env, params, policy_params, n_episodes, seed, max_steps, (stochastic,))[0]
 
-    def per_seed(p):
-        policy = trained_policy(p, env.n_nodes, env.m_out, stochastic)
+
+def evaluate_seeds_modes(env: RouteChoiceEnv, params: EnvParams, policy_params, n_episodes: int, seed: int, max_steps: int,
+                         modes: tuple[bool, ...] = (False, True)) -> list[list[dict]]:
+    """`evaluate_seeds` in each action mode (False: greedy, True: sampled), [mode][seed], in one compiled program."""
+
+    def per_seed(p, stochastic):
+        policy = NetworkPolicy(p, env.n_nodes, env.m_out, stochastic)
         return jax.vmap(lambda key: test_episode(env, params, policy, key, max_steps))(test_keys(seed, n_episodes))
 
-    out = jax.device_get(jax.jit(jax.vmap(per_seed))(policy_params))
-    return [episode_summary(*(x[s] for x in out)) for s in range(out[0].shape[0])]
+    run = jax.jit(jax.vmap(jax.vmap(per_seed, in_axes=(0, None)), in_axes=(None, 0)))
+    out = jax.device_get(run(policy_params, jnp.asarray(modes)))
+    n_seeds = out[0].shape[1]
+    return [[episode_summary(*(x[m, s] for x in out)) for s in range(n_seeds)] for m in range(len(modes))]
 
 
-def trained_policy(policy_params, n_nodes: int, m_out: int, stochastic: bool) -> Callable:
-    module = MLP(m_out, one_hot_nodes=n_nodes)
+@dataclasses.dataclass(frozen=True)
+class NetworkPolicy:
+    """A policy network as a policy `(key, obs) -> actions`: greedy (argmax of the masked logits) or sampled."""
 
-    def act(key, obs):
-        logits = policy_apply(module, policy_params, observe(obs.features, m_out), obs.action_mask)
-        return jax.random.categorical(key, logits) if stochastic else jnp.argmax(logits, axis=-1)
+    params: object  # the policy network's parameters (one agent stack, no seed axis)
+    n_nodes: int
+    m_out: int
+    stochastic: bool  # or a traced boolean (one program for both modes)
 
-    return act
+    def __call__(self, key, obs):
+        logits = policy_apply(MLP(self.m_out, one_hot_nodes=self.n_nodes), self.params, observe(obs.features, self.m_out), obs.action_mask)
+        return jnp.where(self.stochastic, jax.random.categorical(key, logits), jnp.argmax(logits, axis=-1))
+
+
+def trained_policy(policy_params, n_nodes: int, m_out: int, stochastic: bool) -> NetworkPolicy:
+    return NetworkPolicy(policy_params, n_nodes, m_out, stochastic)
 
 
 def checkpoint_policies(ck: dict, env: RouteChoiceEnv, stochastic: bool = False) -> dict[str, Callable]:
@@ -128,19 +175,22 @@ def untrained_policies(env: RouteChoiceEnv, seed: int) -> dict[str, Callable]:
 
 
 def main(cfg: EvalConfig) -> dict:
+    cfg.check()
     policies: dict[str, Callable] = {}
     if cfg.checkpoint:
         path = Path(cfg.checkpoint)
         ck = read_checkpoint(path)
         run = ck["config"]
-        _, env, params = load_scenario(run["scenario"], run["regime"], n_agents=run["n_agents"], seed=run["seed"])
+        scenario, regime, n_agents = cfg.environment(run)
+        _, env, params = load_scenario(scenario, regime, n_agents=n_agents, seed=run["seed"])
         policies.update(checkpoint_policies(ck, env, cfg.stochastic))
         other = "greedy" if cfg.stochastic else "sampled"
         policies.update({f"{other}: {name}": p for name, p in checkpoint_policies(ck, env, not cfg.stochastic).items()})
         policies.update(untrained_policies(env, run["seed"]))
         out_path = path.parent / "evaluation.json"
     else:
-        _, env, params = load_scenario(cfg.scenario, cfg.regime, n_agents=cfg.n_agents)
+        scenario, regime, n_agents = cfg.environment()
+        _, env, params = load_scenario(scenario, regime, n_agents=n_agents)
         out_path = None
     for name, ref in REFERENCE_POLICIES.items():
         policies[name] = lambda key, obs, ref=ref: ref(key, obs, params)
@@ -156,5 +206,12 @@ def main(cfg: EvalConfig) -> dict:
     return results
 
 
+def cli() -> None:
+    from reled_jax.train import usage_errors
+
+    with usage_errors():
+        main(tyro.cli(EvalConfig, description=__doc__))
+
+
 if __name__ == "__main__":
-    main(tyro.cli(EvalConfig))
+    cli()

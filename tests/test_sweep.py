@@ -14,7 +14,7 @@ from reled_jax.evaluate import main as evaluate
 
 @pytest.mark.slow
 def test_sweep_evaluates_every_seed_like_evaluate_and_reuses_finished_runs(tmp_path):
-    cfg = SweepConfig(experiment="fig4", budget="smoke", seeds=2, methods=("ippo",), scenarios=("oakland",), regimes=("moderate",),
+    cfg = SweepConfig(experiment="fig4", budget="smoke", seeds=2, methods=("ippo",), scenarios=("oakland",), regimes=("moderate",), n_agents=(4,),
                       episodes=3, max_steps=300, runs_dir=str(tmp_path / "runs"), out=str(tmp_path / "sweep.json"))
     result = sweep(cfg)
     assert [c["method"] for c in result["cells"]] == ["ippo"]  # MAPPO's training has tests of its own (test_mappo)
@@ -23,17 +23,17 @@ def test_sweep_evaluates_every_seed_like_evaluate_and_reuses_finished_runs(tmp_p
     assert np.array(ippo["curves"]["episode_reward"]).shape == (2, 4)
     assert np.all(np.diff(np.array(ippo["curves"]["interaction_steps"]), axis=1) > 0)
     # The seed-vmapped test episodes give what `python -m reled_jax.evaluate` gives policy by policy on the same keys.
-    ck = tmp_path / "runs" / "smoke" / "oakland-moderate-a10-ippo-x2" / "checkpoint.pkl"
+    ck = tmp_path / "runs" / "smoke" / "oakland-moderate-a4-ippo-x2" / "checkpoint.pkl"
     single = evaluate(EvalConfig(checkpoint=str(ck), episodes=3, max_steps=300, seed=cfg.eval_seed))
     per_seed = [v["reward_per_agent"][0] for k, v in single.items() if k.startswith("ippo")]
     np.testing.assert_allclose([t["reward"] for t in ippo["test"]], per_seed, rtol=1e-5)
-    assert result["references"]["oakland/moderate/a10"]["shortest"]["reward"] == pytest.approx(single["shortest"]["reward_per_agent"][0], rel=1e-5)
+    assert result["references"]["oakland/moderate/a4"]["shortest"]["reward"] == pytest.approx(single["shortest"]["reward_per_agent"][0], rel=1e-5)
     # Sampled actions too, on the same keys (evaluate plays the other mode as "sampled: ..."), and the
     # untrained networks both ways beside the references.
     sampled = [v["reward_per_agent"][0] for k, v in single.items() if k.startswith("sampled: ippo")]
     assert len(sampled) == 2
     np.testing.assert_allclose([t["reward"] for t in ippo["test_sampled"]], sampled, rtol=1e-5)
-    refs = result["references"]["oakland/moderate/a10"]
+    refs = result["references"]["oakland/moderate/a4"]
     assert refs["untrained greedy"]["reward"] == pytest.approx(single["untrained greedy"]["reward_per_agent"][0], rel=1e-5)
     assert refs["untrained sampled"]["reward"] == pytest.approx(single["untrained sampled"]["reward_per_agent"][0], rel=1e-5)
     assert refs["untrained greedy"]["reward"] != refs["untrained sampled"]["reward"]
@@ -45,7 +45,7 @@ def test_sweep_evaluates_every_seed_like_evaluate_and_reuses_finished_runs(tmp_p
     assert json.dumps(again["cells"]) == json.dumps(result["cells"])
 
     # Expert agreement on the same runs: its test rewards are the sweep's (same keys), and the report tables it.
-    agree = agreement(AgreementConfig(budget="smoke", scenario="oakland", seeds=2, methods=("ippo", "reled"), episodes=2, demo_steps=300,
+    agree = agreement(AgreementConfig(budget="smoke", scenario="oakland", n_agents=4, seeds=2, methods=("ippo", "reled"), episodes=2, demo_steps=300,
                                       test_episodes=3, max_steps=300, runs_dir=str(tmp_path / "runs"), out=str(tmp_path / "expert_agreement_smoke.json")))
     assert list(agree["methods"]) == ["initial", "ippo"]  # reled has no run here: skipped
     for cell in result["cells"]:
