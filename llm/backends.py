@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from typing import Protocol
 
-from llm.client import PLAN_SCHEMA, ROUTE_SCHEMA, ChatClient, ChatResult, LLMConfig, LLMError
+from llm.client import PLAN_SCHEMA, ROUTE_SCHEMA, ChatClient, ChatResult, LLMConfig, LLMError, sanitize_text
 from llm.history import ChatHistory, make_token_counter
 from llm.prompts import ExpertRequest, render_user
 from sim.network import RoadNetwork
@@ -31,6 +32,7 @@ class BackendReply:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached: bool = False
+    keep: Callable[[], None] | None = None  # store the answer in the response cache (the service calls it once it parsed)
 
 
 class ExpertBackend(Protocol):
@@ -62,14 +64,17 @@ class LLMBackend:
                 continue
             assert isinstance(result, ChatResult)
             self.history.record(user, result.text)
-            replies.append(BackendReply(result.text, None, None, result.latency_s, result.prompt_tokens, result.completion_tokens, result.cached))
+            keep = (lambda result=result: self.client.keep(result)) if result.cache_key is not None else None
+            replies.append(BackendReply(result.text, None, None, result.latency_s, result.prompt_tokens, result.completion_tokens, result.cached, keep))
         return replies
 
     def state_dict(self) -> dict:
         return {"turns": list(self.history.turns), "dropped": self.history.dropped}
 
     def load_state_dict(self, state: dict) -> None:
-        self.history.turns, self.history.dropped = list(state["turns"]), state["dropped"]
+        # Sanitised again: a checkpoint written before responses were sanitised may hold a lone surrogate.
+        self.history.turns = [dict(t, content=sanitize_text(t["content"])) for t in state["turns"]]
+        self.history.dropped = state["dropped"]
 
     def close(self) -> None:
         self.client.close()

@@ -4,7 +4,10 @@ Works with OpenAI, vLLM, llama.cpp's server and Ollama. Configuration comes
 from arguments or the environment (RELED_LLM_BASE_URL, RELED_LLM_MODEL,
 RELED_LLM_API_KEY, falling back to OPENAI_API_KEY). Every failure is one of
 the typed `LLMError`s below; 429, 5xx, timeouts and connection errors are
-retried with exponential backoff (honouring Retry-After) before giving up.
+retried with exponential backoff (honouring Retry-After) before giving up,
+all within one overall deadline per request (`deadline_s`: connect, every read
+of a body that trickles in, and the retries), so a server that accepts and
+never answers costs at most that long.
 Structured output is requested where the server supports it: `json_schema`
 (OpenAI-style servers, vLLM) or `json_object` with a `schema` (llama.cpp's
 server); a server that rejects a format is asked again with the next one
@@ -68,7 +71,8 @@ class LLMConfig:
     base_url: str = ""  # e.g. http://127.0.0.1:8080/v1
     model: str = ""
     api_key: str = ""
-    timeout_s: float = 60.0
+    timeout_s: float = 60.0  # per connect or read
+    deadline_s: float = 120.0  # per request, all attempts and reads together
     max_retries: int = 3
     backoff_s: float = 1.0  # first retry waits this long, then doubles
     max_backoff_s: float = 30.0
@@ -91,9 +95,11 @@ class LLMConfig:
 
     def check(self) -> None:
         if not self.base_url:
-            raise LLMError("no LLM endpoint configured: pass --llm-url (e.g. http://127.0.0.1:8080/v1) or set RELED_LLM_BASE_URL")
+            raise LLMError("no LLM endpoint configured: pass --expert.llm.base-url (e.g. http://127.0.0.1:8080/v1) or set RELED_LLM_BASE_URL")
         if not self.base_url.startswith(("http://", "https://")):
             raise LLMError(f"LLM base URL {self.base_url!r} must start with http:// or https://")
+        if not (self.timeout_s > 0 and self.deadline_s > 0):
+            raise LLMError(f"timeout_s={self.timeout_s:g} and deadline_s={self.deadline_s:g} must be positive")
         if self.structured not in ("json_schema", "json_object", "none"):
             raise LLMError(f"structured={self.structured!r}; choose json_schema, json_object or none")
 
@@ -106,6 +112,7 @@ class ChatResult:
     completion_tokens: int
     cached: bool = False
     attempts: int = 1
+    cache_key: dict | None = None  # what `keep` stores this answer under (None: cached already, or no cache)
 
 
 class ChatClient:
@@ -140,8 +147,29 @@ class ChatClient:
             payload["response_format"] = {"type": "json_object", "schema": schema}
         return payload
 
+    def keep(self, result: ChatResult) -> None:
+        """Store an answer in the response cache. The caller decides: an answer that does not parse is never
+        kept, so a resumed run asks again instead of reading the same garbage back."""
+        if self._cache is not None and result.cache_key is not None:
+            self._cache.put(result.cache_key, {"text": result.text, "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens})
+
+    def _post(self, payload: dict, deadline: float) -> httpx.Response:
+        """One POST, read in full, streamed so that the overall deadline is checked between chunks; each
+        connect and read waits at most what is left of it."""
+        left = deadline - time.perf_counter()
+        if left <= 0:
+            raise httpx.TimeoutException("deadline passed before the request was sent")
+        timeout = httpx.Timeout(min(self.config.timeout_s, left))
+        chunks = []
+        with self._http.stream("POST", "chat/completions", json=payload, timeout=timeout) as response:
+            for chunk in response.iter_bytes():
+                chunks.append(chunk)
+                if time.perf_counter() > deadline:
+                    raise httpx.ReadTimeout("the answer was still arriving at the deadline")
+            return httpx.Response(response.status_code, headers=response.headers, content=b"".join(chunks))
+
     def complete(self, messages: list[dict], schema: dict | None = None) -> ChatResult:
-        """One chat completion; raises a typed LLMError after retries are exhausted."""
+        """One chat completion; raises a typed LLMError after retries are exhausted or past `deadline_s`."""
         payload = self._payload(messages, schema)
         # Keyed by the request as configured, so a server's structured-output downgrade does not change the key.
         cache_key = self._payload(messages, schema, self.config.structured)
@@ -150,13 +178,15 @@ class ChatClient:
             if hit is not None:
                 return ChatResult(hit["text"], 0.0, hit.get("prompt_tokens", 0), hit.get("completion_tokens", 0), cached=True, attempts=0)
         start = time.perf_counter()
+        deadline = start + self.config.deadline_s
         attempt = 0
         while True:
             attempt += 1
             try:
-                response = self._http.post("chat/completions", json=payload)
+                response = self._post(payload, deadline)
             except httpx.TimeoutException as err:
-                error: LLMError = LLMTimeout(f"LLM at {self.config.base_url} did not answer within {self.config.timeout_s:g} s ({type(err).__name__})")
+                error: LLMError = LLMTimeout(f"LLM at {self.config.base_url} did not answer within {self.config.timeout_s:g} s per read "
+                                             f"and {self.config.deadline_s:g} s in all ({type(err).__name__})")
                 retry_after = None
             except httpx.TransportError as err:
                 error = LLMUnavailable(f"cannot reach LLM at {self.config.base_url}: {type(err).__name__}: {err}")
@@ -168,10 +198,8 @@ class ChatClient:
                     except LLMBadResponse as err:
                         err.latency_s = time.perf_counter() - start
                         raise
-                    result = ChatResult(text, time.perf_counter() - start, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), attempts=attempt)
-                    if self._cache is not None:
-                        self._cache.put(cache_key, {"text": text, "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens})
-                    return result
+                    return ChatResult(text, time.perf_counter() - start, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), attempts=attempt,
+                                      cache_key=cache_key if self._cache is not None else None)
                 unsupported = response.status_code in (400, 422, 500) and "response_format" in response.text
                 if unsupported and "response_format" in payload:
                     # The server does not support this structured-output form: json_schema -> json_object
@@ -185,13 +213,11 @@ class ChatClient:
                     error.latency_s = time.perf_counter() - start
                     raise error  # a client error will not fix itself
                 retry_after = _retry_after(response)
-            if attempt > self.config.max_retries:
+            delay = min(max(self.config.backoff_s * 2 ** (attempt - 1), retry_after or 0.0), self.config.max_backoff_s)
+            if attempt > self.config.max_retries or time.perf_counter() + delay >= deadline:
                 error.latency_s = time.perf_counter() - start  # time lost to the failure, for the stats
                 raise error
-            delay = self.config.backoff_s * 2 ** (attempt - 1)
-            if retry_after is not None:
-                delay = max(delay, retry_after)
-            time.sleep(min(delay, self.config.max_backoff_s))
+            time.sleep(delay)
 
     def complete_many(self, requests: list[tuple[list[dict], dict | None]]) -> list[ChatResult | LLMError]:
         """Send several requests concurrently (one per agent subset); each result is a ChatResult or the LLMError."""
@@ -216,8 +242,15 @@ def _parse_completion(response: httpx.Response) -> tuple[str, dict]:
         raise LLMBadResponse(f"LLM answered HTTP 200 without a chat completion ({type(err).__name__}): {response.text[:200]!r}") from None
     if not isinstance(content, str):
         raise LLMBadResponse(f"LLM completion content is {type(content).__name__}, not text")
+    content = sanitize_text(content)
     usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
     return content, {k: int(v) for k, v in usage.items() if isinstance(v, (int, float))}
+
+
+def sanitize_text(text: str) -> str:
+    """`text` as valid UTF-8: a lone surrogate (JSON's \\ud800 escapes allow one) would make every later
+    request that carries it in its history fail to encode, and the cache and checkpoint that store it."""
+    return text.encode("utf-8", errors="replace").decode("utf-8")
 
 
 def _retry_after(response: httpx.Response) -> float | None:

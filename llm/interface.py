@@ -104,9 +104,9 @@ class PlanContext:
     # ----------------------------------------------------------- argument checks
     def _node(self, value, fn: str) -> int:
         if isinstance(value, bool) or not isinstance(value, (int, float, np.integer)):
-            raise PlanError(f"{fn}: node id must be an integer, got {type(value).__name__} {value!r:.40}")
+            raise PlanError(f"{fn}: node id must be an integer, got {type(value).__name__} {short_repr(value)}")
         if isinstance(value, float) and not value.is_integer():
-            raise PlanError(f"{fn}: node id must be an integer, got {value!r}")
+            raise PlanError(f"{fn}: node id must be an integer, got {short_repr(value)}")
         node = int(value)
         if not 0 <= node < self.network.n_nodes:
             raise PlanError(f"{fn}: unknown node {node} (valid junction ids are 0..{self.network.n_nodes - 1})")
@@ -115,7 +115,7 @@ class PlanContext:
     @staticmethod
     def _coord(value, fn: str) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise PlanError(f"{fn}: coordinates must be finite numbers, got {value!r:.40}")
+            raise PlanError(f"{fn}: coordinates must be finite numbers, got {short_repr(value)}")
         return float(value)
 
     # ------------------------------------------------------------ instructions
@@ -172,6 +172,44 @@ class PlanContext:
     def functions(self) -> dict[str, Callable]:
         """The callables a plan may reach, by name (Table II)."""
         return {name: getattr(self, name) for name in INTERFACE_NAMES}
+
+
+def expanded_size(value, budget: int) -> int:
+    """Elements and characters of `value` counted through every level of nesting, a repeated container once
+    per appearance, stopping as soon as the count passes `budget` (so a container holding itself ends too)."""
+    total, stack = 0, [value]
+    while stack and total <= budget:
+        v = stack.pop()
+        if isinstance(v, str):
+            total += len(v)
+        elif isinstance(v, (list, tuple)):
+            total += len(v)
+            stack.extend(x for x in v if isinstance(x, (list, tuple, dict, str)))
+        elif isinstance(v, dict):
+            total += len(v)
+            stack.extend(x for x in (*v.keys(), *v.values()) if isinstance(x, (list, tuple, dict, str)))
+    return total
+
+
+def short_repr(value, limit: int = 40) -> str:
+    """A plan's value as an error message may show it: bounded, and never the repr of a whole container (a
+    plan's shared or self-referencing containers make repr exponentially long or endless)."""
+    if isinstance(value, (list, tuple, dict)):
+        if expanded_size(value, limit) <= limit:
+            text = repr(value)  # small through all its nesting: its repr is short too
+            return text if len(text) <= limit else text[: limit - 3] + "..."
+        return f"a {type(value).__name__} of {len(value)} item{'s' if len(value) != 1 else ''}"
+    if isinstance(value, range):
+        return "a range"
+    if isinstance(value, str):
+        return repr(value[:limit]) + ("..." if len(value) > limit else "")
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, int):
+        return repr(value) if value.bit_length() <= 128 else f"an integer of {value.bit_length()} bits"
+    if isinstance(value, float):
+        return repr(value)
+    return f"a {type(value).__name__}"
 
 
 def congestion_graph(network: RoadNetwork, edge_time: np.ndarray) -> csr_matrix:

@@ -24,12 +24,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from scipy.sparse import csr_matrix
 
-from llm.interface import Instruction, PlanContext, PlanError, congestion_graph
+from llm.interface import MOVE_OPS, Instruction, PlanContext, PlanError, congestion_graph
 from llm.sandbox import SandboxLimits, parse_program, run_program
 from sim.network import RoadNetwork
 
@@ -75,18 +75,26 @@ class PlanRequestContext:
 
 def parse_response(text: str, agents: Sequence[int], ctx: PlanRequestContext) -> dict[int, AgentPlan]:
     """Turn one LLM response into a plan (or a rejection) for each requested agent."""
+    return dict(iter_plans(text, agents, ctx))
+
+
+def iter_plans(text: str, agents: Sequence[int], ctx: PlanRequestContext) -> Iterator[tuple[int, AgentPlan]]:
+    """`parse_response` one agent at a time, in `agents` order (llm.isolation puts a deadline on each)."""
     agents = [int(a) for a in agents]
     if not isinstance(text, str) or not text.strip():
-        return {a: AgentPlan(a, error="empty response") for a in agents}
+        yield from ((a, AgentPlan(a, error="empty response")) for a in agents)
+        return
     payload = _json_payload(text)
     graph = ctx.time_graph()
     if payload is not None:
-        return _from_json(payload, agents, ctx, graph)
+        yield from _from_json(payload, agents, ctx, graph)
+        return
     if text.lstrip().startswith(("{", "[")):
         why = "response looks like JSON but is not a valid JSON object (truncated or malformed)"
-        return {a: AgentPlan(a, error=why) for a in agents}
+        yield from ((a, AgentPlan(a, error=why)) for a in agents)
+        return
     code = _python_code(text)
-    return {a: _run_code(code, a, ctx, graph, "code") for a in agents}
+    yield from ((a, _run_code(code, a, ctx, graph, "code")) for a in agents)
 
 
 def _json_payload(text: str):
@@ -99,7 +107,7 @@ def _json_payload(text: str):
             continue
         try:
             value = json.loads(candidate)
-        except (json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):  # ValueError: malformed, or an integer of more than 4,300 digits
             continue
         if isinstance(value, dict):
             return value
@@ -111,31 +119,31 @@ def _python_code(text: str) -> str:
     return "\n".join(blocks) if blocks else text
 
 
-def _from_json(payload: dict, agents: list[int], ctx: PlanRequestContext, graph) -> dict[int, AgentPlan]:
+def _from_json(payload: dict, agents: list[int], ctx: PlanRequestContext, graph) -> Iterator[tuple[int, AgentPlan]]:
     if isinstance(payload.get("code"), str) and "plans" not in payload:
-        return {a: _run_code(payload["code"], a, ctx, graph, "code") for a in agents}
+        yield from ((a, _run_code(payload["code"], a, ctx, graph, "code")) for a in agents)
+        return
     items = payload.get("plans")
     if not isinstance(items, list):
         why = 'JSON response has no "plans" list'
-        return {a: AgentPlan(a, error=why) for a in agents}
+        yield from ((a, AgentPlan(a, error=why)) for a in agents)
+        return
     by_agent: dict[int, dict] = {}
     for item in items:
         if isinstance(item, dict) and isinstance(item.get("agent"), int) and not isinstance(item.get("agent"), bool):
             by_agent.setdefault(item["agent"], item)  # first plan for an agent wins
-    out = {}
     for a in agents:
         item = by_agent.get(a)
         if item is None:
-            out[a] = AgentPlan(a, error=f"response has no plan for agent {a}")
+            yield a, AgentPlan(a, error=f"response has no plan for agent {a}")
         elif isinstance(item.get("code"), str):
-            out[a] = _run_code(item["code"], a, ctx, graph, "code")
+            yield a, _run_code(item["code"], a, ctx, graph, "code")
         elif "instructions" in item:
-            out[a] = _run_steps(item["instructions"], a, ctx, graph)
+            yield a, _run_steps(item["instructions"], a, ctx, graph)
         elif "route" in item:
-            out[a] = _run_route(item["route"], a, ctx, graph)
+            yield a, _run_route(item["route"], a, ctx, graph)
         else:
-            out[a] = AgentPlan(a, error=f'plan for agent {a} has none of "code", "instructions", "route"')
-    return out
+            yield a, AgentPlan(a, error=f'plan for agent {a} has none of "code", "instructions", "route"')
 
 
 def _finish(agent: int, pctx: PlanContext, fmt: str) -> AgentPlan:
@@ -196,4 +204,23 @@ def fallback_plan(agent: int, destination: int, reason: str) -> AgentPlan:
     return AgentPlan(agent, (Instruction("move_to_by_shortest_time", int(destination)),), fmt="fallback", error=reason)
 
 
-__all__ = ["AgentPlan", "PlanRequestContext", "parse_response", "fallback_plan"]
+def plan_to_json(plan: AgentPlan) -> dict:
+    """An AgentPlan as plain JSON data (what a plan worker sends back: never a pickle)."""
+    return {"agent": plan.agent, "instructions": [[i.op, i.node, i.line] for i in plan.instructions], "fmt": plan.fmt, "error": plan.error}
+
+
+def plan_from_json(data: dict, agent: int) -> AgentPlan:
+    """The AgentPlan of `plan_to_json` for `agent`, checked: anything malformed is a rejection, not an error."""
+    try:
+        if data["agent"] != agent:
+            raise ValueError(f"a plan for agent {data['agent']}")
+        steps = tuple(Instruction(str(op), int(node), int(line)) for op, node, line in data["instructions"])
+        if any(i.op not in MOVE_OPS for i in steps):
+            raise ValueError("an unknown instruction")
+        error = data["error"]
+        return AgentPlan(agent, steps, str(data["fmt"]), None if error is None else str(error))
+    except (KeyError, TypeError, ValueError) as err:
+        return AgentPlan(agent, error=f"plan worker sent a malformed result ({err})")
+
+
+__all__ = ["AgentPlan", "PlanRequestContext", "parse_response", "iter_plans", "fallback_plan", "plan_to_json", "plan_from_json"]

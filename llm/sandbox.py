@@ -17,8 +17,14 @@ attribute access (which also rules out `__class__` walks), names with a leading
 underscore, `while`, `lambda`, `try`, `with`, classes, `global`, and so on.
 While running, the interpreter bounds the number of evaluation steps (infinite
 or huge loops), wall-clock time, helper-call depth (recursion), container and
-string sizes and integer magnitudes (memory). Any failure is a `PlanError`
-naming the line and the problem, so it can be counted and fed back.
+string sizes and integer magnitudes (memory). Values are also bounded through
+their nesting (`max_expanded_items`): a list that holds another list twice, or
+itself, is what makes a C-level repr, ==, hash or sort take exponential or
+endless time, so every value a plan builds, stores, compares, hashes, formats or
+sorts is walked first with a budget (the walk stops as soon as it is over it).
+Any failure is a `PlanError` naming the line and the problem, so it can be
+counted and fed back. The interpreter's budgets are the first line of defence;
+`llm.isolation` runs plans in a worker process under OS limits as the guarantee.
 """
 
 from __future__ import annotations
@@ -28,10 +34,11 @@ import dataclasses
 import inspect
 import operator
 import re
+import sys
 import time
 from collections.abc import Callable
 
-from llm.interface import INTERFACE_NAMES, PlanError
+from llm.interface import INTERFACE_NAMES, PlanError, expanded_size, short_repr
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +51,11 @@ class SandboxLimits:
     max_call_depth: int = 8
     max_items: int = 10_000  # elements of any list/tuple/dict, characters of any string
     max_total_items: int = 1_000_000  # elements and characters allocated over the whole run (memory bound)
+    max_expanded_items: int = 100_000  # elements and characters of a value through all its nesting, with repeats
     max_int_bits: int = 128
+    max_call_args: int = 32  # arguments of one call (zip(a, a, ..., a) with thousands of them)
+    max_round_digits: int = 30  # |ndigits| of round(x, ndigits)
+    max_format_width: int = 99  # width and precision of a %-format field
 
 
 _BIN_OPS: dict[type, Callable] = {
@@ -105,6 +116,8 @@ _WHY_NOT = {
     ast.DictComp: "dict comprehensions are not allowed",
 }
 _FORMAT_SPEC = re.compile(r"^[<>^]?[+\- ]?\d{0,2}(\.\d{1,2})?[dfegs%]?$")
+# A printf-style field of `str % args`: its width and precision are checked before formatting.
+_PERCENT_FIELD = re.compile(r"%(?:\([^)]*\))?[-+ #0]*(\*|\d+)?(?:\.(\*|\d+))?[hlL]?[a-zA-Z%]")
 
 
 class _Break(Exception):
@@ -138,7 +151,7 @@ def parse_program(source: str, limits: SandboxLimits = SandboxLimits()) -> ast.M
     try:
         tree = ast.parse(source, mode="exec")
     except SyntaxError as err:
-        raise PlanError(f"syntax error on line {err.lineno}: {err.msg}") from None
+        raise PlanError(f"syntax error on line {err.lineno}: {err.msg}" if err.lineno else f"syntax error: {err.msg}") from None
     except (RecursionError, MemoryError, ValueError) as err:
         raise PlanError(f"plan code could not be parsed ({type(err).__name__}: too deeply nested or invalid)") from None
     check_program(tree, limits)
@@ -176,6 +189,8 @@ def check_program(tree: ast.Module, limits: SandboxLimits) -> None:
             raise PlanError(f"line {line}: `**` arguments are not allowed")
         elif isinstance(node, ast.comprehension) and node.is_async:
             raise PlanError(f"line {line}: async code is not allowed")
+        elif isinstance(node, ast.Call) and len(node.args) + len(node.keywords) > limits.max_call_args:
+            raise PlanError(f"line {line}: a call with {len(node.args) + len(node.keywords)} arguments ({limits.max_call_args} at most)")
         if name is not None and name.startswith("_"):
             raise PlanError(f"line {line}: names starting with '_' (such as {name!r}) are not allowed")
         for child in ast.iter_child_nodes(node):
@@ -225,6 +240,10 @@ class Interpreter:
             raise PlanError("plan nests too deeply (recursion limit)") from None
         except MemoryError:
             raise PlanError("plan ran out of memory") from None
+        except PlanError:
+            raise
+        except Exception as err:  # a Python error the checks above did not foresee: still the plan's failure, with its reason
+            raise PlanError(f"plan failed: {type(err).__name__}: {str(err)[:200]}") from None
 
     def _tick(self, node) -> None:
         self.steps += 1
@@ -297,12 +316,15 @@ class Interpreter:
             key = self._eval(target.slice, scope)
             if not isinstance(container, (list, dict)):
                 raise PlanError(f"line {target.lineno}: only list and dict items can be assigned")
+            self._check_expanded(key, target)
             try:
                 container[key] = value
             except (IndexError, KeyError, TypeError) as err:
                 raise PlanError(f"line {target.lineno}: {type(err).__name__}: {err}") from None
             if len(container) > self.limits.max_items:
                 raise PlanError(f"line {target.lineno}: a value with {len(container)} items exceeds the limit of {self.limits.max_items}")
+            if isinstance(value, (list, tuple, dict)):  # storing a container may nest it (or the container in itself)
+                self._check_expanded(container, target)
             self._charge(1, target)
         else:
             raise PlanError(f"line {getattr(target, 'lineno', 0)}: cannot assign to this expression")
@@ -327,7 +349,12 @@ class Interpreter:
                 key = self._eval(k, scope)
                 if not isinstance(key, (int, float, str, bool, tuple, type(None))):
                     raise PlanError(f"line {node.lineno}: dict keys must be numbers, strings or tuples")
-                out[key] = self._eval(v, scope)
+                self._check_expanded(key, node)
+                value = self._eval(v, scope)
+                try:
+                    out[key] = value
+                except TypeError:
+                    raise PlanError(f"line {node.lineno}: dict keys must be numbers, strings or tuples of them (a tuple holding a list is not a key)") from None
             return self._check_size(out, node)
         if isinstance(node, ast.BinOp):
             return self._binop(node.op, self._eval(node.left, scope), self._eval(node.right, scope), node)
@@ -350,8 +377,13 @@ class Interpreter:
             left = self._eval(node.left, scope)
             for op, comparator in zip(node.ops, node.comparators):
                 right = self._eval(comparator, scope)
+                self._check_expanded(left, node)
+                self._check_expanded(right, node)
                 try:
-                    ok = _CMP_OPS[type(op)](left, right)
+                    if isinstance(op, (ast.In, ast.NotIn)) and isinstance(right, range):
+                        ok = _in_range(left, right) == isinstance(op, ast.In)
+                    else:
+                        ok = _CMP_OPS[type(op)](left, right)
                 except TypeError as err:
                     raise PlanError(f"line {node.lineno}: TypeError: {err}") from None
                 if not ok:
@@ -392,6 +424,7 @@ class Interpreter:
             spec = self._eval(node.format_spec, scope)
             if not _FORMAT_SPEC.match(spec):
                 raise PlanError(f"line {node.lineno}: format spec {spec!r:.20} is not allowed")
+        self._check_expanded(value, node)
         try:
             return format(value, spec) if spec else self._str(value)
         except (ValueError, TypeError) as err:
@@ -407,6 +440,11 @@ class Interpreter:
             seq, times = (left, right) if isinstance(left, (str, list, tuple)) else (right, left)
             if isinstance(times, int) and len(seq) * max(times, 0) > self.limits.max_items:
                 raise PlanError(f"line {line}: result would exceed {self.limits.max_items} items")
+        if kind is ast.Mod and isinstance(left, str):
+            for width, precision in _PERCENT_FIELD.findall(left):
+                if "*" in (width, precision) or max(int(width or 0), int(precision or 0)) > self.limits.max_format_width:
+                    raise PlanError(f"line {line}: %-format field wider than {self.limits.max_format_width} (or a * width) is not allowed")
+            self._check_expanded(right, node)
         if kind is ast.Pow and _is_number(left) and _is_number(right):
             if isinstance(right, (int, float)) and abs(right) > 1024:
                 raise PlanError(f"line {line}: exponent {right} is too large")
@@ -433,9 +471,12 @@ class Interpreter:
             key = slice(*bounds)
         else:
             key = self._eval(node.slice, scope)
+            self._check_expanded(key, node)
         try:
             return container[key]
-        except (IndexError, KeyError, TypeError, ValueError) as err:
+        except KeyError:
+            raise PlanError(f"line {node.lineno}: KeyError: {short_repr(key)}") from None
+        except (IndexError, TypeError, ValueError) as err:
             raise PlanError(f"line {node.lineno}: {type(err).__name__}: {err}") from None
 
     def _comprehension(self, node, scope):
@@ -516,7 +557,9 @@ class Interpreter:
         if len(items) > self.limits.max_items:
             raise PlanError(f"sequence of {len(items)} items exceeds {self.limits.max_items}")
         self.steps += len(items)
-        return list(items)
+        items = list(items)
+        self._check_expanded(items, None)  # sorted/min/max compare the items, which may nest
+        return items
 
     def _keyed(self, key):
         if key is None:
@@ -548,12 +591,21 @@ class Interpreter:
     def _range(self, *args):
         if not all(isinstance(a, int) and not isinstance(a, bool) for a in args):
             raise PlanError("range() arguments must be integers")
-        return range(*args)
+        r = range(*args)
+        try:
+            len(r)  # unpacking, len() and indexing need a length that fits a machine integer
+        except OverflowError:
+            raise PlanError(f"range() with more than {sys.maxsize} elements") from None
+        return r
 
     def _round(self, value, digits=None):
         if not _is_number(value):
             raise PlanError(f"round() needs a number, got {type(value).__name__}")
-        return round(value) if digits is None else round(value, int(digits))
+        if digits is None:
+            return round(value)
+        if not _is_number(digits) or abs(digits) > self.limits.max_round_digits:
+            raise PlanError(f"round() digits must be a number between -{self.limits.max_round_digits} and {self.limits.max_round_digits}")
+        return round(value, int(digits))
 
     def _int(self, value=0):
         if isinstance(value, str) and len(value) > 40:
@@ -563,10 +615,14 @@ class Interpreter:
     def _str(self, value=""):
         if isinstance(value, (list, tuple, dict)) and len(value) > 1000:
             raise PlanError("str() of a container with more than 1000 items")
+        self._check_expanded(value, None)
         return str(value)
 
     def _sum(self, value, start=0):
-        return sum(self._materialize(value), start)
+        items = self._materialize(value)
+        if not all(_is_number(x) for x in items) or not _is_number(start):
+            raise PlanError("sum() adds numbers only")  # lists would concatenate in quadratic time
+        return sum(items, start)
 
     def _list(self, value=()):
         return self._materialize(value)
@@ -578,7 +634,10 @@ class Interpreter:
         return list(enumerate(self._materialize(value), start))
 
     def _zip(self, *values):
-        return list(zip(*(self._materialize(v) for v in values)))
+        lists = [self._materialize(v) for v in values]
+        if lists and min(map(len, lists)) * (len(lists) + 1) > self.limits.max_expanded_items:
+            raise PlanError(f"zip() result would exceed {self.limits.max_expanded_items} items")
+        return list(zip(*lists))
 
     def _reversed(self, value):
         return list(reversed(self._materialize(value)))
@@ -597,10 +656,22 @@ class Interpreter:
         if isinstance(value, (list, tuple, dict, str)):
             if len(value) > self.limits.max_items:
                 raise PlanError(f"line {line}: a value with {len(value)} items exceeds the limit of {self.limits.max_items}")
+            self._check_expanded(value, node)
             self._charge(len(value), node)
         if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > self.limits.max_int_bits:
             raise PlanError(f"line {line}: integer exceeds {self.limits.max_int_bits} bits")
         return value
+
+    def _check_expanded(self, value, node) -> None:
+        """Refuse a value that expands past `max_expanded_items` through its nesting (see module doc)."""
+        if not isinstance(value, (list, tuple, dict)):
+            return
+        size = expanded_size(value, self.limits.max_expanded_items)
+        at = f"line {node.lineno}: " if getattr(node, "lineno", None) else ""
+        if size > self.limits.max_expanded_items:
+            raise PlanError(f"{at}a value nested past {self.limits.max_expanded_items} items (a container repeated inside itself, or holding itself)")
+        if size > 1024 and time.perf_counter() > self.deadline:  # one step may walk (and then compare or format) this much
+            raise PlanError(f"{at}time budget of {self.limits.max_seconds} s exceeded")
 
     def _charge(self, n: int, node) -> None:
         self.allocated += n
@@ -643,6 +714,15 @@ def _check_arity(func, args, kwargs, at: str) -> None:
     except TypeError:
         names = ", ".join(signature.parameters) or "no arguments"
         raise PlanError(f"{at}{func.__name__}() takes ({names}), got {len(args) + len(kwargs)} argument(s)") from None
+
+
+def _in_range(value, r: range) -> bool:
+    """`value in r` without Python's element-by-element scan for non-integers (endless on a huge range)."""
+    if isinstance(value, int):
+        return value in r
+    if isinstance(value, float) and value.is_integer():
+        return int(value) in r
+    return False
 
 
 def _is_number(value) -> bool:

@@ -7,13 +7,18 @@ the answers, and compiles one `CompiledPlans` per subset. It never raises
 because of the backend: an LLM that is down, slow, answers garbage or plans
 badly leaves the affected agents on a fallback plan (their last executed plan,
 else live shortest time to the destination), and `stats` counts every case.
+An endpoint that cannot be reached, or a round in which most plans fell back,
+is said in one warning line on stderr. Backend text (an LLM's) is checked and
+run in a worker process under OS limits (`llm.isolation`); the rejection
+reasons that go back into the next prompt are cut to `MAX_REASON_CHARS`.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -22,6 +27,7 @@ from llm.client import LLMConfig
 from llm.compile import CompiledPlans, compile_plans
 from llm.feedback import Feedback
 from llm.interface import Instruction
+from llm.isolation import IsolationLimits, PlanWorker
 from llm.logit import LogitBackend
 from llm.planner import PlannerBackend
 from llm.plans import AgentPlan, PlanRequestContext, fallback_plan, parse_response
@@ -30,6 +36,17 @@ from llm.sandbox import SandboxLimits
 from sim.network import RoadNetwork
 
 BACKENDS = ("planner", "llm", "logit")
+ISOLATION = ("auto", "process", "inline")  # auto: a worker process for LLM text, inline for our own backends
+MAX_REASON_CHARS = 300  # of one rejection reason, as the next prompt and the stats show it
+UNREACHABLE = ("LLMUnavailable", "LLMTimeout")
+
+
+def warn_stderr(message: str) -> None:
+    print(f"reled-jax: warning: {message}", file=sys.stderr, flush=True)
+
+
+def brief(reason: str, limit: int = MAX_REASON_CHARS) -> str:
+    return reason if len(reason) <= limit else reason[: limit - 3] + "..."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,12 +60,21 @@ class ExpertConfig:
     logit_theta: float = 10.0
     seed: int = 0
     limits: SandboxLimits = SandboxLimits()
+    warn_fallback_share: float = 0.5  # warn when more than this share of a round's plans fall back
+    isolation: str = "auto"  # auto | process | inline: where backend text is checked and run (llm.isolation)
+    isolation_limits: IsolationLimits = IsolationLimits()
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown expert backend {self.backend!r}; choose one of {BACKENDS}")
         if self.max_instructions < 1:
             raise ValueError("max_instructions must be at least 1")
+        if self.isolation not in ISOLATION:
+            raise ValueError(f"unknown isolation {self.isolation!r}; choose one of {ISOLATION}")
+
+    @property
+    def isolated(self) -> bool:
+        return self.isolation == "process" or (self.isolation == "auto" and self.backend == "llm")
 
 
 @dataclasses.dataclass
@@ -111,6 +137,7 @@ class ExpertService:
         t_max: int = 2400,
         backend: ExpertBackend | None = None,
         transport=None,
+        warn: Callable[[str], None] = warn_stderr,
     ):
         self.network = network
         self.origin = np.asarray(agent_origin, int)
@@ -129,6 +156,8 @@ class ExpertService:
         self.round = 0
         self.current: dict[int, tuple[Instruction, ...]] = {}  # last executed plan per agent
         self.errors: dict[int, str] = {}
+        self.warn = warn
+        self.worker: PlanWorker | None = None  # started with the first isolated response
 
     def _make_backend(self, transport) -> ExpertBackend:
         cfg = self.config
@@ -164,8 +193,22 @@ class ExpertService:
             replies = [BackendReply(None, f"backend {self.backend.name} failed: {type(err).__name__}: {err}", "BackendError")] * len(requests)
         ctx = PlanRequestContext(self.network, self.origin, self.dest, edge_time, self.max_instructions, self.config.limits)
         out = [self._absorb(s, reply, ctx) for s, reply in zip(subsets, replies)]
+        self._warn_about(replies, out)
         self.round += 1
         return out
+
+    def _warn_about(self, replies: list[BackendReply], out: list[SubsetPlans]) -> None:
+        """One line on stderr when the endpoint cannot be reached, or when most of this round's plans fell back."""
+        unreachable = [r for r in replies if r.error_kind in UNREACHABLE]
+        if unreachable:
+            self.warn(f"expert round {self.round}: {len(unreachable)} of {len(replies)} requests failed ({brief(unreachable[0].error or '', 160)}); "
+                      f"those agents follow fallback plans ({self.stats.n_fallbacks} fallbacks so far)")
+            return
+        plans = [p for subset in out for p in subset.plans.values()]
+        failed = [p for p in plans if not p.executed]
+        if plans and len(failed) / len(plans) > self.config.warn_fallback_share:
+            self.warn(f"expert round {self.round}: {len(failed)} of {len(plans)} plans were rejected and fell back "
+                      f"(first reason: {brief(failed[0].error or 'no plan', 160)})")
 
     def _absorb(self, subset: tuple[int, ...], reply: BackendReply, ctx: PlanRequestContext) -> SubsetPlans:
         st = self.stats
@@ -179,8 +222,13 @@ class ExpertService:
             plans = {a: AgentPlan(a, error=f"LLM failed: {reply.error}") for a in subset}
             kind = f"llm:{reply.error_kind}"
         else:
-            plans = parse_response(reply.text, subset, ctx)
+            try:
+                plans = self._parse(reply.text, subset, ctx)
+            except Exception as err:  # a checker bug or a Python error no check foresaw: the plan's failure, not training's
+                plans = {a: AgentPlan(a, error=f"plan could not be checked: {type(err).__name__}: {brief(str(err), 200)}") for a in subset}
             kind = "invalid_plan"
+            if reply.keep is not None and any(p.executed for p in plans.values()):
+                reply.keep()  # only answers that gave a plan are cached
         for a, p in plans.items():
             if p.executed:
                 st.plans_executed += 1
@@ -188,11 +236,18 @@ class ExpertService:
                 self.errors.pop(a, None)
             else:
                 st.fallbacks[kind] += 1
-                self.errors[a] = p.error or "no plan"
-                st.last_errors = (st.last_errors + [f"agent {a}: {p.error}"])[-20:]
+                self.errors[a] = brief(p.error or "no plan")
+                st.last_errors = (st.last_errors + [f"agent {a}: {self.errors[a]}"])[-20:]
         compiled = self.compiled_current()
         st.completed += int(sum(compiled.completed[a] for a in subset if plans[a].executed))
         return SubsetPlans(subset, compiled, plans, reply.latency_s)
+
+    def _parse(self, text: str, subset: tuple[int, ...], ctx: PlanRequestContext) -> dict[int, AgentPlan]:
+        if not self.config.isolated:
+            return parse_response(text, subset, ctx)
+        if self.worker is None:
+            self.worker = PlanWorker(ctx, self.config.isolation_limits)
+        return self.worker.parse(text, subset, ctx.edge_time)
 
     def compiled_current(self) -> CompiledPlans:
         """All agents' current plans compiled, without asking the backend (for plans generated once)."""
@@ -213,6 +268,8 @@ class ExpertService:
             self.backend.load_state_dict(state["backend"])
 
     def close(self) -> None:
+        if self.worker is not None:
+            self.worker.close()
         close = getattr(self.backend, "close", None)
         if close is not None:
             close()

@@ -19,6 +19,7 @@ devices into one mesh, and process 0 alone writes the run directory.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -109,7 +110,7 @@ class TrainConfig:
     expert: ExpertConfig = ExpertConfig()
     out: str = ""  # default runs/<scenario>-<regime>-<method>-s<seed>
     resume: bool = False
-    preset: str = "default"  # default | paper | paper-1env | smoke (overrides the budget fields)
+    preset: str = "default"  # default | paper | paper-1env | smoke (sets the budget fields you leave at their defaults)
     entropy_coef: float = 0.01
     qmix_updates_per_epoch: int = 128  # QMIX only: minibatch updates per epoch
     qmix_target_every: int = 32  # QMIX only: updates between target-network copies
@@ -139,7 +140,9 @@ class TrainConfig:
         if self.method == "qmix" and preset.get("carry_envs"):
             # QMIX's rollouts start from fresh resets every epoch: its paper budget is one environment x 864 steps.
             preset = PRESETS[f"{self.preset}-1env"]
-        cfg = dataclasses.replace(self, **preset)
+        # Explicit flags win: the preset sets only the fields left at their defaults.
+        defaults = TrainConfig()
+        cfg = dataclasses.replace(self, **{k: v for k, v in preset.items() if getattr(self, k) == getattr(defaults, k)})
         if split_method(cfg.method)[0] == "reled-logit":
             cfg = dataclasses.replace(cfg, expert=dataclasses.replace(cfg.expert, backend="logit"))
         if cfg.expert.backend == "llm":
@@ -160,8 +163,18 @@ class TrainConfig:
             raise SystemExit(f"unknown --progress {cfg.progress!r}; choose auto, epoch or chunk")
         if not 0.0 <= cfg.decision_share <= 1.0:
             raise SystemExit(f"--decision-share must be in [0, 1] (0: measured), got {cfg.decision_share}")
+        counts = ("n_agents", "epochs", "n_envs", "rollout_steps", "q", "m", "n_demo_envs", "demo_steps", "seeds", "update_epochs", "n_minibatches",
+                  "qmix_updates_per_epoch", "qmix_target_every")
+        bad = [f"--{k.replace('_', '-')} {getattr(cfg, k)}" for k in counts if getattr(cfg, k) < 1]
+        if bad:
+            raise SystemExit(f"{', '.join(bad)}: counts must be at least 1")
         if cfg.q < 1 or cfg.m < 1 or cfg.m > cfg.n_agents or cfg.seeds < 1 or cfg.epochs < 1:
             raise SystemExit(f"need q >= 1, 1 <= m <= n_agents, seeds >= 1, epochs >= 1 (got q={cfg.q}, m={cfg.m}, seeds={cfg.seeds}, epochs={cfg.epochs})")
+        if not (cfg.lr > 0 and cfg.entropy_coef >= 0):
+            raise SystemExit(f"--lr must be positive and --entropy-coef not negative (got {cfg.lr:g}, {cfg.entropy_coef:g})")
+        for path in (cfg.out_dir, *cfg.out_dir.parents):
+            if path.exists() and not path.is_dir():
+                raise SystemExit(f"--out {cfg.out_dir}: {path} is a file, not a directory; choose another --out")
         return cfg
 
     @property
@@ -272,6 +285,10 @@ def train(cfg: TrainConfig) -> dict:
     elif ckpt_path.exists():
         raise SystemExit(f"{out} already holds a run; pass --resume to continue it or --out to start elsewhere")
 
+    n_pairs = SCENARIOS[cfg.scenario].n_od_pairs
+    if cfg.n_agents > n_pairs:
+        log(f"note: {cfg.n_agents} agents on {cfg.scenario}'s set of {n_pairs} origin-destination pairs: each agent draws a pair "
+            f"with replacement, so some agents share an origin and a destination")
     log(f"{cfg.method} on {cfg.scenario}/{cfg.regime}: {network.n_nodes} junctions, {env.n_agents} agents, "
           f"{len(seeds)} seed(s), {cfg.epochs} epochs of {cfg.n_envs} envs x {cfg.rollout_steps} steps; expert: "
           f"{cfg.expert.backend if uses_expert else 'none'}; output {out}")
@@ -493,9 +510,22 @@ def plot_run(out: Path) -> None:
 
 
 def main() -> None:
-    cfg = tyro.cli(TrainConfig, description=__doc__)
-    join_cluster(cfg.cluster)
-    train(cfg)
+    with usage_errors():
+        cfg = tyro.cli(TrainConfig, description=__doc__)
+        join_cluster(cfg.cluster)
+        train(cfg)
+
+
+@contextlib.contextmanager
+def usage_errors():
+    """A CLI's refusal (`SystemExit` with a message) as one line on stderr and exit status 2, as for a bad flag."""
+    try:
+        yield
+    except SystemExit as err:
+        if isinstance(err.code, str):
+            print(f"error: {err.code}", file=sys.stderr)
+            raise SystemExit(2) from None
+        raise
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ class FakeLLM:
     """An OpenAI-style /v1/chat/completions server on 127.0.0.1 answering from a script of replies."""
 
     def __init__(self):
-        self.script = []  # each: (status, body bytes, headers, delay s); the last one repeats
+        self.script = []  # each: (status, body bytes, headers, delay s, s between body bytes); the last one repeats
         self.requests = []
         self.in_flight = self.most_in_flight = 0  # requests being answered at once
         lock = threading.Lock()
@@ -36,7 +36,7 @@ class FakeLLM:
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 owner.requests.append((self.path, json.loads(body)))
-                status, payload, headers, delay = owner.script.pop(0) if len(owner.script) > 1 else owner.script[0]
+                status, payload, headers, delay, trickle = owner.script.pop(0) if len(owner.script) > 1 else owner.script[0]
                 with lock:
                     owner.in_flight += 1
                     owner.most_in_flight = max(owner.most_in_flight, owner.in_flight)
@@ -49,7 +49,12 @@ class FakeLLM:
                         self.send_header(k, v)
                     self.send_header("content-length", str(len(payload)))
                     self.end_headers()
-                    self.wfile.write(payload)
+                    if not trickle:
+                        self.wfile.write(payload)
+                    for k in range(len(payload) if trickle else 0):  # a server that sends its answer byte by byte
+                        self.wfile.write(payload[k : k + 1])
+                        self.wfile.flush()
+                        time.sleep(trickle)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
@@ -60,8 +65,8 @@ class FakeLLM:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def reply(self, content=None, status=200, body=None, headers=None, delay=0.0):
-        self.script.append((status, body if body is not None else _completion(content), headers or {}, delay))
+    def reply(self, content=None, status=200, body=None, headers=None, delay=0.0, trickle=0.0):
+        self.script.append((status, body if body is not None else _completion(content), headers or {}, delay, trickle))
         return self
 
     def close(self):
@@ -164,12 +169,15 @@ def test_structured_output_downgrade_cache_and_concurrency(tmp_path, llm_server)
     client = ChatClient(_config(llm_server.url, cache_dir=str(tmp_path)))
     msgs = [{"role": "user", "content": "one"}]
     first = client.complete(msgs, schema={"type": "object"})
+    client.keep(first)  # the caller keeps answers that parsed (the expert service does)
     formats = [req[1].get("response_format", {}).get("type") for req in llm_server.requests]
     assert first.text == "plan A" and formats == ["json_schema", "json_object", None] and first.attempts == 1
     again = client.complete(msgs, schema={"type": "object"})
     assert again.cached and again.text == "plan A" and len(llm_server.requests) == 3
     results = client.complete_many([([{"role": "user", "content": "two"}], None), ([{"role": "user", "content": "three"}], None)])
     assert sorted(r.text for r in results) == ["plan B", "plan B"] and len(llm_server.requests) == 5
+    for r in results:
+        client.keep(r)
     # A fresh client (a rerun) reproduces the run from the cache without the server.
     llm_server.close()
     rerun = ChatClient(_config(llm_server.url, cache_dir=str(tmp_path)))
@@ -255,6 +263,7 @@ def test_the_cache_answers_only_the_same_request_and_says_so(tmp_path, llm_serve
     client = ChatClient(_config(llm_server.url, cache_dir=str(tmp_path)))
     msgs, schema = [{"role": "user", "content": "one"}], {"type": "object"}
     fresh = client.complete(msgs, schema=schema)
+    client.keep(fresh)
     assert (fresh.text, fresh.prompt_tokens, fresh.completion_tokens, fresh.cached, fresh.attempts) == ("first", 11, 7, False, 1)
     assert client.complete(msgs, schema=schema) == ChatResult("first", 0.0, 11, 7, cached=True, attempts=0)
     assert len(llm_server.requests) == 1
@@ -278,7 +287,7 @@ def test_errors_carry_status_time_lost_and_what_happened(llm_server):
     llm_server.reply("late", delay=1.0)
     with pytest.raises(LLMTimeout) as err:
         ChatClient(_config(llm_server.url, timeout_s=0.2, max_retries=0)).complete([{"role": "user", "content": "hi"}])
-    assert str(err.value) == f"LLM at {llm_server.url} did not answer within 0.2 s (ReadTimeout)"
+    assert str(err.value) == f"LLM at {llm_server.url} did not answer within 0.2 s per read and 120 s in all (ReadTimeout)"
     assert 0.2 <= err.value.latency_s < 1.0
 
 
@@ -325,3 +334,58 @@ def test_a_timed_out_request_is_retried(llm_server):
     llm_server.reply("too late", delay=0.6).reply("ok")
     result = ChatClient(_config(llm_server.url, timeout_s=0.2, max_retries=1)).complete([{"role": "user", "content": "hi"}])
     assert (result.text, result.attempts) == ("ok", 2) and len(llm_server.requests) == 2
+
+
+def test_an_answer_that_is_not_kept_is_not_cached(tmp_path, llm_server):
+    llm_server.reply("garbage").reply("asked again")
+    msgs = [{"role": "user", "content": "one"}]
+    assert ChatClient(_config(llm_server.url, cache_dir=str(tmp_path))).complete(msgs).text == "garbage"
+    rerun = ChatClient(_config(llm_server.url, cache_dir=str(tmp_path))).complete(msgs)
+    assert rerun.text == "asked again" and not rerun.cached and len(llm_server.requests) == 2
+
+
+def test_the_service_caches_only_answers_that_gave_a_plan(tmp_path, line_network, llm_server):
+    llm_server.reply("no plan in this text").reply(GOOD_PLAN)
+    for expected_requests in (1, 2):
+        svc = _service(line_network, llm_server.url, cache_dir=str(tmp_path))
+        svc.plan([(0,)])
+        svc.close()
+        assert len(llm_server.requests) == expected_requests  # the garbage was asked again, not read back
+    svc = _service(line_network, llm_server.url, cache_dir=str(tmp_path))
+    (out,) = svc.plan([(0,)])
+    svc.close()
+    assert len(llm_server.requests) == 2 and out.plans[0].executed and svc.stats.cached == 1
+
+
+def test_a_request_ends_at_its_deadline_however_the_server_trickles_or_stalls(llm_server):
+    """Connect, every read and the retries share one deadline: a server that sends a byte every 50 ms (a 10 s
+    answer) or never answers costs about deadline_s, not timeout_s per read times the retries."""
+    llm_server.reply("x" * 150, trickle=0.05)
+    with pytest.raises(LLMTimeout) as err:
+        ChatClient(_config(llm_server.url, timeout_s=5.0, deadline_s=1.0, max_retries=3)).complete([{"role": "user", "content": "hi"}])
+    assert err.value.latency_s < 2.5 and "1 s in all" in str(err.value)
+    llm_server.script.clear()
+    llm_server.reply("late", delay=30.0)
+    with pytest.raises(LLMTimeout) as err:
+        ChatClient(_config(llm_server.url, timeout_s=5.0, deadline_s=1.0, max_retries=3)).complete([{"role": "user", "content": "hi"}])
+    assert err.value.latency_s < 2.5 and len(llm_server.requests) == 2  # one attempt each: no retry after the deadline
+
+
+def test_a_lone_surrogate_in_an_answer_is_replaced_and_later_requests_still_go_out(llm_server):
+    body = b'{"choices": [{"message": {"content": "plan \\ud800 here"}}]}'
+    llm_server.reply(body=body).reply("second")
+    client = ChatClient(_config(llm_server.url))
+    first = client.complete([{"role": "user", "content": "one"}])
+    assert first.text == "plan ? here"
+    second = client.complete([{"role": "user", "content": "one"}, {"role": "assistant", "content": first.text}, {"role": "user", "content": "two"}])
+    assert second.text == "second"
+
+
+def test_an_unreachable_endpoint_is_said_once_per_round_on_stderr(line_network, capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    svc = _service(line_network, dead, max_retries=0)
+    svc.plan([(0,), (1,)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("reled-jax: warning: expert round 0: 2 of 2 requests failed (cannot reach LLM at")

@@ -29,7 +29,7 @@ HOSTILE = [
     ("x = 10 ** 10 ** 10", 'line 1: exponent 10000000000 is too large'),
     ("x = 7 ** 1000", 'line 1: integer result would exceed 128 bits'),
     ("x = max(range(10**9))", 'line 1: sequence of 1000000000 items exceeds 10000'),
-    ("x = 'a' * 9000\ny = [x] * 200\nz = str(y)", 'line 3: a value with 1800800 items exceeds the limit of 10000'),
+    ("x = 'a' * 9000\ny = [x] * 200\nz = str(y)", 'line 2: a value nested past 100000 items (a container repeated inside itself, or holding itself)'),
     ("move_to_by_shortest_time(99999)", 'line 1: move_to_by_shortest_time: unknown node 99999 (valid junction ids are 0..3)'),
     ("move_to_by_shortest_time(-1)", 'line 1: move_to_by_shortest_time: unknown node -1 (valid junction ids are 0..3)'),
     ("move_to_by_shortest_time('3')", "line 1: move_to_by_shortest_time: node id must be an integer, got str '3'"),
@@ -78,6 +78,61 @@ def test_hostile_program_is_rejected_with_reason(ctx, code, reason):
     assert not plan.executed
     assert plan.instructions == ()
     assert plan.error == reason
+
+
+# Programs that got past the budgets at the C level before issue 18 (a crash out of plan(), a hang, or
+# gigabytes), each with the start of the reason it is rejected with now.
+C_LEVEL = [
+    ("a, b = range(10**30)", "line 1: range() with more than 9223372036854775807 elements"),  # OverflowError
+    ("n = len(range(10**30))", "line 1: range() with more than"),
+    ("d = {(1, [2]): 3}", "line 1: dict keys must be numbers, strings or tuples of them"),  # TypeError
+    ("x = sum([[1] * 1000] * 1000, [])", "line 1: a value nested past 100000 items"),  # quadratic concatenation
+    ("x = sum([[1], [2]], [])", "line 1: sum() adds numbers only"),
+    ("x = round(10**30, -10**18)", "line 1: round() digits must be a number between -30 and 30"),  # 10**(10**18)
+    ("a = [0]\na[0] = a\nb = a == a", "line 2: a value nested past 100000 items"),  # holds itself
+    ("a = [0]\nb = [a]\na[0] = b", "line 3: a value nested past 100000 items"),  # through another list
+    ("a = [1]\nfor i in range(40):\n    a = [a, a]\nstr(a)", "line 3: a value nested past 100000 items"),  # 2**40 repr
+    ("t = (1,)\nfor i in range(40):\n    t = (t, t)\nd = {t: 1}", "line 3: a value nested past 100000 items"),  # 2**40 hash
+    ("x = [0]\ny = [x] * 50\nx[0] = 'a' * 9000\nz = str(y)", "line 4: a value nested past 100000 items"),  # grew after it was nested
+    ("x = [0]\ny = [x] * 50\nx[0] = 'a' * 9000\nz = y == y", "line 4: a value nested past 100000 items"),
+    ("x = '%999999999d' % 1", "line 1: %-format field wider than 99"),  # gigabytes of padding
+    ("x = '%*d' % (10**9, 1)", "line 1: %-format field wider than 99"),
+    ("x = 'a' * 9000\nfor i in range(10):\n    x = str([x, x])", "line 3: a value with 18008 items exceeds the limit of 10000"),
+    ("a = [1] * 5000\nz = zip(" + ", ".join(["a"] * 2000) + ")", "line 2: a call with 2000 arguments (32 at most)"),
+    ("a = [1] * 5000\nz = zip(" + ", ".join(["a"] * 30) + ")", "line 2: zip() result would exceed 100000 items"),
+    # an interface error message that formatted its argument in full
+    ("a = [1]\nfor i in range(15):\n    a = [a, a]\nmove_to_by_shortest_time(a)", "line 4: move_to_by_shortest_time: node id must be an integer, got list a list of 2 items"),
+]
+
+
+@pytest.mark.parametrize("code,reason", C_LEVEL, ids=[f"clevel{i:02d}" for i in range(len(C_LEVEL))])
+def test_c_level_gaps_are_rejected_at_the_source(ctx, code, reason):
+    plan = parse_response("```python\n" + code + "\n```", [0], ctx)[0]
+    assert not plan.executed and plan.error.startswith(reason), plan.error
+
+
+def test_membership_in_a_huge_range_is_answered_without_a_scan(ctx):
+    code = "if 0.5 not in range(10**18) and 2.0 in range(10**18) and 7 in range(10**18) and 'a' not in range(10**18):\n    move_to_by_shortest_time(3)"
+    plan = parse_response(code, [0], ctx)[0]
+    assert plan.executed and plan.instructions[0].node == 3
+
+
+def test_json_integers_past_pythons_digit_limit_are_a_rejection_not_a_crash(ctx):
+    huge = '{"plans": [{"agent": 0, "route": [' + "9" * 5000 + "]}]}"
+    assert parse_response(huge, [0], ctx)[0].error.startswith("response looks like JSON but is not a valid JSON object")
+    # beside a valid program, the program still runs
+    plan = parse_response("```python\nmove_to_by_shortest_time(3)\n```\n```json\n" + huge + "\n```", [0], ctx)[0]
+    assert plan.executed and plan.instructions[0].node == 3
+
+
+def test_an_unforeseen_python_error_in_a_plan_is_its_rejection():
+    """Whatever escapes the checks as a Python exception ends as a PlanError with its type and message."""
+
+    def broken():
+        raise KeyError("inside an interface function")
+
+    with pytest.raises(PlanError, match="plan failed: KeyError: 'inside an interface function'"):
+        run_program(parse_program("broken()"), {"broken": broken}, {})
 
 
 def test_ordinary_code_is_not_starved_by_the_limits(ctx):

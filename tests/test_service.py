@@ -167,3 +167,21 @@ def test_the_configured_sandbox_limits_apply_and_only_the_last_20_errors_are_kep
     assert st.fallbacks["invalid_plan"] == 33 and len(st.last_errors) == 20
     assert all(e.startswith("agent ") and "characters; at most" in e for e in st.last_errors)
     assert _service(line_network, ScriptedBackend(VIA_2)).plan([(0,)])[0].plans[0].error is None  # default limits let it run
+
+
+
+def test_rejection_reasons_are_cut_before_they_reach_the_next_prompt(line_network):
+    from llm.service import MAX_REASON_CHARS
+
+    # The interpreter bounds what it shows of a plan's value ...
+    long_key = "```python\nd = {}\nx = d['" + "k" * 5000 + "']\n```"
+    # ... and the service any reason, here a backend's 5,000-character error.
+    backend = ScriptedBackend(long_key, BackendReply(None, "e" * 5000, "LLMBadResponse"), VIA_2)
+    svc = _service(line_network, backend)
+    svc.plan([[0]])
+    assert svc.errors[0] == "line 2: KeyError: '" + "k" * 40 + "'..."
+    svc.plan([[0]])
+    assert len(svc.errors[0]) == MAX_REASON_CHARS and svc.errors[0].startswith("LLM failed: eee") and svc.errors[0].endswith("...")
+    svc.plan([[0]])
+    assert backend.requests[2][0].errors[0] == svc.stats.last_errors[-1].removeprefix("agent 0: ")  # what the prompt carries
+    assert len(backend.requests[2][0].errors[0]) == MAX_REASON_CHARS
