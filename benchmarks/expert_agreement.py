@@ -119,7 +119,7 @@ def make_agreement_scorer(env, env_params, demo_steps: int):
 def agreement(cfg: AgreementConfig) -> dict:
     network, env, env_params = load_scenario(cfg.scenario, cfg.regime, n_agents=cfg.n_agents, seed=0)
     input_dim = observation_dim(env.m_out)
-    methods = [m for m in cfg.methods if (cfg.run_dir(m) / "checkpoint.pkl").exists()]
+    methods = [m for m in cfg.methods if (cfg.run_dir(m) / "checkpoint.npz").exists()]
     if not methods:
         raise SystemExit(
             f"no sweep runs under {cfg.run_dir('<method>')}; run python -m benchmarks.sweep --experiment table4 --budget {cfg.budget} first"
@@ -131,8 +131,8 @@ def agreement(cfg: AgreementConfig) -> dict:
         if method == INITIAL:
             stacked = None
         else:
-            ck = read_checkpoint(cfg.run_dir(method) / "checkpoint.pkl")
-            stacked = ck["state"].params.policy
+            ck = read_checkpoint(cfg.run_dir(method) / "checkpoint.npz")
+            stacked = ck["policy"]
         per_seed, seed_params = [], []
         for s in range(cfg.seeds):
             init, _, _ = init_env_agents(jax.random.PRNGKey(s), env)

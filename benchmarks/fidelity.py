@@ -1,6 +1,6 @@
 """How faithful is the JAX simulator to SUMO? Same demand, same policies, both simulators.
 
-    python -m benchmarks.fidelity [--episodes 5] [--checkpoints runs/A/checkpoint.pkl ...]
+    python -m benchmarks.fidelity [--episodes 5] [--checkpoints runs/A/checkpoint.npz ...]
 
 For each scenario and regime, the shortest-time and random policies, and every
 checkpoint given for that scenario and regime, run the same episodes in both

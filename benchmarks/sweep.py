@@ -131,9 +131,9 @@ def evaluate_cell(cfg: SweepConfig, tcfg: TrainConfig, summary: dict, t0: float)
     """A trained cell's curves and greedy test episodes (process 0 only: it holds the run directory)."""
     scenario, regime, n_agents, method = tcfg.scenario, tcfg.regime, tcfg.n_agents, tcfg.method
     run_dir = tcfg.out_dir
-    ck = read_checkpoint(run_dir / "checkpoint.pkl")
+    ck = read_checkpoint(run_dir / "checkpoint.npz")
     _, env, params = load_scenario(scenario, regime, n_agents=n_agents, seed=0)
-    tests, sampled = evaluate_seeds_modes(env, params, ck["state"].params.policy, cfg.episodes, cfg.eval_seed, cfg.max_steps, (False, True))
+    tests, sampled = evaluate_seeds_modes(env, params, ck["policy"], cfg.episodes, cfg.eval_seed, cfg.max_steps, (False, True))
     return {
         "method": method, "scenario": scenario, "regime": regime, "n_agents": n_agents, "seeds": cfg.seeds,
         "run_dir": str(run_dir), "train_wall_s": summary["wall_s"], "cell_wall_s": round(time.perf_counter() - t0, 1),

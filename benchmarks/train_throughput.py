@@ -70,18 +70,21 @@ def bare_env_decisions_per_s(cfg: TrainConfig, repeats: int = 3) -> float:
 
 def rollout_seconds_per_epoch(cfg: TrainConfig, run_dir: Path, repeats: int = 3) -> float:
     """Seconds of one epoch's rollout alone (all seeds vmapped), from the run's final checkpoint state."""
-    import pickle
-
+    from reled_jax import checkpoint
     from reled_jax.networks import init_env_agents
-    from reled_jax.reled import SEED_AXIS, make_epoch
+    from reled_jax.reled import SEED_AXIS, init_state, make_epoch
 
-    ck = pickle.loads((run_dir / "checkpoint.pkl").read_bytes())
+    ck, arrays = checkpoint.read(run_dir / checkpoint.FILENAME)
     cfg = dataclasses.replace(cfg.resolved(), decision_share=ck["config"]["decision_share"])
     _, env, params = load_scenario(cfg.scenario, cfg.regime, n_agents=cfg.n_agents, seed=cfg.seed)
-    _, policy, value = init_env_agents(jax.random.PRNGKey(0), env)
+    agents, policy, value = init_env_agents(jax.random.PRNGKey(0), env)
     epoch = make_epoch(env, params, policy, value, cfg.hpo())
     run = jax.jit(jax.vmap(lambda st: epoch.rollout(st, SEED_AXIS)[0]["decided"].sum(), axis_name=SEED_AXIS))
-    state = jax.tree.map(jnp.asarray, ck["state"])
+    one = init_state(jax.random.PRNGKey(0), agents, cfg.hpo())
+    if cfg.carry_envs:
+        one = one.replace(envs=jax.jit(epoch.initial_envs)(jax.random.PRNGKey(0)))
+    template = jax.tree.map(lambda z: jax.ShapeDtypeStruct((cfg.seeds, *z.shape), z.dtype), one)  # the run's state, seeds stacked
+    state = jax.tree.map(jnp.asarray, checkpoint.restore(template, arrays, "state", run_dir))
     jax.block_until_ready(run(state))
     best = float("inf")
     for _ in range(repeats):

@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint: `python -m reled_jax.evaluate --checkpoint runs/.../checkpoint.pkl [--episodes 20]`.
+"""Evaluate a checkpoint: `python -m reled_jax.evaluate --checkpoint runs/.../checkpoint.npz [--episodes 20]`.
 
 Runs N test episodes (vmapped, one episode per key, no auto-reset) of the
 trained policies of every seed in the checkpoint, greedy by default and also
@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import tyro
 
 from reled_jax.export_policy import read_checkpoint
+from reled_jax.checkpoint import CheckpointError
 from reled_jax.networks import MLP, init_env_agents, observe
 from reled_jax.reled import policy_apply
 from sim.env import EnvParams, RouteChoiceEnv
@@ -159,8 +160,13 @@ def trained_policy(policy_params, n_nodes: int, m_out: int, stochastic: bool) ->
 def checkpoint_policies(ck: dict, env: RouteChoiceEnv, stochastic: bool = False) -> dict[str, Callable]:
     """One policy per seed stacked in a loaded checkpoint, named '<method> (seed s, epoch k)', seeds in order."""
     run = ck["config"]
-    policy_params = ck["state"].params.policy
-    n_seeds = jax.tree.leaves(policy_params)[0].shape[0]
+    policy_params = ck["policy"]
+    n_seeds, n_agents, n_in, _ = policy_params["params"]["Dense_0"]["kernel"].shape
+    n_out = policy_params["params"]["Dense_2"]["kernel"].shape[-1]
+    want = (env.n_agents, 2 * env.n_nodes + 2 * env.m_out, env.m_out)  # the first layer reads the one-hot-equivalent input
+    if (n_agents, n_in, n_out) != want:
+        raise CheckpointError(f"checkpoint's policy networks are for {n_agents} agents, {n_in} inputs and {n_out} actions; its environment "
+                              f"({run['scenario']}, {env.n_agents} agents) needs {want[0]}, {want[1]} and {want[2]}")
     policies = {}
     for s in range(n_seeds):
         p = jax.tree.map(lambda z, s=s: jnp.asarray(z[s]), policy_params)

@@ -1,6 +1,6 @@
 """Export trained policies as plain NumPy weights that run without JAX (the paper's edge-deployment story).
 
-    python -m reled_jax.export_policy --checkpoint runs/NAME/checkpoint.pkl [--seed-index 0] [--out policy.npz]
+    python -m reled_jax.export_policy --checkpoint runs/NAME/checkpoint.npz [--seed-index 0] [--out policy.npz]
 
 The .npz holds, per agent i, the three dense layers of its policy network
 (`a{i}_w{l}`, `a{i}_b{l}`) and the sizes needed to encode the Table I
@@ -11,10 +11,11 @@ layers, masked argmax. It needs only NumPy.
 from __future__ import annotations
 
 import dataclasses
-import pickle
 from pathlib import Path
 
 import numpy as np
+
+from reled_jax import checkpoint
 
 
 class NumpyPolicy:
@@ -64,16 +65,20 @@ def policy_arrays(policy_params: dict, n_nodes: int, m_out: int) -> dict:
 
 
 def read_checkpoint(path: str | Path) -> dict:
-    """A training checkpoint (reled_jax.train), or a clear exit when there is none."""
-    path = Path(path)
-    if not path.exists():
-        raise SystemExit(f"checkpoint {path} not found; train first (python -m reled_jax.train) or pass --checkpoint")
-    return pickle.loads(path.read_bytes())
+    """A training checkpoint (reled_jax.train; data only, reled_jax.checkpoint) as a dict: "config", "epoch",
+    "policy" (the policy networks, leaves [seeds, agents, ...]), "meta" and "arrays"; or a one-line exit
+    saying what is wrong with the file."""
+    meta, arrays = checkpoint.read(path)
+    policy = checkpoint.subtree(arrays, "state/params/policy")
+    layers = policy.get("params", {})
+    if not all(f"Dense_{k}" in layers and {"kernel", "bias"} <= set(layers[f"Dense_{k}"]) for k in range(3)):
+        raise checkpoint.CheckpointError(f"checkpoint {path} holds no policy network of the expected form (3 dense layers)")
+    return {"config": meta["config"], "epoch": meta["epoch"], "policy": policy, "meta": meta, "arrays": arrays}
 
 
 def checkpoint_arrays(ck: dict, seed_index: int = 0) -> tuple[dict, dict]:
     """(run config with its epoch, policy arrays) of one seed of a loaded checkpoint."""
-    seeds_stacked = ck["state"].params.policy["params"]  # leaves [seeds, agents, ...]
+    seeds_stacked = ck["policy"]["params"]  # leaves [seeds, agents, ...]
     n_seeds, _, input_dim, _ = np.shape(seeds_stacked["Dense_0"]["kernel"])
     m_out = int(np.shape(seeds_stacked["Dense_2"]["kernel"])[-1])
     if not 0 <= seed_index < n_seeds:

@@ -24,9 +24,7 @@ import csv
 import dataclasses
 import json
 import os
-import pickle
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,6 +37,7 @@ from tqdm import tqdm
 
 from llm.client import LLMConfig, LLMError
 from llm.service import ExpertConfig, ExpertService
+from reled_jax import checkpoint
 from reled_jax import qmix
 from reled_jax.networks import init_env_agents, input_dim as observation_dim
 from reled_jax.mappo import global_state_dim
@@ -268,15 +267,21 @@ def train(cfg: TrainConfig) -> dict:
     out = cfg.out_dir
     if writer:
         out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / "checkpoint.pkl"
+    ckpt_path = out / checkpoint.FILENAME
     rows: list[dict] = []
     sed_log: list[dict] = []
     start_epoch, wall_offset, steps_done = 0, 0.0, np.zeros(len(seeds))
+    if (out / "checkpoint.pkl").exists():
+        raise SystemExit(f"{out} holds a pickle checkpoint from before issue 18, which is never loaded (it could run code); use another --out")
     if cfg.resume and ckpt_path.exists():
-        ck = pickle.loads(ckpt_path.read_bytes())
+        ck, arrays = checkpoint.read(ckpt_path)
         if _comparable(ck["config"]) != _comparable(dataclasses.asdict(cfg)):
             raise SystemExit(f"{ckpt_path} was written by a different configuration; use another --out or drop --resume")
-        state, expert, expert_nodes = place(jax.tree.map(np.asarray, (ck["state"], ck["expert"], ck["expert_nodes"])))
+        # The template is this run's fresh state: the checkpoint must fill every leaf with the same shape.
+        template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), (state, expert, expert_nodes))
+        restored = (checkpoint.restore(template[0], arrays, "state", ckpt_path),
+                    *(checkpoint.restore(t, arrays, name, ckpt_path, same_shapes=False) for t, name in zip(template[1:], ("expert", "expert_nodes"))))
+        state, expert, expert_nodes = place(restored)
         rows, sed_log, start_epoch, wall_offset, steps_done = ck["rows"], ck["sed_log"], ck["epoch"], ck["wall"], ck["steps"]
         for sed, st in zip(seds, ck["seds"]):
             sed.service.load_state_dict(st["service"])
@@ -341,10 +346,10 @@ def train(cfg: TrainConfig) -> dict:
         arrays = to_host({"state": state, "expert": expert, "expert_nodes": expert_nodes})  # every process gathers
         if writer:
             _write_metrics(out, rows)
-            _atomic_pickle(ckpt_path, {
-                "config": dataclasses.asdict(cfg), "epoch": epoch, "wall": wall, "steps": steps_done, "rows": rows, "sed_log": sed_log, **arrays,
+            checkpoint.write(ckpt_path, {
+                "config": dataclasses.asdict(cfg), "epoch": epoch, "wall": wall, "steps": steps_done, "rows": rows, "sed_log": sed_log,
                 "seds": [{"service": sed.service.state_dict(), "feedback": sed.feedback, "history": sed.history} for sed in seds],
-            })
+            }, arrays)
         timing["checkpoint_s"] += time.perf_counter() - t3
     bar.close()
     for sed in seds:
@@ -359,7 +364,7 @@ def train(cfg: TrainConfig) -> dict:
         (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_jsonable))
         plot_run(out)
         print(json.dumps(summary, indent=1, default=_jsonable))
-        print(f"wrote {out}/metrics.csv, metrics.jsonl, sed.json, summary.json, training.png, checkpoint.pkl")
+        print(f"wrote {out}/metrics.csv, metrics.jsonl, sed.json, summary.json, training.png, {checkpoint.FILENAME}")
     if jax.process_count() > 1:  # nobody reads the run directory before process 0 has finished it
         multihost_utils.sync_global_devices("reled_jax.train finished")
     return summary
@@ -454,13 +459,6 @@ def _write_metrics(out: Path, rows: list[dict]) -> None:
     os.replace(out / "metrics.csv.tmp", out / "metrics.csv")
     (out / "metrics.jsonl.tmp").write_text("".join(json.dumps(r) + "\n" for r in rows))
     os.replace(out / "metrics.jsonl.tmp", out / "metrics.jsonl")
-
-
-def _atomic_pickle(path: Path, obj) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        pickle.dump(obj, f)
-    os.replace(tmp, path)
 
 
 def _jsonable(o):

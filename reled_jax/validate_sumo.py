@@ -1,6 +1,6 @@
 """Run policies in SUMO and in the JAX simulator side by side.
 
-    python -m reled_jax.validate_sumo --checkpoint runs/NAME/checkpoint.pkl [--episodes 5]
+    python -m reled_jax.validate_sumo --checkpoint runs/NAME/checkpoint.npz [--episodes 5]
     python -m reled_jax.validate_sumo --scenario hongkong --regime congested --policies shortest random
 
 Every policy (the checkpoint's trained policy of one seed, run greedily from its

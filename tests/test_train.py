@@ -38,7 +38,7 @@ def test_reled_learns_from_its_expert_on_oakland(tmp_path):
     score = make_agreement_scorer(env, params, demo_steps=256)
     plans, keys = planner_plans(network, params), jax.random.split(jax.random.PRNGKey(5), 4)
     policies = {"untrained": init_env_agents(jax.random.PRNGKey(0), env)[0].policy,  # seed 0's start (train's key)
-                method: jax.tree.map(lambda z: z[0], read_checkpoint(tmp_path / method / "checkpoint.pkl")["state"].params.policy)}
+                method: jax.tree.map(lambda z: z[0], read_checkpoint(tmp_path / method / "checkpoint.npz")["policy"])}
     agree = {}
     for name, policy in policies.items():
         p_expert, argmax, n, _ = score(policy, plans, keys)
@@ -53,7 +53,7 @@ def test_reled_learns_from_its_expert_on_oakland(tmp_path):
     assert summary["expert"][0]["execution_rate"] == 1.0
     assert (run / "training.png").exists() and (run / "metrics.csv").exists()
     # The checkpoint evaluates against the references on the same test episodes.
-    results = evaluate(EvalConfig(checkpoint=str(run / "checkpoint.pkl"), episodes=4, max_steps=600))
+    results = evaluate(EvalConfig(checkpoint=str(run / "checkpoint.npz"), episodes=4, max_steps=600))
     trained = next(v for k, v in results.items() if k.startswith("reled"))
     assert trained["reward_per_agent"][0] > results["random"]["reward_per_agent"][0]
     assert results["shortest"]["arrival_rate"] > results["random"]["arrival_rate"]
@@ -67,8 +67,8 @@ def test_reled_learns_from_its_expert_on_oakland(tmp_path):
     from reled_jax.networks import MLP, observe
     from reled_jax.reled import policy_apply
 
-    deployed = NumpyPolicy(export(run / "checkpoint.pkl", tmp_path / "policy.npz"))
-    p = jax.tree.map(lambda z: jnp.asarray(z[0]), read_checkpoint(run / "checkpoint.pkl")["state"].params.policy)
+    deployed = NumpyPolicy(export(run / "checkpoint.npz", tmp_path / "policy.npz"))
+    p = jax.tree.map(lambda z: jnp.asarray(z[0]), read_checkpoint(run / "checkpoint.npz")["policy"])
     obs, state = env.reset(jax.random.PRNGKey(3), params)
     for k in range(5):
         want = policy_apply(MLP(env.m_out, one_hot_nodes=env.n_nodes), p, observe(obs.features, env.m_out), obs.action_mask)
