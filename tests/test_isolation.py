@@ -38,6 +38,8 @@ def test_a_plan_past_its_deadline_is_killed_and_the_next_request_gets_a_fresh_wo
         assert plans[0].error == "plan ran past its 0.5 s deadline (agent 0); the worker was replaced"
         assert plans[1].error == "not run: the response's plan for agent 0 ran past its 0.5 s deadline"
         assert worker.killed == 1
+        # the replacement is already starting (while training goes on), not at the next request
+        assert worker.started == 2 and worker.proc is not None and worker.proc.poll() is None
         assert worker.parse(GOOD, [0])[0].executed and worker.started == 2
     finally:
         worker.close()

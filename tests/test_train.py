@@ -21,8 +21,8 @@ def _rows(path):
 def test_reled_learns_from_its_expert_on_oakland(tmp_path):
     """RELED against the networks it started from (the same seed's untrained ones): at this budget only the
     expert path (tau^e, A^e, the expert term of Eq. 30) moves the agents towards the planner expert's actions;
-    IPPO trained alike stays at the untrained level (measured: untrained 0.52 / 0.56, IPPO 0.56 / 0.60,
-    RELED 0.88 / 0.94, and 0.06 / 0.06 with the expert term's sign flipped). reled-va-alpha0.2 (80 % expert
+    IPPO trained alike moves less (measured, p(expert action) / argmax agreement: untrained 0.35 / 0.27,
+    IPPO 0.52 / 0.69, RELED 0.86 / 0.94; 0.06 / 0.06 with the expert term's sign flipped). reled-va-alpha0.2 (80 % expert
     weight from the first epoch, A^e against V^a) is the variant that imitates at this budget."""
     import jax
 
@@ -44,7 +44,7 @@ def test_reled_learns_from_its_expert_on_oakland(tmp_path):
         p_expert, argmax, n, _ = score(policy, plans, keys)
         agree[name] = (float(p_expert), float(argmax))
         assert int(n) > 20
-    assert agree[method][0] > agree["untrained"][0] + 0.2 and agree[method][1] > agree["untrained"][1] + 0.2, agree
+    assert agree[method][0] > agree["untrained"][0] + 0.3 and agree[method][1] > agree["untrained"][1] + 0.3, agree
 
     run = tmp_path / "reled-va-alpha0.2"
     rewards = [r["episode_reward"] for r in _rows(run)]
