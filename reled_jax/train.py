@@ -290,10 +290,8 @@ def train(cfg: TrainConfig) -> dict:
     elif ckpt_path.exists():
         raise SystemExit(f"{out} already holds a run; pass --resume to continue it or --out to start elsewhere")
 
-    n_pairs = SCENARIOS[cfg.scenario].n_od_pairs
-    if cfg.n_agents > n_pairs:
-        log(f"note: {cfg.n_agents} agents on {cfg.scenario}'s set of {n_pairs} origin-destination pairs: each agent draws a pair "
-            f"with replacement, so some agents share an origin and a destination")
+    if (note := od_pairs_note(cfg)) is not None:
+        log(note)
     log(f"{cfg.method} on {cfg.scenario}/{cfg.regime}: {network.n_nodes} junctions, {env.n_agents} agents, "
           f"{len(seeds)} seed(s), {cfg.epochs} epochs of {cfg.n_envs} envs x {cfg.rollout_steps} steps; expert: "
           f"{cfg.expert.backend if uses_expert else 'none'}; output {out}")
@@ -417,6 +415,15 @@ def make_run_chunk(batched_epoch, on_epoch=None):
         return jax.lax.scan(body, state, None, length=length)
 
     return jax.jit(run_chunk, static_argnums=3)
+
+
+def od_pairs_note(cfg: TrainConfig) -> str | None:
+    """What happens when there are more agents than the scenario's origin-destination pairs (said, not an error)."""
+    n_pairs = SCENARIOS[cfg.scenario].n_od_pairs
+    if cfg.n_agents <= n_pairs:
+        return None
+    return (f"note: {cfg.n_agents} agents on {cfg.scenario}'s set of {n_pairs} origin-destination pairs: each agent draws a pair "
+            "with replacement, so some agents share an origin and a destination")
 
 
 def _comparable(config: dict) -> dict:

@@ -147,6 +147,13 @@ def test_bad_configuration_is_a_clear_error(monkeypatch):
             TrainConfig(**bad).resolved()
 
 
+def test_more_agents_than_od_pairs_is_said_not_silent():
+    from reled_jax.train import od_pairs_note
+
+    assert od_pairs_note(TrainConfig(scenario="oakland", n_agents=12)) is None  # oakland has 12 pairs
+    assert od_pairs_note(TrainConfig(scenario="oakland", n_agents=13)).startswith("note: 13 agents on oakland's set of 12 origin-destination pairs: each agent draws")
+
+
 def test_a_preset_sets_only_the_budget_fields_left_at_their_defaults():
     smoke = TrainConfig(preset="smoke").resolved()
     assert (smoke.epochs, smoke.n_envs, smoke.rollout_steps) == (4, 2, 32)
