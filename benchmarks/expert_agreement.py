@@ -117,6 +117,11 @@ def make_agreement_scorer(env, env_params, demo_steps: int):
 
 
 def agreement(cfg: AgreementConfig) -> dict:
+    counts = {"--n-agents": cfg.n_agents, "--seeds": cfg.seeds, "--episodes": cfg.episodes, "--demo-steps": cfg.demo_steps,
+              "--test-episodes": cfg.test_episodes, "--max-steps": cfg.max_steps}
+    bad = [f"{k} {v}" for k, v in counts.items() if v < 1]
+    if bad:
+        raise SystemExit(f"{', '.join(bad)}: counts must be at least 1")
     network, env, env_params = load_scenario(cfg.scenario, cfg.regime, n_agents=cfg.n_agents, seed=0)
     input_dim = observation_dim(env.m_out)
     methods = [m for m in cfg.methods if (cfg.run_dir(m) / "checkpoint.npz").exists()]
@@ -184,7 +189,10 @@ def plot(result: dict, path: Path) -> None:
 
 
 def main() -> None:
-    agreement(tyro.cli(AgreementConfig, description=__doc__))
+    from reled_jax.train import usage_errors
+
+    with usage_errors():
+        agreement(tyro.cli(AgreementConfig, description=__doc__))
 
 
 if __name__ == "__main__":

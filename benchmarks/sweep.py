@@ -36,7 +36,7 @@ from benchmarks.common import RESULTS, machine, write_json
 from reled_jax.evaluate import evaluate_policies, evaluate_seeds_modes, untrained_policies
 from reled_jax.export_policy import read_checkpoint
 from reled_jax.reled import METHODS, PAPER_RELED, VA_RELED
-from reled_jax.train import ClusterConfig, TrainConfig, join_cluster, train
+from reled_jax.train import ClusterConfig, TrainConfig, join_cluster, train, usage_errors
 from sim.policies import REFERENCE_POLICIES
 from sim.scenarios import load_scenario
 
@@ -91,6 +91,8 @@ class SweepConfig:
             raise SystemExit(f"unknown experiment {self.experiment!r}; choose one of {sorted(EXPERIMENTS)}")
         if self.budget not in BUDGETS:
             raise SystemExit(f"unknown budget {self.budget!r}; choose one of {sorted(BUDGETS)}")
+        if self.episodes < 1 or self.max_steps < 1 or any(n < 1 for n in self.n_agents or ()):
+            raise SystemExit(f"--episodes, --max-steps and --n-agents must be at least 1 (got {self.episodes}, {self.max_steps}, {list(self.n_agents or ())})")
         spec = EXPERIMENTS[self.experiment]
         methods = self.methods or spec["methods"]
         unknown = [m for m in methods if m not in METHODS]
@@ -222,9 +224,10 @@ def _cli_args(cfg: SweepConfig) -> str:
 
 
 def main() -> None:
-    cfg = tyro.cli(SweepConfig, description=__doc__)
-    join_cluster(cfg.cluster)
-    sweep(cfg)
+    with usage_errors():
+        cfg = tyro.cli(SweepConfig, description=__doc__)
+        join_cluster(cfg.cluster)
+        sweep(cfg)
 
 
 if __name__ == "__main__":

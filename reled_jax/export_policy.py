@@ -111,4 +111,7 @@ def main(args: Args) -> None:
 if __name__ == "__main__":
     import tyro
 
-    main(tyro.cli(Args))
+    from reled_jax.train import usage_errors
+
+    with usage_errors():
+        main(tyro.cli(Args))

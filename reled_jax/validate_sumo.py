@@ -227,4 +227,7 @@ def main(cfg: ValidateConfig) -> dict:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(ValidateConfig))
+    from reled_jax.train import usage_errors
+
+    with usage_errors():
+        main(tyro.cli(ValidateConfig))

@@ -154,3 +154,11 @@ def test_agreement_scores_count_the_experts_decisions_only():
     assert float(p_expert) == pytest.approx((0.5 + 0.2 + 0.6 + 0.7 + 0.1 + 0.4 + 0.3) / 7)
     _, none_agree, _ = agreement_scores(decided, valid, np.log(p), best + 10, action)
     assert float(none_agree) == 0.0
+
+
+def test_sweep_and_agreement_refuse_counts_below_one_before_anything_runs(tmp_path):
+    with pytest.raises(SystemExit, match=r"--episodes, --max-steps and --n-agents must be at least 1 \(got 20, 3000, \[0\]\)"):
+        SweepConfig(experiment="fig4", budget="smoke", n_agents=(0,), runs_dir=str(tmp_path / "runs")).grid()
+    with pytest.raises(SystemExit, match="--seeds 0, --test-episodes 0: counts must be at least 1"):
+        agreement(AgreementConfig(budget="smoke", seeds=0, test_episodes=0, runs_dir=str(tmp_path / "runs")))
+    assert not (tmp_path / "runs").exists()
