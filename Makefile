@@ -22,7 +22,7 @@ train: $(STAMP)
 
 # One worker per core: most tests are single-threaded JAX compilation.
 test: $(STAMP)
-	$(BIN)/python -m pytest -n auto
+	$(BIN)/python -m pytest -n auto --durations=15
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.env_throughput

@@ -25,6 +25,8 @@ def test_sweep_evaluates_every_seed_like_evaluate_and_reuses_finished_runs(tmp_p
     # The seed-vmapped test episodes give what `python -m reled_jax.evaluate` gives policy by policy on the same keys.
     ck = tmp_path / "runs" / "smoke" / "oakland-moderate-a4-ippo-x2" / "checkpoint.npz"
     single = evaluate(EvalConfig(checkpoint=str(ck), episodes=3, max_steps=300, seed=cfg.eval_seed))
+    assert json.loads((ck.parent / "evaluation.json").read_text())["results"].keys() == single.keys()
+    assert single["shortest"]["arrival_rate"] > single["random"]["arrival_rate"]
     per_seed = [v["reward_per_agent"][0] for k, v in single.items() if k.startswith("ippo")]
     np.testing.assert_allclose([t["reward"] for t in ippo["test"]], per_seed, rtol=1e-5)
     assert result["references"]["oakland/moderate/a4"]["shortest"]["reward"] == pytest.approx(single["shortest"]["reward_per_agent"][0], rel=1e-5)

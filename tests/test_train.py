@@ -52,12 +52,7 @@ def test_reled_learns_from_its_expert_on_oakland(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["expert"][0]["execution_rate"] == 1.0
     assert (run / "training.png").exists() and (run / "metrics.csv").exists()
-    # The checkpoint evaluates against the references on the same test episodes.
-    results = evaluate(EvalConfig(checkpoint=str(run / "checkpoint.npz"), episodes=4, max_steps=600))
-    trained = next(v for k, v in results.items() if k.startswith("reled"))
-    assert trained["reward_per_agent"][0] > results["random"]["reward_per_agent"][0]
-    assert results["shortest"]["arrival_rate"] > results["random"]["arrival_rate"]
-    assert (run / "evaluation.json").exists()
+    # (evaluate on a checkpoint is tested with the sweep's: tests/test_sweep.py)
     with pytest.raises(SystemExit, match="not found"):
         evaluate(EvalConfig(checkpoint=str(tmp_path / "missing.pkl")))
     # Exported NumPy weights give the same logits as the JAX policy, without JAX.
