@@ -20,9 +20,10 @@ install: $(STAMP)
 train: $(STAMP)
 	$(BIN)/python -m reled_jax.train --resume
 
-# One worker per core: most tests are single-threaded JAX compilation.
+# One worker per core: most tests are single-threaded JAX compilation; worksteal lets an idle worker take
+# queued tests from the busy one, so the run does not end on one core while the other waits.
 test: $(STAMP)
-	$(BIN)/python -m pytest -n auto --durations=15
+	$(BIN)/python -m pytest -n auto --dist worksteal --durations=15
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.env_throughput
