@@ -20,48 +20,50 @@ def ctx(line_network):
     return PlanRequestContext(line_network, np.array([0, 3, 0]), np.array([3, 0, 3]), max_instructions=8, limits=UNBOUNDED)
 
 
-def test_worker_gives_what_the_inline_parser_gives(ctx):
-    worker = PlanWorker(ctx)
-    try:
-        edge_time = np.asarray(ctx.network.edge_free_time) * np.linspace(1.0, 3.0, ctx.network.n_edges)
-        for text in (GOOD, '{"plans": [{"agent": 1, "route": [3, 2, 1, 0]}]}', "no plan here"):
-            assert worker.parse(text, [0, 1, 2], edge_time) == parse_response(text, [0, 1, 2], PlanRequestContext(**{**ctx.__dict__, "edge_time": edge_time}))
-        assert worker.started == 1  # one process for every request
-    finally:
+@pytest.fixture
+def make_worker(ctx):
+    """PlanWorker(ctx, limits), every one closed (its process killed) when the test ends."""
+    workers = []
+
+    def make(limits=IsolationLimits()):
+        workers.append(PlanWorker(ctx, limits))
+        return workers[-1]
+
+    yield make
+    for worker in workers:
         worker.close()
 
 
-def test_a_plan_past_its_deadline_is_killed_and_the_next_request_gets_a_fresh_worker(ctx):
-    worker = PlanWorker(ctx, IsolationLimits(deadline_s=0.5))
-    try:
-        plans = worker.parse(SPIN, [0, 1])
-        assert plans[0].error == "plan ran past its 0.5 s deadline (agent 0); the worker was replaced"
-        assert plans[1].error == "not run: the response's plan for agent 0 ran past its 0.5 s deadline"
-        assert worker.killed == 1
-        # the replacement is already starting (while training goes on), not at the next request
-        assert worker.started == 2 and worker.proc is not None and worker.proc.poll() is None
-        assert worker.parse(GOOD, [0])[0].executed and worker.started == 2
-    finally:
-        worker.close()
+def test_worker_gives_what_the_inline_parser_gives(ctx, make_worker):
+    worker = make_worker()
+    edge_time = np.asarray(ctx.network.edge_free_time) * np.linspace(1.0, 3.0, ctx.network.n_edges)
+    for text in (GOOD, '{"plans": [{"agent": 1, "route": [3, 2, 1, 0]}]}', "no plan here"):
+        assert worker.parse(text, [0, 1, 2], edge_time) == parse_response(text, [0, 1, 2], PlanRequestContext(**{**ctx.__dict__, "edge_time": edge_time}))
+    assert worker.started == 1  # one process for every request
 
 
-def test_a_plan_past_its_memory_cap_is_rejected_and_the_worker_lives_on(ctx):
-    worker = PlanWorker(ctx, IsolationLimits(memory_mb=64, deadline_s=20))
-    try:
-        plan = worker.parse("```python\nx = [0] * (10**8)\nmove_to_by_shortest_time(3)\n```", [0])[0]  # 800 MB of list
-        assert plan.error == "plan ran out of memory"
-        assert worker.parse(GOOD, [0])[0].executed and worker.started == 1
-    finally:
-        worker.close()
+def test_a_plan_past_its_deadline_is_killed_and_the_next_request_gets_a_fresh_worker(make_worker):
+    worker = make_worker(IsolationLimits(deadline_s=0.5))
+    plans = worker.parse(SPIN, [0, 1])
+    assert plans[0].error == "plan ran past its 0.5 s deadline (agent 0); the worker was replaced"
+    assert plans[1].error == "not run: the response's plan for agent 0 ran past its 0.5 s deadline"
+    assert worker.killed == 1
+    # the replacement is already starting (while training goes on), not at the next request
+    assert worker.started == 2 and worker.proc is not None and worker.proc.poll() is None
+    assert worker.parse(GOOD, [0])[0].executed and worker.started == 2
 
 
-def test_a_plan_past_its_cpu_seconds_is_stopped_by_the_kernel(ctx):
-    worker = PlanWorker(ctx, IsolationLimits(cpu_s=1, deadline_s=30))
-    try:
-        plan = worker.parse(SPIN, [0])[0]
-        assert plan.error == "plan used up its 1 s of CPU (agent 0); the worker was replaced"
-    finally:
-        worker.close()
+def test_a_plan_past_its_memory_cap_is_rejected_and_the_worker_lives_on(make_worker):
+    worker = make_worker(IsolationLimits(memory_mb=64, deadline_s=20))
+    plan = worker.parse("```python\nx = [0] * (10**8)\nmove_to_by_shortest_time(3)\n```", [0])[0]  # 800 MB of list
+    assert plan.error == "plan ran out of memory"
+    assert worker.parse(GOOD, [0])[0].executed and worker.started == 1
+
+
+def test_a_plan_past_its_cpu_seconds_is_stopped_by_the_kernel(make_worker):
+    worker = make_worker(IsolationLimits(cpu_s=1, deadline_s=30))
+    plan = worker.parse(SPIN, [0])[0]
+    assert plan.error == "plan used up its 1 s of CPU (agent 0); the worker was replaced"
 
 
 def test_the_service_runs_llm_text_in_the_worker_and_training_goes_on(line_network):
