@@ -202,6 +202,11 @@ class TrainConfig:
 
 def train(cfg: TrainConfig) -> dict:
     cfg = cfg.resolved()
+    # Refusals about the output directory first, before anything is built or compiled.
+    if (cfg.out_dir / "checkpoint.pkl").exists():
+        raise SystemExit(f"{cfg.out_dir} holds a pickle checkpoint from before issue 18, which is never loaded (it could run code); use another --out")
+    if not cfg.resume and (cfg.out_dir / checkpoint.FILENAME).exists():
+        raise SystemExit(f"{cfg.out_dir} already holds a run; pass --resume to continue it or --out to start elsewhere")
     network, env, env_params = load_scenario(cfg.scenario, cfg.regime, n_agents=cfg.n_agents, seed=cfg.seed)
     probe_s = time.perf_counter()
     if cfg.method != "qmix" and not cfg.decision_share:
@@ -271,8 +276,6 @@ def train(cfg: TrainConfig) -> dict:
     rows: list[dict] = []
     sed_log: list[dict] = []
     start_epoch, wall_offset, steps_done = 0, 0.0, np.zeros(len(seeds))
-    if (out / "checkpoint.pkl").exists():
-        raise SystemExit(f"{out} holds a pickle checkpoint from before issue 18, which is never loaded (it could run code); use another --out")
     if cfg.resume and ckpt_path.exists():
         ck, arrays = checkpoint.read(ckpt_path)
         if _comparable(ck["config"]) != _comparable(dataclasses.asdict(cfg)):
@@ -287,8 +290,6 @@ def train(cfg: TrainConfig) -> dict:
             sed.service.load_state_dict(st["service"])
             sed.feedback, sed.history = st["feedback"], st["history"]
         log(f"resumed {out} at epoch {start_epoch}")
-    elif ckpt_path.exists():
-        raise SystemExit(f"{out} already holds a run; pass --resume to continue it or --out to start elsewhere")
 
     if (note := od_pairs_note(cfg)) is not None:
         log(note)

@@ -32,7 +32,7 @@ def test_reled_learns_from_its_expert_on_oakland(tmp_path):
     from sim.scenarios import load_scenario
 
     method = "reled-va-alpha0.2"
-    cfg = dict(SMALL, q=2, epochs=6, alpha_schedule="eq30")  # eq30: alpha0.2 is the agent's weight (80 % expert)
+    cfg = dict(SMALL, q=2, epochs=6, alpha_schedule="eq30", decision_share=1.0)  # eq30: alpha0.2 is the agent's weight (80 % expert); one update branch
     train(TrainConfig(**cfg, method=method, out=str(tmp_path / method)))
     network, env, params = load_scenario("oakland", "moderate", n_agents=4)
     score = make_agreement_scorer(env, params, demo_steps=256)
@@ -72,11 +72,33 @@ def test_reled_learns_from_its_expert_on_oakland(tmp_path):
         obs, state, *_ = env.step(jax.random.PRNGKey(k), state, jnp.asarray(deployed.act(np.asarray(obs.features), np.asarray(obs.action_mask))), params)
 
 
+def _dead_llm():
+    """An LLM expert at a port nobody listens on: every round falls back (connection refused at once)."""
+    import socket
+
+    from llm.client import LLMConfig
+    from llm.service import ExpertConfig
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return ExpertConfig(backend="llm", llm=LLMConfig(base_url=f"http://127.0.0.1:{port}/v1", max_retries=0, timeout_s=2.0)), port
+
+
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch):
-    # Short rollouts: what matters is three expert refreshes (epochs 0, 1, 2) with the kill between the second and third.
-    cfg = TrainConfig(**{**SMALL, "n_envs": 2, "rollout_steps": 32, "demo_steps": 64, "q": 1}, epochs=3)
-    train(TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "whole")}))
+def test_a_run_with_a_dead_llm_falls_back_counts_it_and_resumes_after_a_kill_to_the_same_result(tmp_path, monkeypatch, capfd):
+    """Two properties on one compiled program (one training configuration, so one compilation in this test):
+    training survives an LLM that is down, counting and saying every fallback; and a run killed between its
+    second and third expert refresh resumes to the metrics of the run that was never killed, fallback counts
+    included (the expert service's state is in the checkpoint). Short rollouts and one update branch
+    (decision_share 1.0): what matters is three refreshes (epochs 0, 1, 2) with the kill before the third."""
+    expert, port = _dead_llm()
+    cfg = TrainConfig(**{**SMALL, "n_envs": 2, "rollout_steps": 32, "demo_steps": 64, "q": 1, "decision_share": 1.0}, epochs=3, expert=expert)
+    summary = train(TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "whole")}))
+    stats = summary["expert"][0]
+    assert stats["plans_executed"] == 0 and stats["fallbacks"] == {"llm:LLMUnavailable": 12}  # 3 refreshes x 4 agents
+    err = capfd.readouterr().err  # said on the console, once per refresh
+    assert err.count("reled-jax: warning: expert round") == 3 and f"cannot reach LLM at http://127.0.0.1:{port}" in err
 
     original = sed_module.SED.refresh
 
@@ -91,7 +113,8 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     monkeypatch.setattr(sed_module.SED, "refresh", original)
     with pytest.raises(SystemExit, match="--resume"):
         train(TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "killed")}))
-    train(TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "killed"), "resume": True}))
+    resumed_summary = train(TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "killed"), "resume": True}))
+    assert resumed_summary["expert"][0]["fallbacks"] == {"llm:LLMUnavailable": 12}
 
     whole, resumed = _rows(tmp_path / "whole"), _rows(tmp_path / "killed")
     assert len(whole) == len(resumed) == 3
@@ -156,17 +179,26 @@ def test_a_preset_sets_only_the_budget_fields_left_at_their_defaults():
     assert (explicit.epochs, explicit.n_envs, explicit.rollout_steps) == (9, 7, 32)
 
 
-def test_cli_refusals_are_one_line_on_stderr_with_status_2_and_leave_nothing(tmp_path):
+def test_cli_refusals_are_one_line_on_stderr_with_status_2_and_leave_nothing(tmp_path, monkeypatch, capsys):
+    """The first case through a real `python -m` process (the exit status a shell sees); the others call the
+    same entry points in this process, which is what that process runs (two interpreter starts fewer)."""
     import subprocess
     import sys
 
+    from reled_jax.evaluate import cli as evaluate_cli
+    from reled_jax.train import main as train_main
+
     (tmp_path / "file").write_text("")
-    cases = [(["-m", "reled_jax.train", "--n-envs", "0", "--out", str(tmp_path / "run")], "error: --n-envs 0: counts must be at least 1"),
-             (["-m", "reled_jax.train", "--out", str(tmp_path / "file" / "run")], f"error: --out {tmp_path}/file/run: {tmp_path}/file is a file, not a directory; choose another --out"),
-             (["-m", "reled_jax.evaluate", "--episodes", "-3"], "error: --episodes and --max-steps must be at least 1 (got -3, 3000)")]
-    for args, message in cases:
-        proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 2 and proc.stderr.strip() == message, proc.stderr[-500:]
+    proc = subprocess.run([sys.executable, "-m", "reled_jax.train", "--n-envs", "0", "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: --n-envs 0: counts must be at least 1", proc.stderr[-500:]
+    cases = [(train_main, ["--out", str(tmp_path / "file" / "run")], f"error: --out {tmp_path}/file/run: {tmp_path}/file is a file, not a directory; choose another --out"),
+             (evaluate_cli, ["--episodes", "-3"], "error: --episodes and --max-steps must be at least 1 (got -3, 3000)")]
+    for entry, args, message in cases:
+        monkeypatch.setattr(sys, "argv", ["prog", *args])
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_:
+            entry()
+        assert exit_.value.code == 2 and capsys.readouterr().err.strip() == message
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # no run directory made
 
 
@@ -184,32 +216,12 @@ def test_evaluate_reads_the_environment_from_the_checkpoint_and_refuses_flags_th
 
 
 @pytest.mark.slow
-def test_training_survives_a_dead_llm_and_counts_fallbacks(tmp_path, capfd):
-    import socket
-
-    from llm.client import LLMConfig
-    from llm.service import ExpertConfig
-
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    expert = ExpertConfig(backend="llm", llm=LLMConfig(base_url=f"http://127.0.0.1:{port}/v1", max_retries=0, timeout_s=2.0))
-    # The resume test's budget, so that both tests run the same compiled programs (one compilation per session).
-    summary = train(TrainConfig(**{**SMALL, "n_envs": 2, "rollout_steps": 32, "demo_steps": 64, "q": 1}, epochs=3, expert=expert, out=str(tmp_path / "run")))
-    stats = summary["expert"][0]
-    assert stats["plans_executed"] == 0 and stats["fallbacks"] == {"llm:LLMUnavailable": 12}  # 3 refreshes x 4 agents
-    assert len(_rows(tmp_path / "run")) == 3
-    # and it was said on the console, once per refresh
-    err = capfd.readouterr().err
-    assert err.count("reled-jax: warning: expert round") == 3 and "cannot reach LLM at" in err
-
-
-@pytest.mark.slow
 def test_seeds_sharded_across_devices_and_hosts_equal_the_unsharded_run(tmp_path):
     """Four seeds on two processes of two devices each, joined by jax.distributed (so sharded over four
     devices on two hosts): the metrics of all four seeds on one device, and only process 0 writes.
     (The same four devices in one process, sharded, were checked here too until issue 16; it is the
-    two-host case with the collectives left out, and its third process made `make test` too long.)"""
+    two-host case with the collectives left out, and its third process made `make test` too long. The
+    reference runs in the test's own process, not a third one.)"""
     import os
     import socket
     import subprocess
@@ -217,14 +229,7 @@ def test_seeds_sharded_across_devices_and_hosts_equal_the_unsharded_run(tmp_path
 
     # IPPO: the expert's plans are host data that every host takes from process 0, so they add nothing
     # to what is sharded; two chunks of two epochs carry the sharded state from one chunk to the next.
-    run = "train(TrainConfig(scenario='oakland', n_agents=3, method='ippo', preset='smoke', seeds=4, q=2, out=out, shard_seeds=shard, cluster=cluster))\n"
-    one_host = (
-        "import sys, jax; from reled_jax.train import ClusterConfig, TrainConfig, train, seed_placement\n"
-        "assert jax.device_count() == 4\n"
-        "placed = seed_placement(4)(jax.numpy.zeros((4, 3)))\n"
-        "assert len(placed.sharding.device_set) == 4, placed.sharding\n"
-        "out, shard, cluster = sys.argv[1], sys.argv[2] == '1', ClusterConfig()\n" + run
-    )
+    settings = dict(scenario="oakland", n_agents=3, method="ippo", preset="smoke", seeds=4, q=2)
     two_hosts = (
         "import sys, jax; from reled_jax.train import ClusterConfig, TrainConfig, join_cluster, train, seed_placement\n"
         "cluster = ClusterConfig(enabled=True, coordinator_address=sys.argv[2], num_processes=2, process_id=int(sys.argv[3]))\n"
@@ -232,22 +237,25 @@ def test_seeds_sharded_across_devices_and_hosts_equal_the_unsharded_run(tmp_path
         "assert jax.process_count() == 2 and jax.device_count() == 4 and jax.local_device_count() == 2\n"
         "placed = seed_placement(4)(jax.numpy.zeros((4, 3)))\n"
         "assert len(placed.sharding.device_set) == 4 and not placed.is_fully_addressable\n"
-        "out, shard = sys.argv[1] + '/p' + sys.argv[3], True\n" + run
+        f"train(TrainConfig(**{settings!r}, out=sys.argv[1] + '/p' + sys.argv[3], shard_seeds=True, cluster=cluster))\n"
     )
     env = dict(os.environ, PYTHONHASHSEED="0")
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         coordinator = f"127.0.0.1:{s.getsockname()[1]}"
-    # All three processes at once (the machine's cores compile them side by side): one host of four devices,
-    # unsharded (the reference), and two hosts of two devices each.
-    start = lambda args, devices: subprocess.Popen(  # noqa: E731
-        [sys.executable, "-c", *args], env=dict(env, XLA_FLAGS=f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    procs = [start([one_host, str(tmp_path / "0"), "0"], 4)]
-    procs += [start([two_hosts, str(tmp_path / "hosts"), coordinator, str(pid)], 2) for pid in (0, 1)]
-    for proc in procs:
-        _, err = proc.communicate(timeout=900)
-        assert proc.returncode == 0, err[-2000:]
+    # The two hosts start first and compile side by side with the reference, which this process trains
+    # meanwhile: all four seeds unsharded on its one device.
+    procs = [subprocess.Popen([sys.executable, "-c", two_hosts, str(tmp_path / "hosts"), coordinator, str(pid)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for pid in (0, 1)]
+    try:
+        train(TrainConfig(**settings, out=str(tmp_path / "0")))
+        for proc in procs:
+            _, err = proc.communicate(timeout=900)
+            assert proc.returncode == 0, err[-2000:]
+    finally:
+        for proc in procs:
+            proc.kill()
     assert not (tmp_path / "hosts" / "p1").exists()  # process 1 trained its shards but wrote nothing
 
     dirs = {"0": tmp_path / "0", "hosts": tmp_path / "hosts" / "p0"}
