@@ -61,6 +61,7 @@ SCOPE: dict[str, tuple[str, ...]] = {
         "decision_returns", "masked_mean", "clipped_surrogate", "entropy", "dtw_alpha", "hybrid_alpha", "agent_loss",
         "policy_apply", "make_epoch", "agent_rows", "trajectory_points", "episode_in_progress", "_append_path",
         "update_capacities", "decision_rows", "take_rows", "compact_rows", "rollout_statistics", "_episode_sums",
+        "make_optimizer", "_moments", "minibatch_stats", "expert_share", "block_trips", "blockwise",
     ),
     "reled_jax/qmix.py": ("_q_values", "td_target", "qmix_loss", "make_update", "make_epoch", "epsilon"),
     "reled_jax/sed.py": ("SED.refresh", "partition_agents", "expert_samples", "_own_subset"),

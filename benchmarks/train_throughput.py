@@ -113,7 +113,7 @@ def measure(method: str, seeds: int, preset: str, epochs: int | None, overrides:
         "method": method,
         "device": f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind}",
         "seeds": seeds,
-        "budget": {k: getattr(resolved, k) for k in ("epochs", "n_envs", "rollout_steps", "update_epochs", "n_minibatches", "lockstep", "carry_envs")},
+        "budget": {k: getattr(resolved, k) for k in ("epochs", "n_envs", "rollout_steps", "update_epochs", "n_minibatches", "update_block", "lockstep", "carry_envs")},
         "decision_share": summary.get("decision_share"),
         "update_rows_mean": summary.get("update_rows_mean"),
         "interaction_steps": int(steps),
@@ -145,9 +145,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs (a shorter look)")
     parser.add_argument("--n-envs", type=int, default=None)
     parser.add_argument("--rollout-steps", type=int, default=None)
+    parser.add_argument("--update-block", nargs="+", type=int, default=[None], help="gradient accumulation block sizes to compare (0: capacity switch)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    overrides = {k: v for k, v in (("n_envs", args.n_envs), ("rollout_steps", args.rollout_steps)) if v}
+    base = {k: v for k, v in (("n_envs", args.n_envs), ("rollout_steps", args.rollout_steps)) if v}
     gpu = jax.devices()[0].platform == "gpu"
     out = args.out or RESULTS / f"train_throughput{'_gpu' if gpu else ''}.json"
     report = {
@@ -156,14 +157,14 @@ def main() -> None:
         "command": "python -m benchmarks.train_throughput " + " ".join(sys.argv[1:]),
         "results": [],
     }
-    for method in args.methods:
-        for seeds in args.seeds:
-            row = measure(method, seeds, args.preset, args.epochs, overrides)
-            report["results"].append(row)
-            print(f"{method:6s} seeds={seeds}: {row['paper_budget_seconds']:7.1f} s for {row['interaction_steps']:,} interaction steps; "
-                  f"{row['interaction_steps_per_s']:8.0f} steps/s in chunks vs bare env {row['env_decisions_per_s']:8.0f}/s "
-                  f"(ratio {row['train_over_env_ratio']:.2f}); split {row['time_split_s']}", flush=True)
-            write_json(out, report)
+    for method, seeds, block in [(m, s, b) for m in args.methods for s in args.seeds for b in args.update_block]:
+        overrides = base | ({} if block is None else {"update_block": block})
+        row = measure(method, seeds, args.preset, args.epochs, overrides)
+        report["results"].append(row)
+        print(f"{method:6s} seeds={seeds} update_block={row['budget']['update_block']}: {row['paper_budget_seconds']:7.1f} s for {row['interaction_steps']:,} interaction steps; "
+              f"{row['interaction_steps_per_s']:8.0f} steps/s in chunks vs bare env {row['env_decisions_per_s']:8.0f}/s "
+              f"(ratio {row['train_over_env_ratio']:.2f}); split {row['time_split_s']}", flush=True)
+        write_json(out, report)
     print(f"wrote {out}")
 
 

@@ -118,6 +118,14 @@ class HPOConfig:
     # decisions than that runs the update on all rows instead (a second compiled branch of a
     # `lax.switch`, chosen outside the seeds' vmap): no decision is ever dropped. 1.0: all rows.
     decision_share: float = 1.0
+    # Gradient accumulation (> 0): each PPO minibatch is an equal share of every agent's decision rows,
+    # in random order, and its gradient is summed over blocks of `update_block` rows in a `while_loop`
+    # that runs as many blocks as the busiest agent's minibatch needs. The update then costs what the
+    # epoch's decisions cost, with one compiled update and no capacity switch (decision_share is unused).
+    # The losses and gradients are the whole minibatch's (`agent_loss`'s `stats`); what differs from 0
+    # is only which rows share a minibatch: real rows only, not a random cut of the padded capacity.
+    # 0: minibatches cut from the rows compacted to the capacity (decision_share), as before issue 16.
+    update_block: int = 0
     # Environments in lockstep (RouteChoiceEnv.step_batch: no tick wasted waiting for the slowest
     # environment's decision; some env steps then hold no decision) instead of vmap(step).
     lockstep: bool = False
@@ -129,6 +137,8 @@ class HPOConfig:
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {METHODS}")
+        if self.update_block < 0:
+            raise ValueError(f"update_block must be >= 0 (0: no gradient accumulation), got {self.update_block}")
         if not 0.0 < self.decision_share <= 1.0:
             raise ValueError(f"decision_share must be in (0, 1], got {self.decision_share}")
         if self.alpha_schedule not in ALPHA_SCHEDULES:
@@ -205,7 +215,14 @@ class TrainState:
 
 
 def make_optimizer(cfg: HPOConfig) -> optax.GradientTransformation:
-    return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(cfg.lr, eps=1e-5))
+    """Adam after global-norm clipping. Without an expert (IPPO, MAPPO) V^e never gets a gradient, so it
+    keeps no Adam state and takes no step: the same updates (its gradients are zero, adding nothing to
+    the norm) at about a third less optimiser work."""
+    adam = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(cfg.lr, eps=1e-5))
+    if cfg.method not in EXPERT_FREE:
+        return adam
+    labels = AgentParams(policy="train", value_agent="train", value_expert="frozen")
+    return optax.multi_transform({"train": adam, "frozen": optax.set_to_zero()}, labels)
 
 
 # ----------------------------------------------------------------------------- returns (Eqs. 26, 28)
@@ -242,16 +259,18 @@ def decision_returns(reward, decided, done, values, last_value, gamma: float, la
 
 
 # ----------------------------------------------------------------------------- losses (Eqs. 27, 29-31)
-def masked_mean(x, mask):
+def masked_mean(x, mask, count=None):
+    """Mean of x over the rows `mask` marks. `count`: the denominator when the rows are one block of a
+    larger minibatch of `count` rows (gradient accumulation: the blocks' sums add up to its mean)."""
     mask = mask.astype(x.dtype)
-    return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask) if count is None else count, 1.0)
 
 
-def clipped_surrogate(logp, old_logp, adv, valid, clip_eps):
+def clipped_surrogate(logp, old_logp, adv, valid, clip_eps, count=None):
     """L^x (Eq. 29): E[min(w A, clip(w, 1-eps, 1+eps) A)], to be maximised; also the clip fraction."""
     ratio = jnp.exp(logp - old_logp)
     surrogate = jnp.minimum(ratio * adv, jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv)
-    return masked_mean(surrogate, valid), masked_mean((jnp.abs(ratio - 1.0) > clip_eps).astype(jnp.float32), valid)
+    return masked_mean(surrogate, valid, count), masked_mean((jnp.abs(ratio - 1.0) > clip_eps).astype(jnp.float32), valid, count)
 
 
 def entropy(logits, mask):
@@ -314,7 +333,19 @@ def hybrid_alpha(agent_points: tuple, expert_points: tuple, epoch: jax.Array, cf
     return alpha, weight, dtw_m, d_dtw
 
 
-def agent_loss(params_i, policy: MLP, value: MLP, batch_a: dict, batch_e: dict, alpha, cfg: HPOConfig):
+def _moments(adv, valid):
+    mean = masked_mean(adv, valid)
+    return mean, jnp.sqrt(masked_mean((adv - mean) ** 2, valid) + 1e-8)
+
+
+def minibatch_stats(adv_a, valid_a, adv_e, valid_e) -> dict:
+    """What `agent_loss` normalises by, taken over a whole minibatch: its numbers of real agent and expert
+    rows and the moments of their advantages. One agent's [rows] arrays."""
+    (mean_a, std_a), (mean_e, std_e) = _moments(adv_a, valid_a), _moments(adv_e, valid_e)
+    return dict(n_a=valid_a.sum().astype(jnp.float32), n_e=valid_e.sum().astype(jnp.float32), mean_a=mean_a, std_a=std_a, mean_e=mean_e, std_e=std_e)
+
+
+def agent_loss(params_i, policy: MLP, value: MLP, batch_a: dict, batch_e: dict, alpha, cfg: HPOConfig, stats: dict | None = None):
     """Loss of one agent on one minibatch; returns (loss, aux). batch_* hold x, mask, action, old_logp, adv, ret, valid.
 
     `alpha`: the weight of the agent's own surrogate in Eq. 31 (`agent_weight`'s w), forced to 1 when the
@@ -322,38 +353,45 @@ def agent_loss(params_i, policy: MLP, value: MLP, batch_a: dict, batch_e: dict, 
     PPO. Expert advantages (`HPOConfig.expert_advantage_norm`): "agent-spread" (paper form) divides them
     by the agent minibatch's spread, uncentred; "center" standardises them on their own; "given" uses
     them as they come (reled-va: already divided by their whole batch's spread in `expert_advantages`).
+
+    `stats` (`minibatch_stats`): when the batches are one block of a larger minibatch, that minibatch's
+    counts and moments. Every term is then the block's share of the minibatch's mean, so the losses and
+    gradients of its blocks add up to the whole minibatch's (HPOConfig.update_block). None: this batch's own.
     """
-    def moments(adv, valid):
-        mean = masked_mean(adv, valid)
-        return mean, jnp.sqrt(masked_mean((adv - mean) ** 2, valid) + 1e-8)
+    if stats is None:
+        stats = minibatch_stats(batch_a["adv"], batch_a["valid"], batch_e["adv"], batch_e["valid"])
+    n_a, n_e = stats["n_a"], stats["n_e"]
 
-    mean_a, std_a = moments(batch_a["adv"], batch_a["valid"])
-
-    def policy_terms(batch, adv):
+    def policy_terms(batch, adv, count):
         logits = masked_logits(policy, params_i.policy, batch["x"], batch["mask"])
         logp = jnp.take_along_axis(jax.nn.log_softmax(logits), batch["action"][..., None], axis=-1)[..., 0]
-        surrogate, clipfrac = clipped_surrogate(logp, batch["old_logp"], adv, batch["valid"], cfg.clip_eps)
+        surrogate, clipfrac = clipped_surrogate(logp, batch["old_logp"], adv, batch["valid"], cfg.clip_eps, count)
         return surrogate, clipfrac, logits
 
     adv_e = batch_e["adv"]
     if cfg.expert_advantage_norm == "center":
-        mean_e, std_e = moments(adv_e, batch_e["valid"])
-        adv_e = (adv_e - mean_e) / std_e
+        adv_e = (adv_e - stats["mean_e"]) / stats["std_e"]
     elif cfg.expert_advantage_norm == "agent-spread":
-        adv_e = adv_e / std_a
-    l_agent, clip_a, logits_a = policy_terms(batch_a, (batch_a["adv"] - mean_a) / std_a)
-    l_expert, clip_e, _ = policy_terms(batch_e, adv_e)
-    has_expert = jnp.any(batch_e["valid"])
-    alpha = jnp.where(has_expert, alpha, 1.0)
-    ent = masked_mean(entropy(logits_a, batch_a["mask"]), batch_a["valid"])
+        adv_e = adv_e / stats["std_a"]
+    l_agent, clip_a, logits_a = policy_terms(batch_a, (batch_a["adv"] - stats["mean_a"]) / stats["std_a"], n_a)
+    l_expert, clip_e, _ = policy_terms(batch_e, adv_e, n_e)
+    alpha = jnp.where(n_e > 0, alpha, 1.0)
+    ent = masked_mean(entropy(logits_a, batch_a["mask"]), batch_a["valid"], n_a)
     objective = alpha * l_agent + (1.0 - alpha) * l_expert + cfg.entropy_coef * ent  # Eq. 31, maximised
     v_a = value.apply(params_i.value_agent, batch_a.get("cx", batch_a["x"]))[..., 0]
     v_e = value.apply(params_i.value_expert, batch_e["x"])[..., 0]
-    value_loss = masked_mean((v_a - batch_a["ret"]) ** 2, batch_a["valid"]) + masked_mean((v_e - batch_e["ret"]) ** 2, batch_e["valid"])
+    value_loss = masked_mean((v_a - batch_a["ret"]) ** 2, batch_a["valid"], n_a) + masked_mean((v_e - batch_e["ret"]) ** 2, batch_e["valid"], n_e)
     loss = -objective + cfg.value_coef * value_loss
     return loss, {"l_agent": l_agent, "l_expert": l_expert, "entropy": ent, "value_loss": value_loss, "clipfrac": clip_a,
-                  "clipfrac_expert": clip_e, "expert_weight": 1.0 - alpha,
-                  "expert_share": jnp.abs((1.0 - alpha) * l_expert) / jnp.maximum(jnp.abs(alpha * l_agent) + jnp.abs((1.0 - alpha) * l_expert), 1e-8)}
+                  "clipfrac_expert": clip_e, "expert_weight": 1.0 - alpha, "expert_share": expert_share(l_agent, l_expert, alpha)}
+
+
+LOSS_TERMS = ("l_agent", "l_expert", "entropy", "value_loss", "clipfrac", "clipfrac_expert", "expert_weight", "expert_share")  # agent_loss's aux
+
+
+def expert_share(l_agent, l_expert, alpha):
+    """The expert term's share of the policy objective's magnitude, |(1-w) L^e| / (|w L^a| + |(1-w) L^e|)."""
+    return jnp.abs((1.0 - alpha) * l_expert) / jnp.maximum(jnp.abs(alpha * l_agent) + jnp.abs((1.0 - alpha) * l_expert), 1e-8)
 
 
 # ----------------------------------------------------------------------------- rollout
@@ -419,13 +457,16 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: M
             last_x=jnp.swapaxes(last_x, 0, 1), **critic,
         )
 
-    def advantages(samples: Samples, value_params, n_segments: int, rows: jax.Array):
+    def advantages(samples: Samples, value_params, n_segments: int, rows: jax.Array, blocks: tuple | None = None):
         """Eqs. 26 and 28 for every agent and segment, with that agent's value function, on the rows
         `rows` [A, C] (`decision_rows`): values are computed there only (the other rows' values are
-        never read: returns and advantages exist at decisions) and the results are taken there."""
+        never read: returns and advantages exist at decisions) and the results are taken there.
+        `blocks` = (count [A], n_blocks): values in n_blocks blocks of `update_block` rows, over each agent's
+        first `count` rows only (`blockwise`)."""
         x, last_x = (samples.x, samples.last_x) if samples.cx is None else (samples.cx, samples.last_cx)
         n = x.shape[1]
-        v_rows = jax.vmap(lambda p, x: value.apply(p, x)[..., 0])(value_params, take_rows(x, rows))  # [A, C]
+        values_at = lambda r: jax.vmap(lambda p, x: value.apply(p, x)[..., 0])(value_params, take_rows(x, r))  # noqa: E731
+        v_rows = values_at(rows) if blocks is None else blockwise(values_at, rows, *blocks, cfg.update_block)  # [A, C]
         v = jax.vmap(lambda r, vr: jnp.zeros(n).at[r].set(vr, mode="drop"))(rows, v_rows)  # [A, N]
         v_last = jax.vmap(lambda p, x: value.apply(p, x)[..., 0])(value_params, last_x)  # [A, S]
         shape = (n_agents, n_segments, -1)
@@ -434,7 +475,7 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: M
         )
         return take_rows(ret.reshape(n_agents, -1), rows), take_rows(adv.reshape(n_agents, -1), rows)
 
-    def expert_advantages(expert: Samples, params: AgentParams, rows: tuple | None = None):
+    def expert_advantages(expert: Samples, params: AgentParams, rows: tuple | None = None, blocks: tuple | None = None):
         """R^e (Eq. 26, bootstrapped with V^e) and A^e = R^e - V^e(o^e) (Eq. 28), or R^e - V^a(o^e) (reled-va),
         on the expert's rows `rows` = (indices, real) from `decision_rows`, or on all rows in order.
 
@@ -442,7 +483,7 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: M
         ones are standardised per minibatch in `agent_loss` like the agent's.
         """
         rows, valid = decision_rows(expert.decided, None) if rows is None else rows
-        ret_e, adv_e = advantages(expert, params.value_expert, expert.last_x.shape[1], rows)
+        ret_e, adv_e = advantages(expert, params.value_expert, expert.last_x.shape[1], rows, blocks)
         if cfg.expert_advantage_baseline == "agent" and cfg.method not in EXPERT_FREE:  # V^e keeps R^e as its target either way
             v_agent = jax.vmap(lambda p, x: value.apply(p, x)[..., 0])(params.value_agent, take_rows(expert.x, rows))
             adv_e = jnp.where(valid, ret_e - v_agent, 0.0)
@@ -483,6 +524,86 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: M
         batch_e["old_logp"] = old_logp(batch_e)
         return update(params, opt_state, batch_a, batch_e, prep["weight"], prep["k_perm"])
 
+    def learn_blocks(params: AgentParams, opt_state, expert: Samples, prep: dict, trips: dict):
+        """`learn` in gradient-accumulation form (HPOConfig.update_block): values, old log-probabilities
+        and gradients computed in blocks over each agent's decision rows only, as many blocks as `trips`
+        (`block_trips`, the same for every seed) says."""
+        agent = prep["agent"]
+        rows_a, valid_a = decision_rows(agent.decided, agent.decided.shape[1])
+        rows_e, valid_e = decision_rows(expert.decided, expert.decided.shape[1])
+        n_a, n_e = valid_a.sum(1), valid_e.sum(1)  # [A] decisions of each agent
+        ret_a, adv_a = advantages(agent, params.value_agent, cfg.n_envs, rows_a, (n_a, trips["agent"]))
+        ret_e, adv_e = expert_advantages(expert, params, (rows_e, valid_e), (n_e, trips["expert"]))
+
+        def old_logp(samples, rows, count, n_blocks):
+            def at(r):
+                b = take_rows(dict(x=samples.x, mask=samples.mask, action=samples.action), r)
+                logits = policy_apply(policy, params.policy, b["x"], b["mask"])
+                return jnp.take_along_axis(jax.nn.log_softmax(logits), b["action"][..., None], axis=-1)[..., 0]
+            return blockwise(at, rows, count, n_blocks, cfg.update_block)
+
+        fields_a = dict(x=agent.x, mask=agent.mask, action=agent.action) | ({} if agent.cx is None else {"cx": agent.cx})
+        side_a = dict(rows=rows_a, n=n_a, adv=adv_a, ret=ret_a, old_logp=old_logp(agent, rows_a, n_a, trips["agent"]))
+        side_e = dict(rows=rows_e, n=n_e, adv=adv_e, ret=ret_e, old_logp=old_logp(expert, rows_e, n_e, trips["expert"]))
+        expert_fields = dict(x=expert.x, mask=expert.mask, action=expert.action)
+        return update_blocks(params, opt_state, (fields_a, side_a), (expert_fields, side_e), prep["weight"], prep["k_perm"], trips["minibatch"])
+
+    def update_blocks(params, opt_state, agent, expert, alpha, key, minibatch_blocks):
+        """PPO epochs x minibatches (Eq. 31) where minibatch j of agent i is the j-th of n_minibatches equal
+        shares of its decisions in a random order, and its gradient is summed over blocks of rows."""
+        block, n_mb = cfg.update_block, cfg.n_minibatches
+        n_pos = agent[1]["rows"].shape[1], expert[1]["rows"].shape[1]
+
+        def shuffled(k, side, n_rows):
+            """Each agent's decision positions (the first n of the compacted rows) in a random order, first."""
+            real = jnp.arange(n_rows)[None, :] < side["n"][:, None]
+            return jnp.argsort(jnp.where(real, jax.random.uniform(k, real.shape), 2.0), axis=1)
+
+        def block_batch(fields, side, order, lo, hi, b):
+            """Block b of the minibatch at shuffled positions [lo, hi) of every agent: [A, block] rows."""
+            pos = lo[:, None] + b * block + jnp.arange(block)[None, :]
+            real = pos < hi[:, None]
+            at = jnp.take_along_axis(order, jnp.minimum(pos, order.shape[1] - 1), axis=1)  # compacted positions
+            batch = take_rows(fields, jnp.take_along_axis(side["rows"], at, axis=1))
+            return batch | {k: jnp.take_along_axis(side[k], at, axis=1) for k in ("adv", "ret", "old_logp")} | {"valid": real}
+
+        def one_epoch(carry, k):
+            params, opt_state = carry
+            k_a, k_e = jax.random.split(k)
+            order_a, order_e = shuffled(k_a, agent[1], n_pos[0]), shuffled(k_e, expert[1], n_pos[1])
+
+            def one_minibatch(carry, mb):
+                params, opt_state = carry
+                j, n_blocks = mb  # unbatched across seeds: the loop below has one trip count, no selects
+                lo_a, hi_a = j * agent[1]["n"] // n_mb, (j + 1) * agent[1]["n"] // n_mb
+                lo_e, hi_e = j * expert[1]["n"] // n_mb, (j + 1) * expert[1]["n"] // n_mb
+
+                def in_minibatch(side, order, lo, hi):
+                    pos = jnp.arange(order.shape[1])[None, :]
+                    return jnp.take_along_axis(side["adv"], order, axis=1), (pos >= lo[:, None]) & (pos < hi[:, None])
+
+                stats = jax.vmap(minibatch_stats)(*in_minibatch(agent[1], order_a, lo_a, hi_a), *in_minibatch(expert[1], order_e, lo_e, hi_e))
+
+                def body(c):
+                    b, grads, aux = c
+                    mb_a = block_batch(*agent, order_a, lo_a, hi_a, b)
+                    mb_e = block_batch(*expert, order_e, lo_e, hi_e, b)
+                    g, a = jax.vmap(lambda p, x, y, al, st: jax.grad(agent_loss, has_aux=True)(p, policy, value, x, y, al, cfg, st))(params, mb_a, mb_e, alpha, stats)
+                    return b + 1, jax.tree.map(jnp.add, grads, g), jax.tree.map(jnp.add, aux, a)
+
+                zero_aux = {k: jnp.zeros_like(alpha) for k in LOSS_TERMS}
+                _, grads, aux = jax.lax.while_loop(lambda c: c[0] < n_blocks, body, (jnp.int32(0), jax.tree.map(jnp.zeros_like, params), zero_aux))
+                updates, opt_state = jax.vmap(tx.update)(grads, opt_state, params)
+                params = optax.apply_updates(params, updates)
+                w = jnp.where(stats["n_e"] > 0, alpha, 1.0)  # the terms that are not sums over rows, from the sums
+                aux = aux | {"expert_weight": 1.0 - w, "expert_share": expert_share(aux["l_agent"], aux["l_expert"], w), "update_rows": (n_blocks * block).astype(jnp.float32)}
+                return (params, opt_state), aux
+
+            return jax.lax.scan(one_minibatch, (params, opt_state), (jnp.arange(n_mb), minibatch_blocks))
+
+        (params, opt_state), aux = jax.lax.scan(one_epoch, (params, opt_state), jax.random.split(key, cfg.update_epochs))
+        return params, opt_state, jax.tree.map(lambda z: z.mean((0, 1)), aux)
+
     def finish(state: TrainState, prep: dict, params, opt_state, aux, capacity) -> tuple[TrainState, dict]:
         traj, start, agent = prep["traj"], prep["start"], prep["agent"]
         reward_sums = _episode_sums(traj["reward"], traj["episode_done"], start.reward_sum)
@@ -495,7 +616,7 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: M
             "alpha": prep["alpha"].mean(),
             "dtw_m": prep["dtw_m"].mean(),
             "d_dtw": prep["d_dtw"].mean(),
-            "update_rows": capacity,
+            **({} if capacity is None else {"update_rows": capacity}),  # blocks: in aux (rows the blocks covered)
             "decision_share_max": (agent.decided.sum(axis=1) / agent.decided.shape[1]).max(),
             **{k: v.mean() for k, v in aux.items()},
         }
@@ -506,6 +627,11 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: M
         capacity that holds every seed's and agent's decisions, chosen outside the vmap so that only
         that branch runs; then the updates vmapped at that capacity."""
         prep, need = jax.vmap(prepare, axis_name=SEED_AXIS)(states, experts, expert_nodes)
+        if cfg.update_block:  # gradient accumulation: one update, in proportion to the decisions
+            trips = block_trips(prep["agent"].decided.sum(2), experts.decided.sum(2), cfg.update_block, cfg.n_minibatches)
+            learn_seeds = jax.vmap(learn_blocks, in_axes=(0, 0, 0, 0, None))
+            params, opt_state, aux = learn_seeds(states.params, states.opt_state, experts, {k: prep[k] for k in ("agent", "weight", "k_perm")}, trips)
+            return jax.vmap(finish, in_axes=(0, 0, 0, 0, 0, None))(states, prep, params, opt_state, aux, None)
         capacities = update_capacities(max(prep["agent"].decided.shape[2], experts.decided.shape[2]), cfg.decision_share, cfg.n_minibatches)
         branch = jnp.minimum(jnp.searchsorted(jnp.asarray(capacities), need.max()), len(capacities) - 1)
         branches = [lambda ops, c=c: jax.vmap(lambda p, o, e, pr: learn(p, o, e, pr, c))(*ops) for c in capacities]
@@ -580,6 +706,39 @@ def decision_rows(valid: jax.Array, capacity: int | None) -> tuple[jax.Array, ja
     real = jnp.arange(capacity)[None, :] < count[:, None]
     rows = jax.vmap(lambda v: jnp.nonzero(v, size=capacity, fill_value=valid.shape[1])[0])(valid)  # padding: out of range
     return rows, real
+
+
+def block_trips(n_agent: jax.Array, n_expert: jax.Array, block: int, n_minibatches: int) -> dict:
+    """How many blocks of `block` rows the gradient-accumulation update runs, from every seed's and agent's
+    numbers of agent and expert decisions [S, A]: over all of them ("agent", "expert"), and for each
+    minibatch ("minibatch" [n_minibatches]), whose shares of an agent's n decisions are fixed (j n / M to
+    (j + 1) n / M). One count for all seeds, so the loops are not batched by the seeds' vmap (a batched
+    `while_loop` selects its whole carry, the accumulated gradients, at every trip)."""
+    def blocks(n):
+        return (n.max() + block - 1) // block
+
+    j = jnp.arange(n_minibatches)[:, None, None]
+    share = lambda n: (j + 1) * n[None] // n_minibatches - j * n[None] // n_minibatches  # noqa: E731  [M, S, A]
+    per_minibatch = (jnp.maximum(share(n_agent), share(n_expert)).max(axis=(1, 2)) + block - 1) // block
+    return {"agent": blocks(n_agent), "expert": blocks(n_expert), "minibatch": per_minibatch}
+
+
+def blockwise(fn: Callable, rows: jax.Array, count: jax.Array, n_blocks: jax.Array, block: int) -> jax.Array:
+    """fn(rows [A, block]) -> [A, block] applied to each agent's first `count` [A] of its compacted `rows`
+    [A, C], in `n_blocks` blocks (at least ceil(max(count) / block); `block_trips`) of a `while_loop`, so the
+    work follows the busiest agent's decisions, not C. Returns [A, C]; positions from `count` on hold 0."""
+    n_agents, n_rows = rows.shape
+    padded = jnp.concatenate([rows, jnp.broadcast_to(rows[:, -1:], (n_agents, block))], axis=1)  # a last block may run past C
+    out_dtype = jax.eval_shape(fn, padded[:, :block]).dtype
+
+    def body(carry):
+        b, out = carry
+        start = b * block
+        values = fn(jax.lax.dynamic_slice_in_dim(padded, start, block, axis=1))
+        return b + 1, jax.lax.dynamic_update_slice_in_dim(out, values.astype(out_dtype), start, axis=1)
+
+    _, out = jax.lax.while_loop(lambda c: c[0] < n_blocks, body, (jnp.int32(0), jnp.zeros((n_agents, n_rows + block), out_dtype)))
+    return jnp.where(jnp.arange(n_rows)[None, :] < count[:, None], out[:, :n_rows], 0)
 
 
 def take_rows(tree, rows: jax.Array):

@@ -49,11 +49,15 @@ PRESETS = {
     # Finishes on a 2-core CPU in a few minutes and visibly learns.
     "default": {},
     # Paper IV-A2: 500 epochs x 1,000 interaction steps. 64 environments in lockstep, carried from epoch
-    # to epoch, x 32 env steps make ~1,000 decisions an epoch on hongkong with 10 agents (measured:
-    # 1,014 after the first), where one environment x 864 steps of its own did the same ~13x slower.
-    # PPO's epochs and minibatches are not in the paper: 4 x 2 give minibatches of ~50 decisions per
-    # agent (8 x 8 would give ~12). benchmarks/train_throughput.py measures this preset.
-    "paper": {"epochs": 500, "n_envs": 64, "rollout_steps": 32, "n_demo_envs": 1, "lockstep": True, "carry_envs": True,
+    # to epoch. 32 env steps made ~1,000 decisions an epoch of the first (random) policy on hongkong with
+    # 10 agents, but a learned policy decides about half as often: 500 epochs x 32 steps made 240-257 k
+    # interaction steps (benchmarks/results/train_throughput.json); 64 steps made 315 k in 203 s
+    # (train_throughput_paper64.json), nearer the paper's 5 x 10^5 but not there: the count follows the
+    # policy, and a fixed count needs a rollout that stops at a number of decisions (not built).
+    # One environment x 864 steps of its own was ~13x slower.
+    # PPO's epochs and minibatches are not in the paper: 4 x 2 give minibatches of ~50-100 decisions per
+    # agent. benchmarks/train_throughput.py measures this preset.
+    "paper": {"epochs": 500, "n_envs": 64, "rollout_steps": 64, "n_demo_envs": 1, "lockstep": True, "carry_envs": True,
               "update_epochs": 4, "n_minibatches": 2},
     # The paper budget as first run here: one environment of its own x 864 steps, fresh every epoch, 8 x 8 updates.
     "paper-1env": {"epochs": 500, "n_envs": 1, "rollout_steps": 864, "n_demo_envs": 1},
@@ -120,6 +124,7 @@ class TrainConfig:
     alpha_schedule: str = "text"  # text | eq30 | expert-weight: which reading of Eq. 30 (HPOConfig)
     # Speed (benchmarks/train_throughput.py; none changes what an interaction step is):
     decision_share: float = 0.0  # rows per agent of the update's usual branch (HPOConfig); 0: measured on a random rollout
+    update_block: int = 0  # > 0: gradient accumulation over blocks of this many decision rows (HPOConfig); no probe, no capacity
     lockstep: bool = False  # environments tick together until any has a decision (RouteChoiceEnv.step_batch)
     carry_envs: bool = False  # episodes continue across epochs, so rollouts may be shorter than an episode
     # auto: the bar moves after every epoch when it is shown on a terminal, after every compiled chunk otherwise.
@@ -160,6 +165,8 @@ class TrainConfig:
             raise SystemExit(f"unknown --alpha-schedule {cfg.alpha_schedule!r}; choose one of {ALPHA_SCHEDULES}")
         if cfg.progress not in ("auto", "epoch", "chunk"):
             raise SystemExit(f"unknown --progress {cfg.progress!r}; choose auto, epoch or chunk")
+        if cfg.update_block < 0:
+            raise SystemExit(f"--update-block must be >= 0 (0: no gradient accumulation), got {cfg.update_block}")
         if not 0.0 <= cfg.decision_share <= 1.0:
             raise SystemExit(f"--decision-share must be in [0, 1] (0: measured), got {cfg.decision_share}")
         counts = ("n_agents", "epochs", "n_envs", "rollout_steps", "q", "m", "n_demo_envs", "demo_steps", "seeds", "update_epochs", "n_minibatches",
@@ -196,7 +203,7 @@ class TrainConfig:
         return HPOConfig(
             method=self.method, epochs=self.epochs, n_envs=self.n_envs, rollout_steps=self.rollout_steps, entropy_coef=self.entropy_coef, lr=self.lr, update_epochs=self.update_epochs, n_minibatches=self.n_minibatches,
             center_expert_advantages=self.center_expert_advantages, alpha_schedule=self.alpha_schedule,
-            decision_share=self.decision_share or 1.0, lockstep=self.lockstep, carry_envs=self.carry_envs,
+            decision_share=self.decision_share or 1.0, update_block=self.update_block, lockstep=self.lockstep, carry_envs=self.carry_envs,
         )
 
 
@@ -209,7 +216,7 @@ def train(cfg: TrainConfig) -> dict:
         raise SystemExit(f"{cfg.out_dir} already holds a run; pass --resume to continue it or --out to start elsewhere")
     network, env, env_params = load_scenario(cfg.scenario, cfg.regime, n_agents=cfg.n_agents, seed=cfg.seed)
     probe_s = time.perf_counter()
-    if cfg.method != "qmix" and not cfg.decision_share:
+    if cfg.method != "qmix" and not cfg.decision_share and not cfg.update_block:
         # The row capacity of the update's usual branch (HPOConfig.decision_share): 1.5 times what a
         # random policy's rollout needs, one rollout after the reset when environments carry over. An
         # epoch that needs more (the first epoch's burst of departures) runs the all-rows branch.

@@ -5,11 +5,12 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from reled_jax.networks import encode, init_agents, init_env_agents, input_dim as observation_dim
 from reled_jax.reled import (
-    PAPER_RELED, VA_RELED, HPOConfig, Samples, agent_loss, clipped_surrogate, decision_returns, dtw_alpha, empty_expert, entropy,
+    PAPER_RELED, VA_RELED, HPOConfig, Samples, agent_loss, agent_rows, block_trips, blockwise, clipped_surrogate, minibatch_stats, decision_returns, dtw_alpha, empty_expert, entropy,
     _episode_sums, compact_rows, episode_in_progress, hybrid_alpha, init_state, make_epoch, rollout_statistics,
     split_method, trajectory_points, update_capacities, agent_weight,
 )
@@ -368,6 +369,74 @@ def test_compacted_batch_gives_the_same_loss_and_gradients_as_the_full_one(tiny)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g_full, g_compact)
 
 
+def test_blockwise_applies_a_function_to_each_agents_decision_rows_only():
+    """Blocks of 4 over rows compacted per agent: 7, 0 and 3 decisions give 2 blocks (the busiest agent's),
+    each agent's own rows get fn's value, and every position past an agent's count holds 0."""
+    rows = jnp.array([[5, 1, 9, 2, 7, 3, 8, 0, 0, 0], [10] * 10, [4, 6, 2, 10, 10, 10, 10, 10, 10, 10]])
+    count = jnp.array([7, 0, 3])
+    blocks_run = []
+
+    def fn(r):
+        jax.debug.callback(lambda block: blocks_run.append(np.asarray(block).tolist()), r)
+        return 100.0 + r
+    got = np.asarray(jax.jit(lambda r, c: blockwise(fn, r, c, block_trips(c[None], c[None], 4, 1)["agent"], 4))(rows, count))
+    jax.effects_barrier()
+    want = np.where(np.arange(10)[None, :] < np.asarray(count)[:, None], 100.0 + np.asarray(rows), 0.0)
+    np.testing.assert_array_equal(got, want)
+    assert [b[0] for b in blocks_run] == [[5, 1, 9, 2], [7, 3, 8, 0]]  # two blocks of agent 0's rows, none of the last 2 positions
+    # The trip counts, over both seeds: all agent rows (12 -> 3 blocks), all expert rows (9 -> 3), and each
+    # minibatch's largest share (agent 7 splits 3 + 4, expert 9 splits 4 + 5, agent 12 splits 6 + 6).
+    trips = block_trips(jnp.array([[7, 0, 3], [1, 1, 12]]), jnp.array([[2, 9, 0], [0, 0, 0]]), 4, 2)
+    assert (int(trips["agent"]), int(trips["expert"]), np.asarray(trips["minibatch"]).tolist()) == (3, 3, [2, 2])
+    trips = block_trips(jnp.array([[7, 0, 3]]), jnp.array([[2, 9, 0]]), 4, 2)
+    assert (int(trips["agent"]), int(trips["expert"]), np.asarray(trips["minibatch"]).tolist()) == (2, 3, [1, 2])
+
+
+def test_gradients_of_a_minibatchs_blocks_add_up_to_the_minibatchs_gradient(tiny):
+    """Gradient accumulation (HPOConfig.update_block): the minibatch's counts and moments given to each block
+    (`minibatch_stats`), the blocks' losses, terms and gradients sum to those of the whole minibatch, for
+    every expert-advantage form, with expert rows in some blocks only."""
+    env, _, cfg, agent_params, policy, value, input_dim = tiny
+    p0 = jax.tree.map(lambda z: z[0], agent_params)
+    b_a = jax.tree.map(lambda z: z[0], _tiny_batches(jax.random.PRNGKey(21), 1, 12, input_dim, env.m_out))
+    b_e = jax.tree.map(lambda z: z[0], _tiny_batches(jax.random.PRNGKey(22), 1, 12, input_dim, env.m_out))
+    b_e["valid"] = jnp.arange(12) < 5  # expert rows in the first two blocks of 4 only
+    grad = jax.jit(jax.grad(agent_loss, has_aux=True), static_argnums=(1, 2, 6))
+    for form in (dict(), dict(center_expert_advantages=True)):  # A^e over the agent spread (paper form), centred on its own
+        c = dataclasses.replace(cfg, **form)
+        g_whole, aux_whole = grad(p0, policy, value, b_a, b_e, 0.3, c)
+        stats = minibatch_stats(b_a["adv"], b_a["valid"], b_e["adv"], b_e["valid"])
+        blocks = [grad(p0, policy, value, *(jax.tree.map(lambda z: z[k : k + 4], b) for b in (b_a, b_e)), 0.3, c, stats) for k in (0, 4, 8)]
+        g_sum = jax.tree.map(lambda *g: sum(g), *[g for g, _ in blocks])
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g_whole, g_sum)
+        for term in ("l_agent", "l_expert", "entropy", "value_loss", "clipfrac"):
+            assert float(sum(a[term] for _, a in blocks)) == pytest.approx(float(aux_whole[term]), rel=1e-5, abs=1e-6), (form, term)
+        # a block alone, without the minibatch's stats, is not its share (the stats matter)
+        g_alone = grad(p0, policy, value, *(jax.tree.map(lambda z: z[4:8], b) for b in (b_a, b_e)), 0.3, c)[0]
+        assert not np.allclose(g_alone.policy["params"]["Dense_0"]["kernel"], blocks[1][0].policy["params"]["Dense_0"]["kernel"], atol=1e-6)
+
+
+def test_without_an_expert_v_e_keeps_no_optimiser_state_and_the_others_step_as_with_adam():
+    """IPPO/MAPPO: V^e has no gradient, so make_optimizer gives it no Adam state; the policy and V^a take
+    exactly the steps of clipping plus Adam over the whole tree with V^e's gradients zero (RELED's optimiser)."""
+    from reled_jax.networks import AgentParams
+    from reled_jax.reled import make_optimizer
+
+    k = jax.random.split(jax.random.PRNGKey(0), 6)
+    params = AgentParams(*({"w": jax.random.normal(k[i], (4, 3))} for i in range(3)))
+    grads = [AgentParams({"w": 5.0 * jax.random.normal(k[3 + i], (4, 3))}, {"w": jax.random.normal(k[4], (4, 3))}, {"w": jnp.zeros((4, 3))}) for i in range(2)]
+    ippo, reled = make_optimizer(HPOConfig(method="ippo")), make_optimizer(HPOConfig(method="reled"))
+    s_i, s_r, p_i, p_r = ippo.init(params), reled.init(params), params, params
+    for g in grads:  # two steps: Adam's moments carry over
+        u_i, s_i = ippo.update(g, s_i, p_i)
+        u_r, s_r = reled.update(g, s_r, p_r)
+        p_i, p_r = optax.apply_updates(p_i, u_i), optax.apply_updates(p_r, u_r)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), p_i, p_r)
+    assert float(jnp.abs(p_i.policy["w"] - params.policy["w"]).max()) > 1e-4
+    np.testing.assert_array_equal(p_i.value_expert["w"], params.value_expert["w"])
+    assert len(jax.tree.leaves(s_i)) == len(jax.tree.leaves(s_r)) - 2  # V^e's two Adam moments are not kept
+
+
 def test_decisions_beyond_the_capacity_are_dropped_and_counted():
     valid = jnp.array([[True, False, True, True, False, True], [False, True, False, False, False, False]])
     batch, dropped = compact_rows({"x": jnp.arange(12.0).reshape(2, 6)}, valid, 3)
@@ -377,26 +446,33 @@ def test_decisions_beyond_the_capacity_are_dropped_and_counted():
     assert update_capacities(1000, 0.25, 8) == (256, 1000) and update_capacities(1000, 1.0, 8) == (1000,) and update_capacities(10, 0.01, 4) == (4, 10)
 
 
-def test_epoch_that_needs_more_rows_than_the_usual_capacity_updates_on_all_rows():
-    """The update runs on the usual capacity (decision_share) when every agent's decisions fit, on all
-    rows when one agent's do not (no decision is dropped): either way the same update. (The all-rows branch
-    is the update on every row; the compacted update equals it by test_compacted_batch_gives_the_same_loss...)"""
+def test_the_three_update_forms_update_alike_when_they_update_on_the_same_rows():
+    """RELED with expert rows, one minibatch per PPO epoch, so that every form updates on every decision: the
+    usual capacity (decision_share) when every agent's decisions fit, all rows when one agent's do not (no
+    decision is dropped), and gradient accumulation over blocks of 8 decision rows (update_block), whose
+    blocks cover only the busiest agent's decisions rounded up to a block. The same networks and loss terms."""
     _, env, params = load_scenario("oakland", "moderate", n_agents=3, seed=0, n_background=20)
     agents, policy, value = init_env_agents(jax.random.PRNGKey(0), env)
-    no_nodes = (jnp.zeros((1, env.n_agents, 64, 2)), jnp.zeros((1, env.n_agents), jnp.int32))
-    expert = empty_expert(env.n_agents, observation_dim(env.m_out), env.m_out)
-    base = HPOConfig(method="ippo", epochs=2, n_envs=2, rollout_steps=24, n_minibatches=1, update_epochs=1)
-    results = {}
-    for share in (0.5, 1 / 48):  # 48 rows per agent: 24 usually, 1 usually
-        cfg = dataclasses.replace(base, decision_share=share)
-        state = init_state(jax.random.PRNGKey(1), agents, cfg)
-        results[share] = jax.jit(make_epoch(env, params, policy, value, cfg))(state, expert, no_nodes)
-    decisions = int(results[0.5][1]["decision_share_max"] * 48)
-    assert 1 < decisions <= 24, decisions  # fits in 24 rows, not in 1
-    assert [int(results[s][1]["update_rows"]) for s in (0.5, 1 / 48)] == [24, 48]
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6), results[0.5][0].params, results[1 / 48][0].params)
+    base = HPOConfig(method="reled", epochs=2, n_envs=2, rollout_steps=24, n_minibatches=1, update_epochs=2)
+    state = init_state(jax.random.PRNGKey(1), agents, base)
+    epoch = make_epoch(env, params, policy, value, base)
+    traj, _, _ = jax.jit(epoch.rollout)(init_state(jax.random.PRNGKey(7), agents, base))  # another rollout's decisions as the expert's
+    rows = lambda z: agent_rows(jnp.swapaxes(z, 0, 1))  # noqa: E731
+    expert = Samples(x=rows(traj["x"]), mask=rows(traj["mask"]), action=rows(traj["action"]), reward=rows(traj["reward"]), decided=rows(traj["decided"]),
+                     done=rows(traj["done"]), last_x=jnp.swapaxes(traj["x"][-1], 0, 1))
+    nodes = (jnp.zeros((1, env.n_agents, 64, 2)), jnp.ones((1, env.n_agents), jnp.int32))
+    forms = {"usual": dict(decision_share=0.5), "all rows": dict(decision_share=1 / 48), "blocks": dict(update_block=8)}  # 48 rows per agent: 24, 1
+    results = {name: jax.jit(make_epoch(env, params, policy, value, dataclasses.replace(base, **form)))(state, expert, nodes) for name, form in forms.items()}
+    need = max(int(round(float(results["usual"][1]["decision_share_max"]) * 48)), int(expert.decided.sum(1).max()))
+    assert 8 < need <= 24, need  # fits in 24 rows, not in 1; more than one block
+    assert [int(results[name][1]["update_rows"]) for name in forms] == [24, 48, -(-need // 8) * 8]
+    for name in ("all rows", "blocks"):
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6), results["usual"][0].params, results[name][0].params)
+        for term in ("l_agent", "l_expert", "value_loss", "entropy", "expert_weight", "clipfrac"):
+            assert float(results[name][1][term]) == pytest.approx(float(results["usual"][1][term]), rel=1e-4, abs=1e-6), (name, term)
+    assert float(results["usual"][1]["l_expert"]) != 0.0  # the expert rows took part
     # and the update changed the networks (so the equality above is not that of two untouched states)
-    assert not np.allclose(results[0.5][0].params.policy["params"]["Dense_0"]["kernel"], agents.policy["params"]["Dense_0"]["kernel"])
+    assert not np.allclose(results["usual"][0].params.policy["params"]["Dense_0"]["kernel"], agents.policy["params"]["Dense_0"]["kernel"])
 
 
 def test_carried_episodes_continue_their_trajectory_and_reward_across_rollouts():

@@ -160,7 +160,7 @@ def test_bad_configuration_is_a_clear_error(monkeypatch):
     no_url = dict(expert=ExpertConfig(backend="llm"))
     for bad, match in [(dict(scenario="atlantis"), "unknown scenario"), (dict(method="sac"), "unknown method"), (dict(m=20), "m <= n_agents"), (no_url, "RELED_LLM_BASE_URL"), (dict(progress="often"), "unknown --progress"),
                        (dict(n_envs=0), "--n-envs 0: counts must be at least 1"), (dict(n_demo_envs=0, rollout_steps=0), "--rollout-steps 0, --n-demo-envs 0: counts"),
-                       (dict(lr=0.0), "--lr must be positive"), (no_url, "--expert.llm.base-url")]:
+                       (dict(lr=0.0), "--lr must be positive"), (dict(update_block=-1), "--update-block must be >= 0"), (no_url, "--expert.llm.base-url")]:
         with pytest.raises(SystemExit, match=match):
             TrainConfig(**bad).resolved()
 
