@@ -130,6 +130,10 @@ class TrainConfig:
     # auto: the bar moves after every epoch when it is shown on a terminal, after every compiled chunk otherwise.
     # A per-epoch host callback keeps JAX's persistent compilation cache from storing the chunk (tests rely on it).
     progress: str = "auto"  # auto | epoch | chunk
+    # Fields the user set (the CLI fills it from the command line): the preset never overrides them, even
+    # where they equal the default (`--preset paper --epochs 40` trains 40 epochs). Fields not named here
+    # are overridden by the preset where they are left at their defaults. Cleared once resolved.
+    explicit: tyro.conf.Suppress[tuple[str, ...]] = ()
 
     def resolved(self) -> TrainConfig:
         if self.preset not in PRESETS:
@@ -144,9 +148,9 @@ class TrainConfig:
         if self.method == "qmix" and preset.get("carry_envs"):
             # QMIX's rollouts start from fresh resets every epoch: its paper budget is one environment x 864 steps.
             preset = PRESETS[f"{self.preset}-1env"]
-        # Explicit flags win: the preset sets only the fields left at their defaults.
+        # Explicit flags win: the preset sets only the fields left at their defaults and not named in `explicit`.
         defaults = TrainConfig()
-        cfg = dataclasses.replace(self, **{k: v for k, v in preset.items() if getattr(self, k) == getattr(defaults, k)})
+        cfg = dataclasses.replace(self, explicit=(), **{k: v for k, v in preset.items() if k not in self.explicit and getattr(self, k) == getattr(defaults, k)})
         if split_method(cfg.method)[0] == "reled-logit":
             cfg = dataclasses.replace(cfg, expert=dataclasses.replace(cfg.expert, backend="logit"))
         if cfg.expert.backend == "llm":
@@ -435,8 +439,10 @@ def od_pairs_note(cfg: TrainConfig) -> str | None:
 
 
 def _comparable(config: dict) -> dict:
-    """The fields that decide a run's result (not where it is written or whether it resumes)."""
-    return {k: v for k, v in config.items() if k not in ("resume", "out", "shard_seeds", "cluster", "progress")}
+    """The fields that decide a run's result (not where it is written or whether it resumes). A field a
+    checkpoint's configuration lacks (written before the field existed) counts as its default value."""
+    defaults = dataclasses.asdict(TrainConfig())
+    return {k: config.get(k, v) for k, v in defaults.items() if k not in ("resume", "out", "shard_seeds", "cluster", "progress", "explicit")}
 
 
 def _fmt(values) -> str:
@@ -525,8 +531,18 @@ def plot_run(out: Path) -> None:
 def main() -> None:
     with usage_errors():
         cfg = tyro.cli(TrainConfig, description=__doc__)
+        cfg = dataclasses.replace(cfg, explicit=flags_given(TrainConfig, sys.argv[1:]))
         join_cluster(cfg.cluster)
         train(cfg)
+
+
+def flags_given(config_type, argv: list[str]) -> tuple[str, ...]:
+    """The top-level fields of `config_type` that `argv` sets (`--n-envs 8`, `--n_envs=8`, `--lockstep`, `--no-lockstep`)."""
+    given = set()
+    for arg in argv:
+        flag = arg.split("=", 1)[0].removeprefix("--").removeprefix("no-").replace("-", "_") if arg.startswith("--") else ""
+        given.add(flag)
+    return tuple(f.name for f in dataclasses.fields(config_type) if f.name in given)
 
 
 @contextlib.contextmanager

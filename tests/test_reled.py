@@ -361,7 +361,7 @@ def test_compacted_batch_gives_the_same_loss_and_gradients_as_the_full_one(tiny)
     np.testing.assert_array_equal(compact_a["valid"][0], np.arange(12) < 8)
     np.testing.assert_array_equal(compact_a["x"][0, :8], full_a["x"][1::5])  # the decision rows, in order
     compact_a, compact_e = jax.tree.map(lambda z: z[0], compact_a), jax.tree.map(lambda z: z[0], compact_e)
-    grad = jax.grad(agent_loss, has_aux=True)
+    grad = jax.jit(jax.grad(agent_loss, has_aux=True), static_argnums=(1, 2, 6))
     for center in (True, False):
         c = dataclasses.replace(cfg, center_expert_advantages=center)
         (g_full, aux_full), (g_compact, aux_compact) = grad(p0, policy, value, full_a, full_e, 0.6, c), grad(p0, policy, value, compact_a, compact_e, 0.6, c)

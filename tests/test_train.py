@@ -179,6 +179,25 @@ def test_a_preset_sets_only_the_budget_fields_left_at_their_defaults():
     assert (explicit.epochs, explicit.n_envs, explicit.rollout_steps) == (9, 7, 32)
 
 
+def test_a_flag_given_on_the_command_line_beats_the_preset_even_at_its_default(monkeypatch):
+    """`--preset paper --epochs 40`: 40 is the default of --epochs, and the preset must not replace it."""
+    import sys
+
+    import reled_jax.train as train_module
+    from reled_jax.train import flags_given
+
+    assert flags_given(TrainConfig, ["--preset", "paper", "--epochs", "40", "--no-lockstep", "--n_envs=8", "--expert.backend", "planner"]) == (
+        "epochs", "n_envs", "preset", "lockstep")  # in field order; nested flags are not top-level fields
+    seen = []
+    monkeypatch.setattr(train_module, "train", lambda cfg: seen.append(cfg.resolved()))
+    monkeypatch.setattr(sys, "argv", ["prog", "--preset", "paper", "--epochs", "40", "--no-lockstep"])
+    train_module.main()
+    (cfg,) = seen
+    assert (cfg.epochs, cfg.lockstep, cfg.n_envs, cfg.rollout_steps) == (40, False, 64, 64)  # the flags, then the preset's
+    assert cfg.explicit == ()  # used up: the run's saved configuration does not carry it
+    assert TrainConfig(preset="paper", epochs=40).resolved().epochs == 500  # from Python, name the fields in `explicit`
+
+
 def test_cli_refusals_are_one_line_on_stderr_with_status_2_and_leave_nothing(tmp_path, monkeypatch, capsys):
     """The first case through a real `python -m` process (the exit status a shell sees); the others call the
     same entry points in this process, which is what that process runs (two interpreter starts fewer)."""
@@ -279,3 +298,17 @@ def test_cluster_that_cannot_be_joined_is_a_clear_error():
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert "could not join the cluster" in result.stderr and "--cluster.coordinator-address" in result.stderr
+
+
+def test_a_checkpoint_from_before_a_new_field_resumes_and_a_changed_budget_does_not():
+    """What `--resume` compares: fields that decide the result. A field the checkpoint's configuration lacks
+    counts as its default; where the run is written, whether it resumes, and `explicit` do not count."""
+    import dataclasses
+
+    from reled_jax.train import _comparable
+
+    now = dataclasses.asdict(TrainConfig(preset="smoke").resolved())
+    older = {k: v for k, v in now.items() if k != "update_block"} | {"out": "elsewhere", "resume": True, "explicit": ["epochs"]}
+    assert _comparable(older) == _comparable(now)
+    assert _comparable(older | {"epochs": now["epochs"] + 1}) != _comparable(now)
+    assert _comparable(older | {"update_block": 32}) != _comparable(now)
