@@ -447,10 +447,11 @@ def test_decisions_beyond_the_capacity_are_dropped_and_counted():
 
 
 def test_the_three_update_forms_update_alike_when_they_update_on_the_same_rows():
-    """RELED with expert rows, one minibatch per PPO epoch, so that every form updates on every decision: the
-    usual capacity (decision_share) when every agent's decisions fit, all rows when one agent's do not (no
-    decision is dropped), and gradient accumulation over blocks of 8 decision rows (update_block), whose
-    blocks cover only the busiest agent's decisions rounded up to a block. The same networks and loss terms."""
+    """RELED with expert rows, one minibatch per PPO epoch, so that every form updates on every decision. One
+    program with the capacity switch (decision_share 0.5: 24 of 48 rows) runs its usual branch when every
+    agent's decisions fit and all rows when one agent's do not (no decision is dropped); gradient
+    accumulation over blocks of 8 decision rows (update_block) covers only the busiest agent's decisions
+    rounded up to a block. On both inputs the two programs give the same networks and loss terms."""
     _, env, params = load_scenario("oakland", "moderate", n_agents=3, seed=0, n_background=20)
     agents, policy, value = init_env_agents(jax.random.PRNGKey(0), env)
     base = HPOConfig(method="reled", epochs=2, n_envs=2, rollout_steps=24, n_minibatches=1, update_epochs=2)
@@ -458,21 +459,24 @@ def test_the_three_update_forms_update_alike_when_they_update_on_the_same_rows()
     epoch = make_epoch(env, params, policy, value, base)
     traj, _, _ = jax.jit(epoch.rollout)(init_state(jax.random.PRNGKey(7), agents, base))  # another rollout's decisions as the expert's
     rows = lambda z: agent_rows(jnp.swapaxes(z, 0, 1))  # noqa: E731
-    expert = Samples(x=rows(traj["x"]), mask=rows(traj["mask"]), action=rows(traj["action"]), reward=rows(traj["reward"]), decided=rows(traj["decided"]),
-                     done=rows(traj["done"]), last_x=jnp.swapaxes(traj["x"][-1], 0, 1))
+    fits = Samples(x=rows(traj["x"]), mask=rows(traj["mask"]), action=rows(traj["action"]), reward=rows(traj["reward"]), decided=rows(traj["decided"]),
+                   done=rows(traj["done"]), last_x=jnp.swapaxes(traj["x"][-1], 0, 1))
+    assert bool(fits.mask.any(-1).all())  # every row has a legal action, so every row can count as a decision:
+    overflows = fits.replace(decided=jnp.ones_like(fits.decided))  # 48 expert decisions per agent, more than 24
     nodes = (jnp.zeros((1, env.n_agents, 64, 2)), jnp.ones((1, env.n_agents), jnp.int32))
-    forms = {"usual": dict(decision_share=0.5), "all rows": dict(decision_share=1 / 48), "blocks": dict(update_block=8)}  # 48 rows per agent: 24, 1
-    results = {name: jax.jit(make_epoch(env, params, policy, value, dataclasses.replace(base, **form)))(state, expert, nodes) for name, form in forms.items()}
-    need = max(int(round(float(results["usual"][1]["decision_share_max"]) * 48)), int(expert.decided.sum(1).max()))
-    assert 8 < need <= 24, need  # fits in 24 rows, not in 1; more than one block
-    assert [int(results[name][1]["update_rows"]) for name in forms] == [24, 48, -(-need // 8) * 8]
-    for name in ("all rows", "blocks"):
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6), results["usual"][0].params, results[name][0].params)
+    switch = jax.jit(make_epoch(env, params, policy, value, dataclasses.replace(base, decision_share=0.5)))
+    blocks = jax.jit(make_epoch(env, params, policy, value, dataclasses.replace(base, update_block=8)))
+    for expert, branch_rows in ((fits, 24), (overflows, 48)):
+        (s_switch, m_switch), (s_blocks, m_blocks) = switch(state, expert, nodes), blocks(state, expert, nodes)
+        need = max(int(round(float(m_switch["decision_share_max"]) * 48)), int(expert.decided.sum(1).max()))
+        assert (need <= 24) == (branch_rows == 24) and need > 8, need  # the usual branch exactly when it fits; several blocks
+        assert (int(m_switch["update_rows"]), int(m_blocks["update_rows"])) == (branch_rows, -(-need // 8) * 8)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6), s_switch.params, s_blocks.params)
         for term in ("l_agent", "l_expert", "value_loss", "entropy", "expert_weight", "clipfrac"):
-            assert float(results[name][1][term]) == pytest.approx(float(results["usual"][1][term]), rel=1e-4, abs=1e-6), (name, term)
-    assert float(results["usual"][1]["l_expert"]) != 0.0  # the expert rows took part
-    # and the update changed the networks (so the equality above is not that of two untouched states)
-    assert not np.allclose(results["usual"][0].params.policy["params"]["Dense_0"]["kernel"], agents.policy["params"]["Dense_0"]["kernel"])
+            assert float(m_blocks[term]) == pytest.approx(float(m_switch[term]), rel=1e-4, abs=1e-6), (branch_rows, term)
+        assert float(m_switch["l_expert"]) != 0.0  # the expert rows took part
+        # and the update changed the networks (so the equality above is not that of two untouched states)
+        assert not np.allclose(s_switch.params.policy["params"]["Dense_0"]["kernel"], agents.policy["params"]["Dense_0"]["kernel"])
 
 
 def test_carried_episodes_continue_their_trajectory_and_reward_across_rollouts():
