@@ -29,11 +29,9 @@ from reled_jax.train import TrainConfig, train
 
 def run(method: str, block: int, seeds: int, epochs: int, rollout_steps: int, runs_dir: Path) -> dict:
     out = runs_dir / f"{method}-b{block}-x{seeds}-e{epochs}-r{rollout_steps}"
-    if not (out / "summary.json").exists():
-        if out.exists():  # an interrupted run: continue it
-            train(TrainConfig(method=method, preset="paper", rollout_steps=rollout_steps, epochs=epochs, seeds=seeds, update_block=block, out=str(out), progress="chunk", resume=True))
-        else:
-            train(TrainConfig(method=method, preset="paper", rollout_steps=rollout_steps, epochs=epochs, seeds=seeds, update_block=block, out=str(out), progress="chunk"))
+    if not (out / "summary.json").exists():  # an interrupted run continues (resume starts afresh where nothing was written)
+        train(TrainConfig(method=method, preset="paper", rollout_steps=rollout_steps, epochs=epochs, seeds=seeds, update_block=block, out=str(out),
+                          progress="chunk", resume=True, explicit=("rollout_steps", "epochs")))
     summary = json.loads((out / "summary.json").read_text())
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     per_seed = []
@@ -46,8 +44,7 @@ def run(method: str, block: int, seeds: int, epochs: int, rollout_steps: int, ru
     chunks = summary["timing"]["chunks_s"]
     # The last batch of episodes every seed finished (the same epochs in both forms: the environments' clocks
     # run on the simulator, so batches end near the same epochs), one reward per seed.
-    common = min(len(p["ended_episodes"]) for p in per_seed)
-    last = [p["ended_episodes"][-1]["reward"] for p in per_seed] if common else []
+    last = [p["ended_episodes"][-1]["reward"] for p in per_seed] if all(p["ended_episodes"] for p in per_seed) else []
     mean, half = ci95(last) if last else (float("nan"), float("nan"))
     return {"method": method, "update_block": block, "seeds": seeds, "epochs": epochs, "rollout_steps": rollout_steps,
             "chunks_s": chunks, "compile_s": summary["timing"]["compile_s"], "interaction_steps": steps,

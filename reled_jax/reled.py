@@ -505,6 +505,11 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: M
         return dict(key=key, k_perm=k_perm, start=start, traj=traj, final_obs=final_obs, final_state=final_state, agent=agent,
                     alpha=alpha, weight=weight, dtw_m=dtw_m, d_dtw=d_dtw), need
 
+    def action_logp(policy_params, batch: dict) -> jax.Array:
+        """log pi(a | o) of every agent's rows [A, N] of batch (x, mask, action): the update's old log-probabilities."""
+        logits = policy_apply(policy, policy_params, batch["x"], batch["mask"])
+        return jnp.take_along_axis(jax.nn.log_softmax(logits), batch["action"][..., None], axis=-1)[..., 0]
+
     def learn(params: AgentParams, opt_state, expert: Samples, prep: dict, capacity: int):
         """One seed's update (Eqs. 26-31) on every agent's decision rows, compacted to `capacity` rows."""
         agent = prep["agent"]
@@ -514,8 +519,7 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: M
         ret_e, adv_e = expert_advantages(expert, params, (rows_e, valid_e))
 
         def old_logp(batch):
-            logits = policy_apply(policy, params.policy, batch["x"], batch["mask"])
-            return jnp.take_along_axis(jax.nn.log_softmax(logits), batch["action"][..., None], axis=-1)[..., 0]
+            return action_logp(params.policy, batch)
 
         batch_a = take_rows(dict(x=agent.x, mask=agent.mask, action=agent.action) | ({} if agent.cx is None else {"cx": agent.cx}), rows_a)
         batch_a |= dict(adv=adv_a, ret=ret_a, valid=valid_a)
@@ -537,9 +541,7 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: M
 
         def old_logp(samples, rows, count, n_blocks):
             def at(r):
-                b = take_rows(dict(x=samples.x, mask=samples.mask, action=samples.action), r)
-                logits = policy_apply(policy, params.policy, b["x"], b["mask"])
-                return jnp.take_along_axis(jax.nn.log_softmax(logits), b["action"][..., None], axis=-1)[..., 0]
+                return action_logp(params.policy, take_rows(dict(x=samples.x, mask=samples.mask, action=samples.action), r))
             return blockwise(at, rows, count, n_blocks, cfg.update_block)
 
         fields_a = dict(x=agent.x, mask=agent.mask, action=agent.action) | ({} if agent.cx is None else {"cx": agent.cx})
