@@ -98,9 +98,13 @@ class _quiet:
         self._w.__exit__(*exc)
 
 
-def test_stat(cell: dict, key: str = "reward") -> tuple[float, float, float]:
-    """Mean over seeds of each seed's mean over test episodes, its SD over seeds and 95 % CI half-width."""
-    per_seed = np.array([t[key] for t in cell["test"]], float)
+def test_stat(cell: dict, key: str = "reward", mode: str = "test") -> tuple[float, float, float]:
+    """Mean over seeds of each seed's mean over test episodes, its SD over seeds and 95 % CI half-width.
+
+    mode "test": greedy actions; "test_sampled": sampled actions on the same keys (sweeps since issue 17)."""
+    if mode not in cell:
+        return float("nan"), float("nan"), float("nan")
+    per_seed = np.array([t[key] for t in cell[mode]], float)
     mean, half = ci95(per_seed)
     return mean, float(np.std(per_seed, ddof=1)) if per_seed.size > 1 else float("nan"), half
 
@@ -218,10 +222,10 @@ def plot_agents(result: dict, path: Path, title: str, extra_cells: list[dict] = 
 
 # ---------------------------------------------------------------- claims
 
-def compare(a: dict, b: dict, key: str = "reward", higher_better: bool = True) -> str:
+def compare(a: dict, b: dict, key: str = "reward", higher_better: bool = True, mode: str = "test") -> str:
     """'better', 'worse' or 'tie' for a against b: CIs of the two means that do not overlap decide."""
-    ma, _, ha = test_stat(a, key)
-    mb, _, hb = test_stat(b, key)
+    ma, _, ha = test_stat(a, key, mode)
+    mb, _, hb = test_stat(b, key, mode)
     if not (np.isfinite(ha) and np.isfinite(hb)):
         return "tie"
     sign = 1 if higher_better else -1
@@ -232,19 +236,22 @@ def compare(a: dict, b: dict, key: str = "reward", higher_better: bool = True) -
     return "tie"
 
 
-def verdict_best(cells: list[dict], method: str = "reled") -> tuple[str, str]:
+def verdict_best(cells: list[dict], method: str = "reled", mode: str = "test") -> tuple[str, str]:
     """Does `method` have the highest test reward among the paper's baselines in `cells`? (verdict, detail).
 
     The other RELED forms (ablations, our variants) are not baselines: they are compared elsewhere.
+    mode: greedy ("test") or sampled ("test_sampled") test actions, the same for every method.
     """
     mine = [c for c in cells if c["method"] == method]
     others = [c for c in cells if c["method"] != method and not c["method"].startswith("reled")]
     cells = mine + others
     if not mine or not others:
         return "not run", ""
-    results = {o["method"]: compare(mine[0], o) for o in others}
-    best = max(cells, key=lambda c: test_stat(c)[0])
-    detail = f"best mean: {LABELS.get(best['method'], best['method'])} ({test_stat(best)[0]:,.0f})"
+    if any(mode not in c for c in cells):
+        return "not run", f"no {mode} returns in this sweep"
+    results = {o["method"]: compare(mine[0], o, mode=mode) for o in others}
+    best = max(cells, key=lambda c: test_stat(c, mode=mode)[0])
+    detail = f"best mean: {LABELS.get(best['method'], best['method'])} ({test_stat(best, mode=mode)[0]:,.0f})"
     if all(r == "better" for r in results.values()):
         return "holds", detail
     if any(r == "worse" for r in results.values()):
@@ -263,6 +270,17 @@ def reward_at_wall(cell: dict, t: float) -> float:
 
 # ---------------------------------------------------------------- report
 
+def method_form(result: dict) -> str:
+    """'' for a sweep of today's RELED; a warning for one made before issue 17 (Eq. 30 literal, centred A^e),
+    whose budget key has neither field."""
+    b = result.get("budget_config", {})
+    if "alpha_schedule" not in b:
+        return "; pre-issue-17 RELED: eq30, centred A^e"
+    if b["alpha_schedule"] != "text" or b.get("center_expert_advantages"):
+        return f"; α reading {b['alpha_schedule']}" + (", centred A^e" if b.get("center_expert_advantages") else "")
+    return ""
+
+
 def machine_line(result: dict) -> str:
     m = result["machine"]
     return f"{m['device']} ({m['n_devices']} device(s), {m['cpu_count']} CPU cores, JAX {m['jax']})"
@@ -272,12 +290,15 @@ def section_fig4(result: dict, name: str) -> list[str]:
     lines = [f"### Fig. 4, 5, 7: all methods, both maps, both regimes (`{name}`)", ""]
     lines += [f"Command(s): `{result['command']}`  ", f"Hardware: {machine_line(result)}  ",
               f"Budget: {result['budget_config']['epochs']} epochs × {result['budget_config']['n_envs']} envs × {result['budget_config']['rollout_steps']} steps per seed, "
-              f"{result['seeds']} seeds, {result['episodes']} greedy test episodes per seed.", ""]
+              f"{result['seeds']} seeds, {result['episodes']} test episodes per seed (greedy and sampled){method_form(result)}.", ""]
     stem = name.replace("sweep_", "")
     lines += [f"![Fig. 4]({stem}_fig4.png)", "", f"![Fig. 5]({stem}_fig5.png)", "", f"![Fig. 7]({stem}_fig7.png)", ""]
-    lines += ["Test reward and travel time after training (mean ± SD over seeds of each seed's 20-episode mean; [95 % CI half-width]):", ""]
+    lines += ["Test reward per agent after training, greedy and sampled actions on the same test keys (mean ± SD over seeds of each "
+              "seed's 20-episode mean; [95 % CI half-width]), then greedy travel time and arrival. References on the same keys: "
+              "shortest-time (deterministic), random (samples, so compare it with sampled returns) and the untrained networks every "
+              "run starts from (seed 0), greedy / sampled:", ""]
     methods = methods_of(result)
-    lines += ["| map – regime | " + " | ".join(LABELS.get(m, m) for m in methods) + " | shortest-time | RELED best? |",
+    lines += ["| map – regime | " + " | ".join(LABELS.get(m, m) for m in methods) + " | references | RELED best? greedy / sampled |",
               "|" + "---|" * (len(methods) + 3)]
     for scenario, regime, n in envs_of(result):
         cells = cells_by(result, scenario=scenario, regime=regime, n_agents=n)
@@ -286,14 +307,15 @@ def section_fig4(result: dict, name: str) -> list[str]:
             c = [x for x in cells if x["method"] == m]
             if c:
                 mean, sd, half = test_stat(c[0])
+                smean, ssd, shalf = test_stat(c[0], mode="test_sampled")
                 tmean, tsd, _ = test_stat(c[0], "travel_time_s")
                 arr = np.mean([t["arrival_rate"] for t in c[0]["test"]])
-                row.append(f"{fmt(mean, sd)} [±{half:,.0f}]<br>{fmt(tmean, tsd)} s, {arr:.0%} arrive")
+                sampled = f"<br>sampled {fmt(smean, ssd)} [±{shalf:,.0f}]" if np.isfinite(smean) else ""
+                row.append(f"greedy {fmt(mean, sd)} [±{half:,.0f}]{sampled}<br>{fmt(tmean, tsd)} s, {arr:.0%} arrive")
             else:
                 row.append("–")
-        ref = result["references"].get(f"{scenario}/{regime}/a{n}", {}).get("shortest")
-        row.append(f"{ref['reward']:,.0f}<br>{ref['travel_time_s']:,.0f} s" if ref else "–")
-        row.append(verdict_best(cells)[0])
+        row.append(reference_cell(result["references"].get(f"{scenario}/{regime}/a{n}", {})))
+        row.append(f"{verdict_best(cells)[0]} / {verdict_best(cells, mode='test_sampled')[0]}")
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
     # Fig. 5: the reward each method had reached when the fastest run finished.
@@ -309,6 +331,18 @@ def section_fig4(result: dict, name: str) -> list[str]:
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
     return lines
+
+
+def reference_cell(refs: dict) -> str:
+    """The reference policies' test reward per agent (and shortest's travel time) for a table cell."""
+    parts = []
+    if "shortest" in refs:
+        parts.append(f"shortest {refs['shortest']['reward']:,.0f} ({refs['shortest']['travel_time_s']:,.0f} s)")
+    if "random" in refs:
+        parts.append(f"random {refs['random']['reward']:,.0f}")
+    if "untrained greedy" in refs:
+        parts.append(f"untrained {refs['untrained greedy']['reward']:,.0f} / {refs.get('untrained sampled', {}).get('reward', float('nan')):,.0f}")
+    return "<br>".join(parts) or "–"
 
 
 def section_dtw(result: dict) -> list[str]:
@@ -426,6 +460,56 @@ def section_agreement(agreements: dict[str, dict]) -> tuple[list[str], list[str]
     return lines, claims
 
 
+def section_alpha_readings(folder: Path) -> list[str]:
+    """The three readings of Eq. 30 side by side (paper-form RELED, one table4-style sweep and one agreement run
+    per reading, in `alpha_schedule/`): which reading is the default and why, with the numbers."""
+    sweeps = {p.stem.rsplit("_alpha-", 1)[1]: json.loads(p.read_text()) for p in sorted(folder.glob("sweep_*_alpha-*.json"))}
+    if not sweeps:
+        return []
+    lines = ["### Which reading of Eq. 30 (`alpha_schedule/`)", "",
+             "Eq. 30 read literally (`eq30`: α = exp(−(k/K)·D) on the agent's loss, k from 0) gives no imitation in the first epoch and the "
+             "most at the end; the paper's text (around Fig. 2, end of III-E, V-B2, V-D) describes imitation first, α rising as DTW falls. "
+             "`text` (the default: α = exp(−(1 − k/K)·D) on the agent's loss, k from 1) and `expert-weight` (Eq. 30's α weighting the "
+             "expert's loss) both follow the text. Paper-form RELED, moderate regime, the same budget, seeds and test keys for each:", "",
+             "| reading | map | agreement with the expert: P(expert action) / argmax | untrained networks | test reward greedy | sampled | α last epoch |",
+             "|---|---|---|---|---|---|---|"]
+    for reading, result in sweeps.items():
+        for c in result["cells"]:
+            agree = folder / f"expert_agreement_{result['budget']}_{c['scenario']}-{c['regime']}_alpha-{reading}.json"
+            a = json.loads(agree.read_text())["methods"] if agree.exists() else {}
+            pair = (lambda m: f"{a[m]['p_expert_action'][0]:.3f} / {a[m]['argmax_agreement'][0]:.3f}" if m in a else "–")
+            g, gsd, _ = test_stat(c)
+            smp, ssd, _ = test_stat(c, mode="test_sampled")
+            alpha = np.nanmean(np.array(c["curves"]["alpha"], float)[:, -1])
+            lines.append(f"| `{reading}` | {MAP_NAMES.get(c['scenario'], c['scenario'])} | {pair(c['method'])} | {pair('initial')} | {fmt(g, gsd)} | {fmt(smp, ssd)} | {alpha:.2f} |")
+    lines += ["", "Commands: " + "; ".join(f"`{r['command']}`" for r in sweeps.values()), ""]
+    return lines
+
+
+def section_superseded(folder: Path, sweeps: dict) -> list[str]:
+    """Before → after for sweeps re-run since issue 17 (the old JSONs kept in `pre_issue17/`): what changed and why."""
+    old = {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("sweep_*.json"))}
+    pairs = [(name, o, sweeps[name]) for name, o in old.items() if name in sweeps]
+    if not pairs:
+        return []
+    lines = ["### What changed since the pre-issue-17 sweeps (`pre_issue17/`)", "",
+             "The sweeps before issue 17 trained RELED with Eq. 30 read literally and expert advantages centred per minibatch, and "
+             "scored greedy RELED against a sampling random policy (so 'RELED below random' there was an artifact of the comparison). "
+             "Those JSONs are kept in `pre_issue17/`; the tables above supersede them. Greedy test reward per agent, mean over seeds, before → after "
+             "(methods whose code did not change move only by run-to-run noise of the same keys, if at all):", "",
+             "| sweep | map – regime | " + " | ".join(LABELS.get(m, m) for m in ("reled", "reled-va", "ippo", "mappo", "qmix")) + " |", "|---|---|" + "---|" * 5]
+    for name, before, after in pairs:
+        for scenario, regime, n in envs_of(after):
+            row = [f"`{name}`", f"{MAP_NAMES.get(scenario, scenario)} – {regime}"]
+            for m in ("reled", "reled-va", "ippo", "mappo", "qmix"):
+                b = cells_by(before, scenario=scenario, regime=regime, n_agents=n, method=m)
+                a = cells_by(after, scenario=scenario, regime=regime, n_agents=n, method=m)
+                row.append(f"{test_stat(b[0])[0]:,.0f} → {test_stat(a[0])[0]:,.0f}" if a and b else "–")
+            lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+    return lines
+
+
 def setting(sweeps: dict) -> list[str]:
     """What the numbers are and are not, computed from the budgets that were run."""
     lines = ["## Setting and caveats", ""]
@@ -445,10 +529,15 @@ def setting(sweeps: dict) -> list[str]:
         "so these numbers test early sample efficiency, not converged performance.",
         "- The expert is the offline planner (`llm/planner.py`: congestion-aware shortest-time plans through the same sandboxed "
         "interpreter an LLM's plans go through), not GPT-3.5; the LLM path is exercised by the tests and `benchmarks/llm_demos.py`.",
-        "- α follows Eq. 30 everywhere: it weights the agent's own loss and 1 − α the expert's, so RELED-α0.2 puts 80 % of the "
-        "objective on the expert and RELED-α0.5 50 %. The paper's ablation text calls α the 'expert weight' (Section V-E), "
-        "which would swap the two; we follow the equation.",
-        "- Reward and travel time are per agent, from greedy test episodes of our simulator (Eq. 32 reward; 2,400 s cap for "
+        "- RELED is the paper's form (Eqs. 28-30) with two readings fixed in issue 17: expert advantages A^e = R^e − V^e(o^e) are "
+        "not centred, only scaled by the agent minibatch's advantage spread so both surrogates share one scale; and α follows the "
+        "paper's text (`--alpha-schedule text`: α = exp(−(1 − k/K)·D) on the agent's loss, k from 1, so imitation comes first and "
+        "fades as DTW falls), where Eq. 30 read literally does the opposite. Fixed α in Table IV (RELED-α0.2, -α0.5) is the "
+        "expert's weight, as the paper's Table IV text names it. Sweeps marked 'pre-issue-17' were made with the literal Eq. 30 "
+        "and centred A^e; the three readings are measured side by side under 'Which reading of Eq. 30' below.",
+        "- Test returns are reported for greedy and for sampled actions on the same keys; the random reference samples, so it "
+        "compares with sampled returns, and the untrained networks (greedy / sampled) show where every run starts.",
+        "- Reward and travel time are per agent, from test episodes of our simulator (Eq. 32 reward; 2,400 s cap for "
         "agents that never arrive), not SUMO time steps; `fidelity.json` puts our travel times within 5 % of SUMO's.",
         "- Wall-clock curves (Fig. 5) include compilation and the expert service. The committed CPU sweeps ran one cell after "
         "another on a 2-core development machine that also ran other work part of the time, so their times are indicative; "
@@ -469,6 +558,7 @@ def write_report(cfg: ReportConfig) -> Path:
     claims: list[str] = []
     for name, result in sweeps.items():
         stem = name.replace("sweep_", "")
+        form = method_form(result)
         if result["experiment"] == "fig4":
             plot_curves(result, results_dir / f"{stem}_fig4.png", "interaction_steps", ("episode_reward", "travel_time"), f"Fig. 4: sample efficiency ({result['budget']} budget, {result['seeds']} seeds, mean ± SD)")
             plot_curves(result, results_dir / f"{stem}_fig5.png", "wall_s", ("episode_reward",), f"Fig. 5: wall-clock efficiency ({machine_line(result)})")
@@ -476,7 +566,10 @@ def write_report(cfg: ReportConfig) -> Path:
             lines += section_fig4(result, name) + section_dtw(result)
             for scenario, regime, n in envs_of(result):
                 v, detail = verdict_best(cells_by(result, scenario=scenario, regime=regime, n_agents=n))
-                claims.append(f"| Fig. 4: RELED converges to the highest reward — {MAP_NAMES.get(scenario, scenario)} – {regime} ({result['budget']} budget) | {v} | {detail} |")
+                claims.append(f"| Fig. 4: RELED converges to the highest reward — {MAP_NAMES.get(scenario, scenario)} – {regime} ({result['budget']} budget{form}) | {v} | {detail} |")
+                v, detail = verdict_best(cells_by(result, scenario=scenario, regime=regime, n_agents=n), mode="test_sampled")
+                if v != "not run":
+                    claims.append(f"| Fig. 4, sampled actions: RELED converges to the highest reward — {MAP_NAMES.get(scenario, scenario)} – {regime} ({result['budget']} budget{form}) | {v} | {detail} |")
                 if cells_by(result, scenario=scenario, regime=regime, n_agents=n, method="reled-va"):
                     v, detail = verdict_best(cells_by(result, scenario=scenario, regime=regime, n_agents=n), method="reled-va")
                     claims.append(f"| Fig. 4 with our variant (A^e against V^a, not Eq. 28): RELED-Vᵃ has the highest reward — "
@@ -525,10 +618,10 @@ def write_report(cfg: ReportConfig) -> Path:
             lines += section_fig8(result, name, same_budget)
             for n in sorted({c["n_agents"] for c in result["cells"]}):
                 v, detail = verdict_best([c for c in result["cells"] if c["n_agents"] == n])
-                claims.append(f"| Fig. 8: RELED has the highest reward with {n} agents | {v} | {detail} |")
+                claims.append(f"| Fig. 8: RELED has the highest reward with {n} agents{method_form(result)} | {v} | {detail} |")
     agreements = {p.stem: json.loads(p.read_text()) for p in sorted(results_dir.glob("expert_agreement_*.json"))}
     agreement_lines, agreement_claims = section_agreement(agreements)
-    lines += agreement_lines
+    lines += agreement_lines + section_alpha_readings(results_dir / "alpha_schedule") + section_superseded(results_dir / "pre_issue17", sweeps)
     claims += agreement_claims
     summary = ["## Do the paper's claims hold here?", "",
                "A claim holds when RELED's 95 % confidence interval (over seeds) lies entirely above every compared method's; "

@@ -89,19 +89,27 @@ def test_report_tables_every_cell_and_draws_the_figures(tmp_path):
     for method, base in (("reled", 900.0), ("ippo", 400.0)):
         for regime in ("moderate", "congested"):
             c = _cell(method, [base + d for d in (0.0, 5.0, -5.0)])
+            # Sampled actions rank the other way round: the sampled verdict must read test_sampled, not test.
+            c["test_sampled"] = _cell(method, [1300.0 - base + d for d in (0.0, 5.0, -5.0)])["test"]
             c.update(regime=regime, train_wall_s=100.0, seeds=3, interaction_steps_per_seed=3000, curves={
                 "interaction_steps": [[1000, 2000, 3000]] * 3, "wall_s": [[10, 20, 30]] * 3,
                 "episode_reward": [[np.nan, base / 2, base]] * 3, "travel_time": [[900, 700, 500]] * 3,
                 "dtw_m": [[9000, 5000, 3000]] * 3, "alpha": [[1.0, 0.6, 0.3]] * 3})
             cells.append(c)
-    refs = {f"grid/{r}/a10": {"shortest": {"reward": 1000.0, "travel_time_s": 300.0, "arrival_rate": 1.0, "episode_reward": [1000.0]}} for r in ("moderate", "congested")}
+    ref = {"travel_time_s": 300.0, "arrival_rate": 1.0, "episode_reward": [1000.0]}
+    refs = {f"grid/{r}/a10": {"shortest": {**ref, "reward": 1000.0}, "random": {**ref, "reward": -1442.0},
+                              "untrained greedy": {**ref, "reward": -2024.0}, "untrained sampled": {**ref, "reward": -1450.0}} for r in ("moderate", "congested")}
     sweep_json = {"experiment": "fig4", "budget": "smoke", "seeds": 3, "episodes": 1, "command": "python -m benchmarks.sweep",
-                  "budget_config": {"epochs": 3, "n_envs": 1, "rollout_steps": 8},
+                  "budget_config": {"epochs": 3, "n_envs": 1, "rollout_steps": 8, "alpha_schedule": "text", "center_expert_advantages": False},
                   "machine": {"device": "cpu: cpu", "n_devices": 1, "cpu_count": 2, "jax": "x"}, "cells": cells, "references": refs}
     (tmp_path / "sweep_fig4_smoke.json").write_text(json.dumps(sweep_json))
     text = report.write_report(report.ReportConfig(results=str(tmp_path))).read_text()
     for regime in ("moderate", "congested"):
         assert f"| Fig. 4: RELED converges to the highest reward — Grid (Orlando's stand-in) – {regime} (smoke budget) | holds |" in text
+        assert f"| Fig. 4, sampled actions: RELED converges to the highest reward — Grid (Orlando's stand-in) – {regime} (smoke budget) | does not hold |" in text
+    # Greedy and sampled returns for every method, and the references (random beside the untrained networks) on one row.
+    assert "greedy 900 ± 5 [±12]<br>sampled 400 ± 5 [±12]" in text
+    assert "shortest 1,000 (300 s)<br>random -1,442<br>untrained -2,024 / -1,450 | holds / does not hold |" in text
     assert "9.00 km → 3.00 km (-67%)" in text and "| Fig. 7: DTW drops and stays low — Grid (Orlando's stand-in) – moderate | holds |" in text
     for fig in ("fig4", "fig5", "fig7"):
         assert (tmp_path / f"fig4_smoke_{fig}.png").stat().st_size > 10_000
@@ -137,6 +145,38 @@ def test_report_tables_every_cell_and_draws_the_figures(tmp_path):
     assert "| 20 (`sweep_fig8_smoke_gpu`) | 300 (100%) | 200 (100%) |" in cpu_section
     assert "\n| 50" not in cpu_section and "| -9 " not in cpu_section
     assert "| Fig. 8: RELED has the highest reward with 5 agents | holds |" in text
+
+
+def _fig4_cell(method: str, reward: float, **extra) -> dict:
+    c = _cell(method, [reward, reward + 5.0, reward - 5.0])
+    c.update(seeds=3, train_wall_s=100.0, interaction_steps_per_seed=3000, **extra, curves={
+        "interaction_steps": [[1000, 2000]] * 3, "wall_s": [[10, 20]] * 3, "episode_reward": [[0.0, reward]] * 3,
+        "travel_time": [[900, 700]] * 3, "dtw_m": [[9000, 5000]] * 3, "alpha": [[0.4, 1.0]] * 3})
+    return c
+
+
+def test_report_marks_old_method_sweeps_and_shows_the_readings_and_what_changed(tmp_path):
+    base = {"experiment": "fig4", "budget": "smoke", "seeds": 3, "episodes": 1, "command": "python -m benchmarks.sweep", "references": {},
+            "machine": {"device": "cpu: cpu", "n_devices": 1, "cpu_count": 2, "jax": "x"}}
+    new_form = {"epochs": 2, "n_envs": 1, "rollout_steps": 8, "alpha_schedule": "text", "center_expert_advantages": False}
+    old_form = {"epochs": 2, "n_envs": 1, "rollout_steps": 8}  # sweeps before issue 17 keyed neither field
+    (tmp_path / "pre_issue17").mkdir()
+    (tmp_path / "pre_issue17" / "sweep_fig4_smoke.json").write_text(json.dumps(
+        {**base, "budget_config": old_form, "cells": [_fig4_cell("reled", -2000.0), _fig4_cell("ippo", 300.0)]}))
+    (tmp_path / "sweep_fig4_smoke.json").write_text(json.dumps({**base, "budget_config": new_form, "cells": [_fig4_cell("reled", 900.0), _fig4_cell("ippo", 310.0)]}))
+    (tmp_path / "sweep_fig8_smoke.json").write_text(json.dumps({**base, "experiment": "fig8", "budget_config": old_form, "cells": [_fig4_cell("reled", 5.0, n_agents=5), _fig4_cell("ippo", 1.0, n_agents=5)]}))
+    readings = tmp_path / "alpha_schedule"
+    readings.mkdir()
+    (readings / "sweep_table4_smoke_alpha-eq30.json").write_text(json.dumps({**base, "experiment": "table4", "budget_config": {**new_form, "alpha_schedule": "eq30"},
+                                                                             "cells": [_fig4_cell("reled", -400.0, test_sampled=_cell("reled", [55.0] * 3)["test"])]}))
+    (readings / "expert_agreement_smoke_grid-moderate_alpha-eq30.json").write_text(json.dumps({"methods": {
+        "reled": {"p_expert_action": [0.601, 0.01], "argmax_agreement": [0.640, 0.01]}, "initial": {"p_expert_action": [0.540, 0.0], "argmax_agreement": [0.568, 0.0]}}}))
+    text = report.write_report(report.ReportConfig(results=str(tmp_path))).read_text()
+    # Today's method carries no mark; a sweep of the old method says so on every claim it makes.
+    assert "| Fig. 4: RELED converges to the highest reward — Grid (Orlando's stand-in) – moderate (smoke budget) | holds |" in text
+    assert "| Fig. 8: RELED has the highest reward with 5 agents; pre-issue-17 RELED: eq30, centred A^e |" in text
+    assert "| `sweep_fig4_smoke` | Grid (Orlando's stand-in) – moderate | -2,000 → 900 | – | 300 → 310 |" in text
+    assert "| `eq30` | Grid (Orlando's stand-in) | 0.601 / 0.640 | 0.540 / 0.568 | -400 ± 5 | 55 ± 0 | 1.00 |" in text
 
 
 def test_agreement_scores_count_the_experts_decisions_only():
