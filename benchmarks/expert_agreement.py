@@ -42,7 +42,8 @@ from llm.service import ExpertConfig, ExpertService  # noqa: E402
 from reled_jax.evaluate import evaluate_seeds  # noqa: E402
 from reled_jax.export_policy import read_checkpoint  # noqa: E402
 from reled_jax.networks import MLP, init_env_agents, input_dim as observation_dim, observe  # noqa: E402
-from reled_jax.reled import METHODS, policy_apply  # noqa: E402
+from reled_jax.methods import METHODS  # noqa: E402
+from reled_jax.reled import policy_apply  # noqa: E402
 from sim.scenarios import load_scenario  # noqa: E402
 
 INITIAL = "initial"  # the untrained networks (train's initialisation of each seed)
@@ -55,7 +56,7 @@ class AgreementConfig:
     regime: str = "moderate"
     n_agents: int = 10
     seeds: int = 5
-    methods: tuple[str, ...] = METHODS  # those without a run directory are skipped
+    methods: tuple[str, ...] = tuple(METHODS)  # those without a run directory are skipped
     episodes: int = 4  # demonstration episodes per seed
     demo_steps: int = 1024
     key_seed: int = 777

@@ -26,21 +26,10 @@ import numpy as np  # noqa: E402
 import tyro  # noqa: E402
 
 from benchmarks.common import RESULTS, ci95  # noqa: E402
-from reled_jax.reled import VA_RELED, split_method  # noqa: E402
+from reled_jax.methods import METHODS, VA_RELED  # noqa: E402
 
-COLOURS = {
-    "reled": "tab:red", "ippo": "tab:blue", "mappo": "tab:green", "qmix": "tab:purple",
-    "reled-norefine": "tab:orange", "reled-alpha0.2": "tab:brown", "reled-alpha0.5": "tab:pink", "reled-logit": "tab:olive",
-    "reled-va": "darkred",
-}
-LABELS = {
-    "reled": "RELED (full)", "reled-norefine": "RELED w/o refn.", "reled-alpha0.2": "RELED-α0.2", "reled-alpha0.5": "RELED-α0.5",
-    "reled-logit": "RELED-Logit", "ippo": "IPPO", "mappo": "MAPPO", "qmix": "QMIX",
-    "reled-va": "RELED-Vᵃ (not in paper)",
-}
-# Table IV's ablations on RELED-Va: the paper variant's colour, "RELED-Vᵃ" in place of "RELED".
-COLOURS |= {va: COLOURS[split_method(va)[0]] for va in VA_RELED[1:]}
-LABELS |= {va: LABELS[split_method(va)[0]].replace("RELED", "RELED-Vᵃ") for va in VA_RELED[1:]}
+COLOURS = {name: m.colour for name, m in METHODS.items()}
+LABELS = {name: m.label for name, m in METHODS.items()}
 OUTSIDE_PAPER = VA_RELED  # variants of ours: drawn dashed, never counted as the paper's RELED or as a baseline
 # Which method is "full" in an ablation sweep: the paper's RELED, or RELED-Va for the ablations on top of it.
 FULL_METHOD = {"table4": "reled", "table4-va": "reled-va"}
@@ -243,7 +232,7 @@ def verdict_best(cells: list[dict], method: str = "reled", mode: str = "test") -
     mode: greedy ("test") or sampled ("test_sampled") test actions, the same for every method.
     """
     mine = [c for c in cells if c["method"] == method]
-    others = [c for c in cells if c["method"] != method and not c["method"].startswith("reled")]
+    others = [c for c in cells if c["method"] != method and not METHODS[c["method"]].uses_expert]
     cells = mine + others
     if not mine or not others:
         return "not run", ""
@@ -382,7 +371,7 @@ def section_table4(result: dict, name: str) -> list[str]:
             t0 = test_stat(full[0], "travel_time_s")[0] if full else float("nan")
             drop = "(–)" if m == full_m else f"({(r - r0) / abs(r0):+.1%})"
             rise = "(–)" if m == full_m else f"({(t - t0) / t0:+.1%})"
-            paper = PAPER_TABLE_IV.get(split_method(m)[0], {}).get(scenario)
+            paper = PAPER_TABLE_IV.get(METHODS[m].variant if m in METHODS else m, {}).get(scenario)
             if paper and m != full_m:
                 p_drop = (paper[0][0] - PAPER_TABLE_IV["reled"][scenario][0][0]) / abs(PAPER_TABLE_IV["reled"][scenario][0][0])
                 relation = {"better": "above full", "worse": "below full", "tie": "CIs overlap full's"}[compare(mine[0], full[0])] if full else "–"

@@ -35,12 +35,11 @@ import tyro
 from benchmarks.common import RESULTS, machine, write_json
 from reled_jax.evaluate import evaluate_policies, evaluate_seeds_modes, untrained_policies
 from reled_jax.export_policy import read_checkpoint
-from reled_jax.reled import METHODS, PAPER_RELED, VA_RELED
+from reled_jax.methods import METHODS, PAPER_BASELINES, PAPER_RELED, VA_RELED
 from reled_jax.train import ClusterConfig, TrainConfig, join_cluster, train, usage_errors
 from sim.policies import REFERENCE_POLICIES
 from sim.scenarios import load_scenario
 
-PAPER_BASELINES = ("reled", "ippo", "mappo", "qmix")
 ABLATIONS = (*PAPER_RELED, "ippo")
 
 EXPERIMENTS = {
@@ -97,7 +96,7 @@ class SweepConfig:
         methods = self.methods or spec["methods"]
         unknown = [m for m in methods if m not in METHODS]
         if unknown:
-            raise SystemExit(f"unknown method(s) {unknown}; choose from {METHODS}")
+            raise SystemExit(f"unknown method(s) {unknown}; choose from {tuple(METHODS)}")
         if self.seeds < 2:
             raise SystemExit("a sweep needs --seeds >= 2 for its confidence intervals (5 or more recommended)")
         return [

@@ -50,24 +50,13 @@ from flax import struct
 
 from reled_jax.dtw import dtw_batch
 from reled_jax.mappo import critic_input, global_state
+from reled_jax.methods import METHODS, Method, method
 from reled_jax.networks import MLP, AgentParams, masked_logits, observe
 from sim.env import EnvParams, RouteChoiceEnv
 from sim.policies import random_policy
 
-PAPER_RELED = ("reled", "reled-norefine", "reled-alpha0.2", "reled-alpha0.5", "reled-logit")  # Table IV's variants
-# The same variants with reled-va's expert advantages: "reled-va", "reled-va-norefine", ...
-VA_RELED = tuple(m.replace("reled", "reled-va", 1) for m in PAPER_RELED)
-EXPERT_FREE = ("ippo", "mappo", "qmix")  # qmix is trained by reled_jax/qmix.py, not by this module's epoch
-METHODS = (*PAPER_RELED, *VA_RELED, *EXPERT_FREE)
 ALPHA_SCHEDULES = ("text", "eq30", "expert-weight")
 SEED_AXIS = "seeds"  # the vmap axis of `batched_epoch`
-
-
-def split_method(method: str) -> tuple[str, bool]:
-    """("reled-va-alpha0.2") -> ("reled-alpha0.2", True): the paper's variant, and whether A^e is against V^a."""
-    if method in VA_RELED:
-        return method.replace("reled-va", "reled", 1), True
-    return method, False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,7 +125,7 @@ class HPOConfig:
 
     def __post_init__(self):
         if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {METHODS}")
+            raise ValueError(f"unknown method {self.method!r}; choose one of {tuple(METHODS)}")
         if self.update_block < 0:
             raise ValueError(f"update_block must be >= 0 (0: no gradient accumulation), got {self.update_block}")
         if not 0.0 < self.decision_share <= 1.0:
@@ -147,36 +136,32 @@ class HPOConfig:
             raise ValueError(f"unknown expert_baseline {self.expert_baseline!r}; choose 'expert' (Eq. 28) or 'agent'")
 
     @property
-    def variant(self) -> str:
-        """The paper's method this one is a form of (Table IV's names): reled-va-logit -> reled-logit."""
-        return split_method(self.method)[0]
+    def spec(self) -> Method:
+        """What the method is (reled_jax/methods.py): expert or not, fixed alpha, baseline of A^e, critic."""
+        return method(self.method)
+
+    @property
+    def uses_expert(self) -> bool:
+        return self.spec.uses_expert
 
     @property
     def expert_advantage_baseline(self) -> str:
-        return "agent" if split_method(self.method)[1] else self.expert_baseline
-
-    @property
-    def center_expert(self) -> bool:
-        return self.center_expert_advantages and not split_method(self.method)[1]
+        return "agent" if self.spec.agent_baseline else self.expert_baseline
 
     @property
     def expert_advantage_norm(self) -> str:
         """How `agent_loss` scales A^e: "given" (reled-va), "center" (flag), "agent-spread" (paper form)."""
-        if split_method(self.method)[1]:
+        if self.spec.agent_baseline:
             return "given"
         return "center" if self.center_expert_advantages else "agent-spread"
 
     @property
     def centralised_critic(self) -> bool:
-        return self.method == "mappo"
+        return self.spec.centralised_critic
 
     @property
     def fixed_alpha(self) -> float | None:
-        if self.method in EXPERT_FREE:
-            return 1.0
-        if self.variant.startswith("reled-alpha"):
-            return float(self.variant.removeprefix("reled-alpha"))
-        return None
+        return 1.0 if not self.uses_expert else self.spec.fixed_alpha
 
 
 @struct.dataclass
@@ -219,7 +204,7 @@ def make_optimizer(cfg: HPOConfig) -> optax.GradientTransformation:
     keeps no Adam state and takes no step: the same updates (its gradients are zero, adding nothing to
     the norm) at about a third less optimiser work."""
     adam = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(cfg.lr, eps=1e-5))
-    if cfg.method not in EXPERT_FREE:
+    if cfg.uses_expert:
         return adam
     labels = AgentParams(policy="train", value_agent="train", value_expert="frozen")
     return optax.multi_transform({"train": adam, "frozen": optax.set_to_zero()}, labels)
@@ -294,7 +279,7 @@ def agent_weight(d_dtw: jax.Array, epoch: jax.Array, cfg: HPOConfig) -> tuple[ja
     Expert-free methods have w = 1 (and alpha 1, or 0 as an expert weight)."""
     k = jnp.asarray(epoch, jnp.float32)
     on_expert = cfg.alpha_schedule == "expert-weight" or (cfg.alpha_schedule == "text" and cfg.fixed_alpha is not None)
-    if cfg.method in EXPERT_FREE:
+    if not cfg.uses_expert:
         alpha = jnp.full_like(d_dtw, 0.0 if cfg.alpha_schedule == "expert-weight" else 1.0)
         return alpha, jnp.ones_like(d_dtw)
     if cfg.fixed_alpha is not None:
@@ -484,7 +469,7 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: M
         """
         rows, valid = decision_rows(expert.decided, None) if rows is None else rows
         ret_e, adv_e = advantages(expert, params.value_expert, expert.last_x.shape[1], rows, blocks)
-        if cfg.expert_advantage_baseline == "agent" and cfg.method not in EXPERT_FREE:  # V^e keeps R^e as its target either way
+        if cfg.expert_advantage_baseline == "agent" and cfg.uses_expert:  # V^e keeps R^e as its target either way
             v_agent = jax.vmap(lambda p, x: value.apply(p, x)[..., 0])(params.value_agent, take_rows(expert.x, rows))
             adv_e = jnp.where(valid, ret_e - v_agent, 0.0)
         if cfg.expert_advantage_norm == "given":  # reled-va: scaled by each agent's spread over all its expert decisions (a minibatch may hold one)

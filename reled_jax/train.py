@@ -41,7 +41,8 @@ from reled_jax import checkpoint
 from reled_jax import qmix
 from reled_jax.networks import init_env_agents, input_dim as observation_dim
 from reled_jax.mappo import global_state_dim
-from reled_jax.reled import ALPHA_SCHEDULES, EXPERT_FREE, METHODS, HPOConfig, empty_expert, init_state, make_epoch, measure_decision_share, split_method
+from reled_jax.methods import METHODS, method
+from reled_jax.reled import ALPHA_SCHEDULES, HPOConfig, empty_expert, init_state, make_epoch, measure_decision_share
 from reled_jax.sed import SED, SEDConfig
 from sim.scenarios import REGIMES, SCENARIOS, load_scenario
 
@@ -143,16 +144,16 @@ class TrainConfig:
         if self.regime not in REGIMES:
             raise SystemExit(f"unknown regime {self.regime!r}; choose one of {sorted(REGIMES)}")
         if self.method not in METHODS:
-            raise SystemExit(f"unknown method {self.method!r}; choose one of {METHODS}")
+            raise SystemExit(f"unknown method {self.method!r}; choose one of {tuple(METHODS)}")
         preset = PRESETS[self.preset]
-        if self.method == "qmix" and preset.get("carry_envs"):
+        if self.spec.trainer == "qmix" and preset.get("carry_envs"):
             # QMIX's rollouts start from fresh resets every epoch: its paper budget is one environment x 864 steps.
             preset = PRESETS[f"{self.preset}-1env"]
         # Explicit flags win: the preset sets only the fields left at their defaults and not named in `explicit`.
         defaults = TrainConfig()
         cfg = dataclasses.replace(self, explicit=(), **{k: v for k, v in preset.items() if k not in self.explicit and getattr(self, k) == getattr(defaults, k)})
-        if split_method(cfg.method)[0] == "reled-logit":
-            cfg = dataclasses.replace(cfg, expert=dataclasses.replace(cfg.expert, backend="logit"))
+        if cfg.spec.expert not in (None, "planner"):  # the method fixes its expert (reled-logit: the Logit model)
+            cfg = dataclasses.replace(cfg, expert=dataclasses.replace(cfg.expert, backend=cfg.spec.expert))
         if cfg.expert.backend == "llm":
             # Flags win; RELED_LLM_BASE_URL / RELED_LLM_MODEL / RELED_LLM_API_KEY fill what they leave empty.
             llm = cfg.expert.llm
@@ -163,7 +164,7 @@ class TrainConfig:
             except LLMError as err:
                 raise SystemExit(str(err)) from None
             cfg = dataclasses.replace(cfg, expert=dataclasses.replace(cfg.expert, llm=llm))
-        if cfg.method == "qmix" and (cfg.lockstep or cfg.carry_envs):
+        if cfg.spec.trainer == "qmix" and (cfg.lockstep or cfg.carry_envs):
             raise SystemExit("--lockstep and --carry-envs are PPO-family options; QMIX rolls out with vmap(step) and fresh resets")
         if cfg.alpha_schedule not in ALPHA_SCHEDULES:
             raise SystemExit(f"unknown --alpha-schedule {cfg.alpha_schedule!r}; choose one of {ALPHA_SCHEDULES}")
@@ -188,9 +189,9 @@ class TrainConfig:
         return cfg
 
     @property
-    def refine_plans(self) -> bool:
-        """Whether the expert refines its plans from feedback (Section III-C); "w/o refn." variants do not."""
-        return split_method(self.method)[0] != "reled-norefine"
+    def spec(self):
+        """What the method is (reled_jax/methods.py)."""
+        return method(self.method)
 
     @property
     def out_dir(self) -> Path:
@@ -220,7 +221,7 @@ def train(cfg: TrainConfig) -> dict:
         raise SystemExit(f"{cfg.out_dir} already holds a run; pass --resume to continue it or --out to start elsewhere")
     network, env, env_params = load_scenario(cfg.scenario, cfg.regime, n_agents=cfg.n_agents, seed=cfg.seed)
     probe_s = time.perf_counter()
-    if cfg.method != "qmix" and not cfg.decision_share and not cfg.update_block:
+    if cfg.spec.trainer != "qmix" and not cfg.decision_share and not cfg.update_block:
         # The row capacity of the update's usual branch (HPOConfig.decision_share): 1.5 times what a
         # random policy's rollout needs, one rollout after the reset when environments carry over. An
         # epoch that needs more (the first epoch's burst of departures) runs the all-rows branch.
@@ -231,20 +232,20 @@ def train(cfg: TrainConfig) -> dict:
     hpo = cfg.hpo()
     input_dim = observation_dim(env.m_out)
     seeds = [cfg.seed + s for s in range(cfg.seeds)]
-    uses_expert = cfg.method not in EXPERT_FREE
+    uses_expert = cfg.spec.uses_expert
     critic_extra = global_state_dim(env.n_agents, env.n_edges) if hpo.centralised_critic else 0
 
     # Per-seed initial states, stacked on a leading seed axis.
     states, policy, value = [], None, None
     for s in seeds:
         params, policy, value = init_env_agents(jax.random.PRNGKey(s), env, critic_extra)
-        if cfg.method == "qmix":  # the same initial networks serve as the agents' Q networks
+        if cfg.spec.trainer == "qmix":  # the same initial networks serve as the agents' Q networks
             qmix_state, q_net, mixer = qmix.init_state(jax.random.PRNGKey(10_000 + s), env, cfg.qmix_config(), params.policy)
             states.append(qmix_state)
         else:
             states.append(init_state(jax.random.PRNGKey(10_000 + s), params, hpo))
     state = jax.tree.map(lambda *z: jnp.stack(z), *states)
-    epoch_fn = qmix.make_epoch(env, env_params, q_net, mixer, cfg.qmix_config()) if cfg.method == "qmix" else make_epoch(env, env_params, policy, value, hpo)
+    epoch_fn = qmix.make_epoch(env, env_params, q_net, mixer, cfg.qmix_config()) if cfg.spec.trainer == "qmix" else make_epoch(env, env_params, policy, value, hpo)
     if hpo.carry_envs:  # every seed's environments, reset once; epochs continue their episodes
         state = state.replace(envs=jax.jit(jax.vmap(epoch_fn.initial_envs))(jnp.stack([jax.random.PRNGKey(20_000 + s) for s in seeds])))
 
@@ -252,7 +253,7 @@ def train(cfg: TrainConfig) -> dict:
     if uses_expert:
         for s in seeds:
             service = ExpertService(network, np.asarray(env_params.agent_origin), np.asarray(env_params.agent_dest), config=dataclasses.replace(cfg.expert, seed=s), t_max=env_params.t_max)
-            sed_cfg = SEDConfig(q=cfg.q, m=cfg.m, n_demo_envs=cfg.n_demo_envs, demo_steps=cfg.demo_steps, refine=cfg.refine_plans)
+            sed_cfg = SEDConfig(q=cfg.q, m=cfg.m, n_demo_envs=cfg.n_demo_envs, demo_steps=cfg.demo_steps, refine=cfg.spec.refine)
             seds.append(SED(env, env_params, network, policy, hpo, sed_cfg, service, seed=s))
     no_expert = empty_expert(env.n_agents, input_dim, env.m_out)
     no_nodes = (jnp.zeros((1, env.n_agents, hpo.max_trajectory, 2)), jnp.zeros((1, env.n_agents), jnp.int32))
@@ -278,7 +279,7 @@ def train(cfg: TrainConfig) -> dict:
             bar.update(done - bar.n)
         bar.set_postfix(reward=_fmt(metrics["episode_reward"]), travel=_fmt(metrics["travel_time"]) + "s", alpha=f"{np.mean(metrics['alpha']):.2f}")
 
-    run_chunk = make_run_chunk(jax.vmap(epoch_fn) if cfg.method == "qmix" else epoch_fn.batched, epoch_done if per_epoch_bar else None)
+    run_chunk = make_run_chunk(jax.vmap(epoch_fn) if cfg.spec.trainer == "qmix" else epoch_fn.batched, epoch_done if per_epoch_bar else None)
 
     out = cfg.out_dir
     if writer:
@@ -367,7 +368,7 @@ def train(cfg: TrainConfig) -> dict:
     summary = _summary(cfg, rows, seds)
     summary["timing"] = {k: round(v, 3) for k, v in timing.items()}
     summary["decision_share"] = cfg.decision_share
-    if cfg.method != "qmix":  # the update's row capacity, chosen every epoch (HPOConfig.decision_share)
+    if cfg.spec.trainer != "qmix":  # the update's row capacity, chosen every epoch (HPOConfig.decision_share)
         summary["update_rows_mean"] = float(np.mean([r["update_rows"] for r in rows]))
     if writer:
         (out / "sed.json").write_text(json.dumps(sed_log, indent=1, default=_jsonable))

@@ -8,11 +8,12 @@ import numpy as np
 import optax
 import pytest
 
+from reled_jax.methods import METHODS, PAPER_RELED, VA_RELED
 from reled_jax.networks import encode, init_agents, init_env_agents, input_dim as observation_dim
 from reled_jax.reled import (
-    PAPER_RELED, VA_RELED, HPOConfig, Samples, agent_loss, agent_rows, block_trips, blockwise, clipped_surrogate, minibatch_stats, decision_returns, dtw_alpha, empty_expert, entropy,
+    HPOConfig, Samples, agent_loss, agent_rows, block_trips, blockwise, clipped_surrogate, minibatch_stats, decision_returns, dtw_alpha, empty_expert, entropy,
     _episode_sums, compact_rows, episode_in_progress, hybrid_alpha, init_state, make_epoch, rollout_statistics,
-    split_method, trajectory_points, update_capacities, agent_weight,
+    trajectory_points, update_capacities, agent_weight,
 )
 from reled_jax.train import TrainConfig
 from sim.env import make_env, make_params
@@ -250,15 +251,17 @@ def test_expert_advantage_baselines(tiny):
     # reled-va* are RELED's Table IV variants with the agent baseline and uncentred expert advantages;
     # everything else about a variant (fixed alpha, refinement, expert backend) is the paper variant's.
     for paper, va_method in zip(PAPER_RELED, VA_RELED, strict=True):
-        assert split_method(va_method) == (paper, True) and split_method(paper) == (paper, False)
+        assert (METHODS[va_method].variant, METHODS[va_method].in_paper, METHODS[paper].variant, METHODS[paper].in_paper) == (paper, False, paper, True)
         va, pv = HPOConfig(method=va_method), HPOConfig(method=paper)
-        assert (va.expert_advantage_baseline, va.center_expert, va.fixed_alpha) == ("agent", False, pv.fixed_alpha)
-        assert (pv.expert_advantage_baseline, pv.center_expert, pv.expert_advantage_norm) == ("expert", False, "agent-spread")
+        assert (va.expert_advantage_baseline, va.fixed_alpha) == ("agent", pv.fixed_alpha)
+        assert (pv.expert_advantage_baseline, pv.expert_advantage_norm) == ("expert", "agent-spread")
         assert (va.expert_advantage_norm, HPOConfig(method=paper, center_expert_advantages=True).expert_advantage_norm) == ("given", "center")
+        assert HPOConfig(method=va_method, center_expert_advantages=True).expert_advantage_norm == "given"  # reled-va is never centred
     assert HPOConfig(method="reled-va-alpha0.2").fixed_alpha == 0.2 and HPOConfig(method="reled-va").fixed_alpha is None
-    for method, backend, refine in (("reled-va-logit", "logit", True), ("reled-va-norefine", "planner", False), ("reled-va", "planner", True)):
+    assert HPOConfig(method="ippo").fixed_alpha == 1.0 and not HPOConfig(method="mappo").uses_expert and HPOConfig(method="mappo").centralised_critic
+    for method, backend, refine in (("reled-va-logit", "logit", True), ("reled-va-norefine", "planner", False), ("reled-va", "planner", True), ("reled-logit", "logit", True)):
         tcfg = TrainConfig(method=method).resolved()
-        assert (tcfg.expert.backend, tcfg.refine_plans) == (backend, refine), method
+        assert (tcfg.expert.backend, tcfg.spec.refine) == (backend, refine), method
     with pytest.raises(ValueError, match="expert_baseline"):
         HPOConfig(expert_baseline="both")
 
