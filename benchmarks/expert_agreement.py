@@ -40,8 +40,8 @@ from benchmarks.common import RESULTS, ci95, machine, write_json  # noqa: E402
 from llm.demos import make_demo_rollout  # noqa: E402
 from llm.service import ExpertConfig, ExpertService  # noqa: E402
 from reled_jax.evaluate import evaluate_seeds  # noqa: E402
-from reled_jax.export_policy import read_checkpoint  # noqa: E402
-from reled_jax.networks import MLP, init_env_agents, input_dim as observation_dim, observe  # noqa: E402
+from reled_jax.checkpoint import read_checkpoint  # noqa: E402
+from reled_jax.networks import MLP, init_env_agents, observe  # noqa: E402
 from reled_jax.methods import METHODS  # noqa: E402
 from reled_jax.reled import policy_apply  # noqa: E402
 from sim.scenarios import load_scenario  # noqa: E402
@@ -124,7 +124,6 @@ def agreement(cfg: AgreementConfig) -> dict:
     if bad:
         raise SystemExit(f"{', '.join(bad)}: counts must be at least 1")
     network, env, env_params = load_scenario(cfg.scenario, cfg.regime, n_agents=cfg.n_agents, seed=0)
-    input_dim = observation_dim(env.m_out)
     methods = [m for m in cfg.methods if (cfg.run_dir(m) / "checkpoint.npz").exists()]
     if not methods:
         raise SystemExit(

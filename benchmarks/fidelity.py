@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import tyro
 
-from reled_jax.export_policy import checkpoint_arrays, read_checkpoint
+from reled_jax.checkpoint import read_checkpoint
+from reled_jax.export_policy import checkpoint_arrays
 from reled_jax.validate_sumo import compare, reference_pairs, trained_pair
 from sim.export_sumo import LEFTHAND
 from sim.scenarios import load_scenario

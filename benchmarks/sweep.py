@@ -7,7 +7,7 @@
 
 Every cell is one `reled_jax.train` run with all its seeds vmapped in one
 compiled program (and split across devices when several are visible, on one
-host or on several with `--cluster.enabled`: see `reled_jax.train.seed_placement`), followed by 20 test episodes per
+host or on several with `--cluster.enabled`: see `reled_jax.cluster.seed_placement`), followed by 20 test episodes per
 seed, greedy and sampled on the same keys (`reled_jax.evaluate.evaluate_seeds_modes`) and, once per environment, the
 shortest-time and random reference policies on the same test keys.
 
@@ -34,9 +34,10 @@ import tyro
 
 from benchmarks.common import RESULTS, machine, write_json
 from reled_jax.evaluate import evaluate_policies, evaluate_seeds_modes, untrained_policies
-from reled_jax.export_policy import read_checkpoint
+from reled_jax.checkpoint import read_checkpoint
 from reled_jax.methods import METHODS, PAPER_BASELINES, PAPER_RELED, VA_RELED
-from reled_jax.train import ClusterConfig, TrainConfig, join_cluster, train, usage_errors
+from reled_jax.cluster import ClusterConfig, join_cluster
+from reled_jax.train import TrainConfig, train, usage_errors
 from sim.policies import REFERENCE_POLICIES
 from sim.scenarios import load_scenario
 

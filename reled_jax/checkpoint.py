@@ -193,3 +193,15 @@ def read(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
         if key not in meta:
             raise CheckpointError(f"{path}: its metadata has no {key!r}")
     return meta, arrays
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A training checkpoint (reled_jax.train; data only, reled_jax.checkpoint) as a dict: "config", "epoch",
+    "policy" (the policy networks, leaves [seeds, agents, ...]), "meta" and "arrays"; or a one-line exit
+    saying what is wrong with the file."""
+    meta, arrays = read(path)
+    policy = subtree(arrays, "state/params/policy")
+    layers = policy.get("params", {})
+    if not all(f"Dense_{k}" in layers and {"kernel", "bias"} <= set(layers[f"Dense_{k}"]) for k in range(3)):
+        raise CheckpointError(f"checkpoint {path} holds no policy network of the expected form (3 dense layers)")
+    return {"config": meta["config"], "epoch": meta["epoch"], "policy": policy, "meta": meta, "arrays": arrays}

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import tyro
 
-from reled_jax.export_policy import read_checkpoint
+from reled_jax.checkpoint import read_checkpoint
 from reled_jax.checkpoint import CheckpointError
 from reled_jax.networks import MLP, init_env_agents, observe
 from reled_jax.reled import policy_apply

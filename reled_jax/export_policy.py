@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reled_jax import checkpoint
+from reled_jax.checkpoint import read_checkpoint
 
 
 class NumpyPolicy:
@@ -62,18 +62,6 @@ def policy_arrays(policy_params: dict, n_nodes: int, m_out: int) -> dict:
             arrays[f"a{i}_w{layer}"] = np.asarray(dense[f"Dense_{layer}"]["kernel"][i], np.float32)
             arrays[f"a{i}_b{layer}"] = np.asarray(dense[f"Dense_{layer}"]["bias"][i], np.float32)
     return arrays
-
-
-def read_checkpoint(path: str | Path) -> dict:
-    """A training checkpoint (reled_jax.train; data only, reled_jax.checkpoint) as a dict: "config", "epoch",
-    "policy" (the policy networks, leaves [seeds, agents, ...]), "meta" and "arrays"; or a one-line exit
-    saying what is wrong with the file."""
-    meta, arrays = checkpoint.read(path)
-    policy = checkpoint.subtree(arrays, "state/params/policy")
-    layers = policy.get("params", {})
-    if not all(f"Dense_{k}" in layers and {"kernel", "bias"} <= set(layers[f"Dense_{k}"]) for k in range(3)):
-        raise checkpoint.CheckpointError(f"checkpoint {path} holds no policy network of the expected form (3 dense layers)")
-    return {"config": meta["config"], "epoch": meta["epoch"], "policy": policy, "meta": meta, "arrays": arrays}
 
 
 def checkpoint_arrays(ck: dict, seed_index: int = 0) -> tuple[dict, dict]:

@@ -20,10 +20,8 @@ devices into one mesh, and process 0 alone writes the run directory.
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -39,9 +37,11 @@ from llm.client import LLMConfig, LLMError
 from llm.service import ExpertConfig, ExpertService
 from reled_jax import checkpoint
 from reled_jax import qmix
+from reled_jax.cluster import ClusterConfig, join_cluster, seed_placement, to_host
 from reled_jax.networks import init_env_agents, input_dim as observation_dim
 from reled_jax.mappo import global_state_dim
 from reled_jax.methods import METHODS, method
+from reled_jax.records import closing_table, fmt_mean, jsonable, plot_run, run_summary, write_metrics
 from reled_jax.reled import ALPHA_SCHEDULES, HPOConfig, empty_expert, init_state, make_epoch, measure_decision_share
 from reled_jax.sed import SED, SEDConfig
 from sim.scenarios import REGIMES, SCENARIOS, load_scenario
@@ -65,33 +65,6 @@ PRESETS = {
     # Seconds, for tests and smoke checks.
     "smoke": {"epochs": 4, "n_envs": 2, "rollout_steps": 32, "decision_share": 1.0},  # no probe, one update branch
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class ClusterConfig:
-    """Several processes (hosts) as one device mesh via `jax.distributed.initialize`.
-
-    Leave the three fields empty on a cluster JAX detects (SLURM, Open MPI, MPICH, Cloud
-    TPU, ...); set them to run several processes by hand, e.g. two on one machine.
-    """
-
-    enabled: bool = False
-    coordinator_address: str | None = None  # host:port of process 0
-    num_processes: int | None = None
-    process_id: int | None = None
-
-
-def join_cluster(cluster: ClusterConfig) -> None:
-    """Connect this process to the others before any JAX computation (no-op when not enabled)."""
-    if not cluster.enabled:
-        return
-    # CPU processes exchange arrays through gloo; GPU processes use NCCL whatever this says.
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    try:
-        jax.distributed.initialize(coordinator_address=cluster.coordinator_address, num_processes=cluster.num_processes, process_id=cluster.process_id)
-    except (RuntimeError, ValueError) as err:
-        raise SystemExit(f"could not join the cluster ({err}); on a cluster JAX does not detect, pass "
-                         "--cluster.coordinator-address HOST:PORT --cluster.num-processes N --cluster.process-id I") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +104,8 @@ class TrainConfig:
     # auto: the bar moves after every epoch when it is shown on a terminal, after every compiled chunk otherwise.
     # A per-epoch host callback keeps JAX's persistent compilation cache from storing the chunk (tests rely on it).
     progress: str = "auto"  # auto | epoch | chunk
+    test_episodes: int = 10  # the CLI ends with this many test episodes per policy on one set of keys (0: none)
+    test_seed: int = 12345  # their keys (the sweep's evaluation seed)
     # Fields the user set (the CLI fills it from the command line): the preset never overrides them, even
     # where they equal the default (`--preset paper --epochs 40` trains 40 epochs). Fields not named here
     # are overridden by the preset where they are left at their defaults. Cleared once resolved.
@@ -168,6 +143,8 @@ class TrainConfig:
             raise SystemExit("--lockstep and --carry-envs are PPO-family options; QMIX rolls out with vmap(step) and fresh resets")
         if cfg.alpha_schedule not in ALPHA_SCHEDULES:
             raise SystemExit(f"unknown --alpha-schedule {cfg.alpha_schedule!r}; choose one of {ALPHA_SCHEDULES}")
+        if cfg.test_episodes < 0:
+            raise SystemExit(f"--test-episodes must be >= 0 (0: no closing test), got {cfg.test_episodes}")
         if cfg.progress not in ("auto", "epoch", "chunk"):
             raise SystemExit(f"unknown --progress {cfg.progress!r}; choose auto, epoch or chunk")
         if cfg.update_block < 0:
@@ -277,7 +254,7 @@ def train(cfg: TrainConfig) -> dict:
         done = int(np.max(epoch))
         if done > bar.n:
             bar.update(done - bar.n)
-        bar.set_postfix(reward=_fmt(metrics["episode_reward"]), travel=_fmt(metrics["travel_time"]) + "s", alpha=f"{np.mean(metrics['alpha']):.2f}")
+        bar.set_postfix(reward=fmt_mean(metrics["episode_reward"]), travel=fmt_mean(metrics["travel_time"]) + "s", alpha=f"{np.mean(metrics['alpha']):.2f}")
 
     run_chunk = make_run_chunk(jax.vmap(epoch_fn) if cfg.spec.trainer == "qmix" else epoch_fn.batched, epoch_done if per_epoch_bar else None)
 
@@ -356,7 +333,7 @@ def train(cfg: TrainConfig) -> dict:
         epoch += length
         arrays = to_host({"state": state, "expert": expert, "expert_nodes": expert_nodes})  # every process gathers
         if writer:
-            _write_metrics(out, rows)
+            write_metrics(out, rows)
             checkpoint.write(ckpt_path, {
                 "config": dataclasses.asdict(cfg), "epoch": epoch, "wall": wall, "steps": steps_done, "rows": rows, "sed_log": sed_log,
                 "seds": [{"service": sed.service.state_dict(), "feedback": sed.feedback, "history": sed.history} for sed in seds],
@@ -365,49 +342,19 @@ def train(cfg: TrainConfig) -> dict:
     bar.close()
     for sed in seds:
         sed.service.close()
-    summary = _summary(cfg, rows, seds)
+    summary = run_summary(cfg, rows, seds)
     summary["timing"] = {k: round(v, 3) for k, v in timing.items()}
     summary["decision_share"] = cfg.decision_share
     if cfg.spec.trainer != "qmix":  # the update's row capacity, chosen every epoch (HPOConfig.decision_share)
         summary["update_rows_mean"] = float(np.mean([r["update_rows"] for r in rows]))
     if writer:
-        (out / "sed.json").write_text(json.dumps(sed_log, indent=1, default=_jsonable))
-        (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_jsonable))
+        (out / "sed.json").write_text(json.dumps(sed_log, indent=1, default=jsonable))
+        (out / "summary.json").write_text(json.dumps(summary, indent=1, default=jsonable))
         plot_run(out)
-        print(json.dumps(summary, indent=1, default=_jsonable))
         print(f"wrote {out}/metrics.csv, metrics.jsonl, sed.json, summary.json, training.png, {checkpoint.FILENAME}")
     if jax.process_count() > 1:  # nobody reads the run directory before process 0 has finished it
         multihost_utils.sync_global_devices("reled_jax.train finished")
     return summary
-
-
-def seed_placement(n_seeds: int):
-    """Put the leading seed axis of every array on a 1-D device mesh (`jax.sharding`).
-
-    With D visible devices dividing the seed count, each device runs n_seeds / D seeds of
-    the same jitted program (XLA partitions the vmapped seed axis); otherwise everything
-    stays on the default device. The same code serves 1 CPU, 8 GPUs, or a cluster after
-    `jax.distributed.initialize()` (then jax.devices() lists every host's devices).
-    tests/test_train.py checks that the sharded run equals the unsharded one.
-    """
-    devices = jax.devices()
-    if len(devices) < 2 or n_seeds % len(devices):
-        return lambda tree: tree
-    mesh = jax.sharding.Mesh(np.array(devices), ("seed",))
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seed"))
-    # From host memory: with several processes each holds the same whole array and keeps its own shards.
-    return lambda tree: jax.device_put(to_host(tree), sharding)
-
-
-def to_host(tree):
-    """NumPy copies of a tree's arrays on this process; arrays spread over several hosts are
-    gathered first (a collective: every process must call it at the same point)."""
-    def fetch(x):
-        if isinstance(x, jax.Array) and not x.is_fully_addressable:
-            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-        return np.asarray(x)
-
-    return jax.tree.map(fetch, tree)
 
 
 BAR_METRICS = ("episode_reward", "travel_time", "alpha")
@@ -443,90 +390,28 @@ def _comparable(config: dict) -> dict:
     """The fields that decide a run's result (not where it is written or whether it resumes). A field a
     checkpoint's configuration lacks (written before the field existed) counts as its default value."""
     defaults = dataclasses.asdict(TrainConfig())
-    return {k: config.get(k, v) for k, v in defaults.items() if k not in ("resume", "out", "shard_seeds", "cluster", "progress", "explicit")}
+    return {k: config.get(k, v) for k, v in defaults.items() if k not in ("resume", "out", "shard_seeds", "cluster", "progress", "explicit", "test_episodes", "test_seed")}
 
 
-def _fmt(values) -> str:
-    values = [v for v in values if np.isfinite(v)]
-    return f"{np.mean(values):.0f}" if values else "-"
+def final_tests(cfg: TrainConfig) -> dict[str, dict]:
+    """`cfg.test_episodes` test episodes on one set of keys: the run's policies greedy and sampled (each the
+    mean over seeds) and the shortest-time and random references (`reled_jax.evaluate`)."""
+    from reled_jax.evaluate import evaluate_policies, evaluate_seeds_modes
+    from sim.policies import REFERENCE_POLICIES
 
+    cfg = cfg.resolved()
+    ck = checkpoint.read_checkpoint(cfg.out_dir / checkpoint.FILENAME)
+    _, env, params = load_scenario(cfg.scenario, cfg.regime, n_agents=cfg.n_agents, seed=cfg.seed)
+    greedy, sampled = evaluate_seeds_modes(env, params, ck["policy"], cfg.test_episodes, cfg.test_seed, 3000, (False, True))
+    refs = evaluate_policies(env, params, {name: (lambda key, obs, ref=ref: ref(key, obs, params)) for name, ref in REFERENCE_POLICIES.items()},
+                             cfg.test_episodes, cfg.test_seed, 3000)
 
-def _summary(cfg: TrainConfig, rows: list[dict], seds: list[SED]) -> dict:
-    first = [r for r in rows if r["epoch"] <= max(1, cfg.epochs // 10)]
-    last = [r for r in rows if r["epoch"] > cfg.epochs - max(1, cfg.epochs // 10)]
-    def stat(rs, k):
-        v = np.array([r[k] for r in rs], float)
-        v = v[np.isfinite(v)]
-        return (float(v.mean()), float(v.std())) if v.size else (float("nan"), float("nan"))
+    def over_seeds(rows: list[dict]) -> dict:
+        return {"reward_per_agent": [float(np.mean([r["reward_per_agent"][0] for r in rows]))], "travel_time_s": [float(np.mean([r["travel_time_s"][0] for r in rows]))],
+                "arrival_rate": float(np.mean([r["arrival_rate"] for r in rows])), "per_agent": rows[0]["per_agent"]}
 
-    out = {
-        "method": cfg.method, "scenario": cfg.scenario, "regime": cfg.regime, "seeds": cfg.seeds, "epochs": cfg.epochs,
-        "interaction_steps_per_seed": int(np.mean([r["interaction_steps"] for r in rows if r["epoch"] == cfg.epochs])),
-        "wall_s": rows[-1]["wall_s"],
-        "reward_first_10pct": stat(first, "episode_reward"), "reward_last_10pct": stat(last, "episode_reward"),
-        "travel_time_first_10pct": stat(first, "travel_time"), "travel_time_last_10pct": stat(last, "travel_time"),
-        "arrival_rate_last_10pct": stat(last, "arrival_rate"), "alpha_last": stat(last, "alpha"),
-    }
-    if seds:
-        out["expert"] = [sed.service.stats.as_dict() for sed in seds]
-    return out
-
-
-def _write_metrics(out: Path, rows: list[dict]) -> None:
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    with open(out / "metrics.csv.tmp", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(out / "metrics.csv.tmp", out / "metrics.csv")
-    (out / "metrics.jsonl.tmp").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(out / "metrics.jsonl.tmp", out / "metrics.jsonl")
-
-
-def _jsonable(o):
-    if isinstance(o, (np.integer, np.floating)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if dataclasses.is_dataclass(o):
-        return dataclasses.asdict(o)
-    return str(o)
-
-
-def plot_run(out: Path) -> None:
-    """Reward and travel time vs interaction steps and wall-clock; DTW and alpha vs epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    seeds = sorted({r["seed"] for r in rows})
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
-    for s in seeds:
-        rs = [r for r in rows if r["seed"] == s]
-        get = lambda k: np.array([r[k] for r in rs], float)  # noqa: E731
-        for col, xkey, xlabel in ((0, "interaction_steps", "interaction steps"), (1, "wall_s", "wall-clock (s)")):
-            axes[0, col].plot(get(xkey), get("episode_reward"), ".-", label=f"seed {s}")
-            axes[1, col].plot(get(xkey), get("travel_time"), ".-", label=f"seed {s}")
-            axes[1, col].set_xlabel(xlabel)
-        axes[0, 2].plot(get("epoch"), get("dtw_m"), ".-", label=f"DTW seed {s}")
-        axes[1, 2].plot(get("epoch"), get("alpha"), ".-", label=f"alpha seed {s}")
-    for ax in axes[:, 0]:
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1000:.0f}k"))
-    axes[0, 0].set_ylabel("episode reward (per agent)")
-    axes[1, 0].set_ylabel("travel time (s)")
-    axes[0, 2].set_ylabel("DTW agent vs expert (m)")
-    axes[1, 2].set_ylabel("alpha (Eq. 30)")
-    axes[1, 2].set_xlabel("epoch")
-    for ax in axes.flat:
-        ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=8)
-    fig.suptitle(f"{out.name}")
-    fig.tight_layout()
-    fig.savefig(out / "training.png", dpi=110)
-    plt.close(fig)
+    return {f"{cfg.method}, greedy": over_seeds(greedy), f"{cfg.method}, sampled": over_seeds(sampled),
+            "shortest-time (reference)": refs["shortest"], "random (reference)": refs["random"]}
 
 
 def main() -> None:
@@ -534,7 +419,10 @@ def main() -> None:
         cfg = tyro.cli(TrainConfig, description=__doc__)
         cfg = dataclasses.replace(cfg, explicit=flags_given(TrainConfig, sys.argv[1:]))
         join_cluster(cfg.cluster)
-        train(cfg)
+        summary = train(cfg)
+        if jax.process_index() == 0:
+            tests = final_tests(cfg) if cfg.test_episodes else {}
+            print(closing_table(summary, tests, cfg.resolved().out_dir))
 
 
 def flags_given(config_type, argv: list[str]) -> tuple[str, ...]:

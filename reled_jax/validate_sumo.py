@@ -27,7 +27,8 @@ import tyro
 from scipy.stats import spearmanr
 
 from reled_jax.evaluate import evaluate_policies, trained_policy
-from reled_jax.export_policy import NumpyPolicy, checkpoint_arrays, read_checkpoint
+from reled_jax.checkpoint import read_checkpoint
+from reled_jax.export_policy import NumpyPolicy, checkpoint_arrays
 from sim.env import EnvParams, RouteChoiceEnv
 from sim.export_sumo import LEFTHAND, SumoNotInstalled
 from sim.network import RoadNetwork

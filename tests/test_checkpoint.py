@@ -12,7 +12,7 @@ from llm.interface import Instruction
 from llm.service import ExpertStats
 from reled_jax import checkpoint
 from reled_jax.checkpoint import CheckpointError
-from reled_jax.export_policy import read_checkpoint
+from reled_jax.checkpoint import read_checkpoint
 
 
 def _policy(n_seeds=1, n_agents=3, n_in=34, hidden=8, m_out=4):

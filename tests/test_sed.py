@@ -1,6 +1,5 @@
 """The SED module (paper III-D): partitions, each agent's expert rows, the feedback sets' plumbing, refresh end to end."""
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp

@@ -27,7 +27,7 @@ def test_reled_learns_from_its_expert_on_oakland(tmp_path):
     import jax
 
     from benchmarks.expert_agreement import make_agreement_scorer, planner_plans
-    from reled_jax.export_policy import read_checkpoint
+    from reled_jax.checkpoint import read_checkpoint
     from reled_jax.networks import init_env_agents
     from sim.scenarios import load_scenario
 
@@ -190,12 +190,41 @@ def test_a_flag_given_on_the_command_line_beats_the_preset_even_at_its_default(m
         "epochs", "n_envs", "preset", "lockstep")  # in field order; nested flags are not top-level fields
     seen = []
     monkeypatch.setattr(train_module, "train", lambda cfg: seen.append(cfg.resolved()))
+    monkeypatch.setattr(train_module, "final_tests", lambda cfg: {})
+    monkeypatch.setattr(train_module, "closing_table", lambda *args: "")
     monkeypatch.setattr(sys, "argv", ["prog", "--preset", "paper", "--epochs", "40", "--no-lockstep"])
     train_module.main()
     (cfg,) = seen
     assert (cfg.epochs, cfg.lockstep, cfg.n_envs, cfg.rollout_steps) == (40, False, 64, 64)  # the flags, then the preset's
     assert cfg.explicit == ()  # used up: the run's saved configuration does not carry it
     assert TrainConfig(preset="paper", epochs=40).resolved().epochs == 500  # from Python, name the fields in `explicit`
+
+
+def test_the_cli_ends_with_a_table_of_training_and_test_rows_beside_the_references(monkeypatch, capsys, tmp_path):
+    import sys
+
+    import reled_jax.train as train_module
+
+    summary = {"method": "reled", "scenario": "hongkong", "regime": "moderate", "seeds": 2, "epochs": 40, "interaction_steps_per_seed": 382_512, "wall_s": 301.4,
+               "reward_first_10pct": (-1403.2, 50.0), "reward_last_10pct": (558.4, 20.0), "travel_time_first_10pct": (1987.0, 9.0),
+               "travel_time_last_10pct": (702.6, 9.0), "arrival_rate_last_10pct": (0.874, 0.01)}
+    row = lambda r, t, a: {"reward_per_agent": [r, 1.0], "travel_time_s": [t, 1.0], "arrival_rate": a, "per_agent": {"reward": [[0.0]] * 7}}  # noqa: E731
+    tests = {"reled, greedy": row(612.0, 650.0, 0.9), "shortest-time (reference)": row(1101.0, 402.0, 1.0)}
+    asked = []
+    monkeypatch.setattr(train_module, "train", lambda cfg: summary)
+    monkeypatch.setattr(train_module, "final_tests", lambda cfg: asked.append(cfg.test_episodes) or tests)
+    monkeypatch.setattr(sys, "argv", ["prog", "--out", str(tmp_path / "run"), "--test-episodes", "7"])
+    train_module.main()
+    lines = capsys.readouterr().out.splitlines()
+    assert asked == [7]
+    assert lines[0] == "reled on hongkong/moderate: 2 seed(s), 40 epochs, 382,512 interaction steps per seed, 301 s"
+    cells = {line.split("  ")[1].strip(): line.split()[-3:] for line in lines[3:7]}
+    assert cells == {"training, first 10 % of epochs": ["-1,403", "1,987", "-"], "training, last 10 % of epochs": ["558", "703", "87%"],
+                     "test: reled, greedy": ["612", "650", "90%"], "test: shortest-time (reference)": ["1,101", "402", "100%"]}
+    assert "7 episodes on the same keys" in lines[7] and lines[-1].startswith(f"files: {tmp_path / 'run'}/")
+    monkeypatch.setattr(sys, "argv", ["prog", "--out", str(tmp_path / "run"), "--test-episodes", "0"])
+    train_module.main()
+    assert asked == [7] and "test:" not in capsys.readouterr().out  # 0: no test episodes played
 
 
 def test_cli_refusals_are_one_line_on_stderr_with_status_2_and_leave_nothing(tmp_path, monkeypatch, capsys):
@@ -250,7 +279,7 @@ def test_seeds_sharded_across_devices_and_hosts_equal_the_unsharded_run(tmp_path
     # to what is sharded; two chunks of two epochs carry the sharded state from one chunk to the next.
     settings = dict(scenario="oakland", n_agents=3, method="ippo", preset="smoke", seeds=4, q=2)
     two_hosts = (
-        "import sys, jax; from reled_jax.train import ClusterConfig, TrainConfig, join_cluster, train, seed_placement\n"
+        "import sys, jax; from reled_jax.cluster import ClusterConfig, join_cluster, seed_placement; from reled_jax.train import TrainConfig, train\n"
         "cluster = ClusterConfig(enabled=True, coordinator_address=sys.argv[2], num_processes=2, process_id=int(sys.argv[3]))\n"
         "join_cluster(cluster)\n"
         "assert jax.process_count() == 2 and jax.device_count() == 4 and jax.local_device_count() == 2\n"
@@ -293,7 +322,7 @@ def test_cluster_that_cannot_be_joined_is_a_clear_error():
     import subprocess
     import sys
 
-    script = "from reled_jax.train import ClusterConfig, join_cluster; join_cluster(ClusterConfig(enabled=True))"
+    script = "from reled_jax.cluster import ClusterConfig, join_cluster; join_cluster(ClusterConfig(enabled=True))"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "OMPI_", "PMI_"))}
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
