@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ import jax
 import numpy as np
 import tyro
 
+from benchmarks.common import RESULTS, machine, write_json
 from reled_jax.evaluate import evaluate_policies
 from sim.env import TrafficModel
 from sim.export_sumo import LEFTHAND
@@ -37,7 +37,6 @@ from sim.policies import shortest_time_policy
 from sim.scenarios import load_scenario
 from sim.sumo_run import SumoRouteChoice, shortest_time_numpy
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,10 +121,9 @@ def main(args: Args) -> dict:
         print(f"[{n + 1}/{len(grid)}] {traffic}: " + ", ".join(f"{c} {e:+.1%}" for c, e in errors.items()) + f" -> {objective:.1%}")
     best = min(rows, key=lambda r: r["objective"])
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     report = {"config": dataclasses.asdict(args), "sumo_travel_time_s": reference, "grid": rows, "best": best,
-              "wall_s": time.perf_counter() - start}
-    out.write_text(json.dumps(report, indent=1))
+              "wall_s": time.perf_counter() - start, "machine": machine()}
+    write_json(out, report)
     plot(rows, args, out.with_suffix(".png"))
     print(f"best {best['traffic']} (mean |error| {best['objective']:.1%}); wrote {out} and {out.with_suffix('.png')}")
     return report

@@ -14,8 +14,6 @@ and the run checks they agree. Writes benchmarks/results/dtw.json and .png.
 from __future__ import annotations
 
 import dataclasses
-import json
-import platform
 import time
 from pathlib import Path
 
@@ -24,9 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 import tyro
 
+from benchmarks.common import RESULTS, machine, write_json
 from reled_jax.dtw import dtw_batch
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,11 +75,10 @@ def main(args: Args) -> dict:
     result = {
         "args": dataclasses.asdict(args),
         "rows": rows,
-        "machine": {"platform": platform.platform(), "jax_backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()], "cpu_count": __import__("os").cpu_count()},
+        "machine": machine(),
     }
     out_path = Path(args.out) if args.out else RESULTS / f"dtw_{jax.default_backend()}.json"
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(result, indent=1))
+    write_json(out_path, result)
     _plot(result, out_path.with_suffix(".png"))
     print(f"wrote {out_path}")
     return result

@@ -21,18 +21,16 @@ compile time reported separately from the run time:
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
+from benchmarks.common import RESULTS, machine, write_json
 from sim.policies import random_policy
 from sim.scenarios import load_scenario
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _timed(fn, *args, repeats: int):
@@ -136,13 +134,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "env_throughput.json")
     args = parser.parse_args()
 
-    device = jax.devices()[0]
     report = {
         "benchmark": "env_throughput",
-        "device": f"{device.platform}: {device.device_kind}",
-        "n_devices": jax.device_count(),
-        "cpu": platform.processor() or platform.machine(),
-        "jax": jax.__version__,
+        **machine(),
         "command": "python -m benchmarks.env_throughput " + " ".join(
             f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
             for k, v in vars(args).items() if k != "out"
@@ -162,10 +156,7 @@ def main() -> None:
                 f"{row['lockstep']['vehicle_steps_per_s'] / 1e6:7.2f} M veh-steps/s ({row['lockstep']['lockstep_over_tick']:.0%} of ticks)",
                 flush=True,
             )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(args.out)
+    write_json(args.out, report)
     print(f"wrote {args.out}")
 
 

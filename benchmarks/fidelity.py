@@ -24,7 +24,6 @@ Markdown table that the README quotes.
 from __future__ import annotations
 
 import dataclasses
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -32,13 +31,13 @@ from pathlib import Path
 import numpy as np
 import tyro
 
+from benchmarks.common import RESULTS, machine, write_json
 from reled_jax.checkpoint import read_checkpoint
 from reled_jax.export_policy import checkpoint_arrays
 from reled_jax.validate_sumo import compare, reference_pairs, trained_pair
 from sim.export_sumo import LEFTHAND
 from sim.scenarios import load_scenario
 
-RESULTS = Path(__file__).resolve().parent / "results"
 GOALS = {"free_flow_error": 0.05, "mean_travel_time_error": 0.20, "spearman": 0.8}
 
 
@@ -159,10 +158,9 @@ def main(args: Args) -> dict:
                 print("  travel time error " + ", ".join(f"{n} {e:+.1%}" for n, e in verdict["mean_travel_time_error"].items())
                       + "; Spearman " + ", ".join(f"{n} {r:.2f}" for n, r in verdict["spearman"].items())
                       + f"; ranking preserved: {verdict['ranking_preserved']}")
-    report = {"config": dataclasses.asdict(args), "goals": GOALS, "cells": cells, "wall_s": time.perf_counter() - start}
+    report = {"config": dataclasses.asdict(args), "goals": GOALS, "cells": cells, "wall_s": time.perf_counter() - start, "machine": machine()}
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
+    write_json(out, report)
     plot(report, out.with_suffix(".png"))
     print(markdown(report))
     print(f"wrote {out} and {out.with_suffix('.png')} in {report['wall_s']:.0f} s")

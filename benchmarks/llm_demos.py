@@ -28,8 +28,6 @@ benchmarks/results/.
 from __future__ import annotations
 
 import dataclasses
-import json
-import platform
 import time
 from pathlib import Path
 
@@ -39,6 +37,7 @@ import numpy as np
 import tyro
 from tqdm import tqdm
 
+from benchmarks.common import RESULTS, machine, write_json
 from llm.client import LLMConfig
 from llm.demos import make_demo_rollout
 from llm.feedback import agent_routes, build_feedback, merge_feedback, volatility_threshold
@@ -47,7 +46,6 @@ from reled_jax.dtw import dtw_reference
 from sim.policies import shortest_time_policy
 from sim.scenarios import load_scenario
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SETTINGS = (("IFs + Refn.", True, True), ("Refn. only (no IFs)", False, True), ("IFs only (no Refn.)", True, False))
 
 
@@ -189,10 +187,9 @@ def main(args: Args) -> dict:
                 "interfaces": interfaces, "refine": refine, "table": table, "curves": curves, "expert_stats": expert_stats
             }
     results["wall_s"] = time.perf_counter() - start
-    results["machine"] = {"platform": platform.platform(), "processor": platform.processor(), "jax_backend": jax.default_backend()}
+    results["machine"] = machine()
     out = Path(args.out) if args.out else RESULTS / f"llm_demos_{args.backend}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
+    write_json(out, results)
     _plot(results, out.with_suffix(".png"))
     _print_table(results)
     print(f"wrote {out} and {out.with_suffix('.png')}")

@@ -37,6 +37,7 @@ import dataclasses
 import difflib
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -45,6 +46,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import tyro
+from benchmarks.common import machine
 
 ROOT = Path(__file__).resolve().parent.parent
 MUTANTS = ROOT / "mutants"
@@ -476,7 +478,7 @@ def report(cfg: MutationConfig, wall_s: float) -> dict:
                  "score_95ci: Wilson interval when only a random sample was checked (--sample), the score itself when all were",
         "sample_per_module": sample, "sample_seed": seed,
         "scope": {m: list(f) for m, f in SCOPE.items()},
-        "machine": _machine(),
+        "machine": {**machine(), "python": platform.python_version()},
         "wall_s_this_invocation": round(wall_s, 1),
         "modules": modules,
         "groups": groups,
@@ -504,10 +506,6 @@ def _tests_commit() -> str:
     return head + ("+modified" if git("status", "--porcelain", "--", "tests") else "")
 
 
-def _machine() -> dict:
-    import platform  # noqa: PLC0415
-
-    return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
 
 
 def _run_label(run: dict) -> str:

@@ -18,8 +18,6 @@ JAX/SUMO ratio. Writes benchmarks/results/vs_sumo_<device>.json and .png.
 from __future__ import annotations
 
 import dataclasses
-import json
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -28,12 +26,12 @@ import jax
 import numpy as np
 import tyro
 
+from benchmarks.common import RESULTS, machine, write_json
 from benchmarks.env_throughput import bench
 from sim.export_sumo import LEFTHAND
 from sim.scenarios import load_scenario
 from sim.sumo_run import SumoRouteChoice, shortest_time_numpy
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,16 +131,13 @@ def main(args: Args) -> dict:
         "scenario": args.scenario,
         "regime": args.regime,
         "vehicles": env.n_vehicles,
-        "device": f"{device.platform}: {device.device_kind}",
-        "cpu": platform.processor() or platform.machine(),
-        "jax_version": jax.__version__,
+        **machine(),
         "config": dataclasses.asdict(args),
         "sumo": sumo,
         "jax": rows,
     }
     out = Path(args.out) if args.out else RESULTS / f"vs_sumo_{device.platform}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
+    write_json(out, report)
     plot(report, out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return report

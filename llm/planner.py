@@ -28,10 +28,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import dijkstra
 
 from llm.backends import OfflineBackend
+from llm.interface import congestion_graph
 from llm.prompts import ExpertRequest
 from sim.network import RoadNetwork
 
@@ -147,13 +147,9 @@ class PlannerBackend(OfflineBackend):
         return "```python\n" + "\n".join(lines) + "\n```"
 
 
-def _graph(net: RoadNetwork, cost: np.ndarray) -> csr_matrix:
-    return csr_matrix((np.maximum(cost, 1e-6), (net.edge_from, net.edge_to)), shape=(net.n_nodes, net.n_nodes))
-
-
 def _route(net: RoadNetwork, cost: np.ndarray, origin: int, dest: int) -> list[int]:
     """Junction sequence of the cheapest route (empty if unreachable)."""
-    _, pred = dijkstra(_graph(net, cost), indices=int(origin), return_predecessors=True)
+    _, pred = dijkstra(congestion_graph(net, cost), indices=int(origin), return_predecessors=True)
     if origin != dest and pred[dest] < 0:
         return []
     route = [int(dest)]

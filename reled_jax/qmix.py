@@ -46,7 +46,7 @@ from flax import struct
 
 from reled_jax.mappo import global_state, global_state_dim
 from reled_jax.networks import MLP, NEG_INF, AgentParams, observe
-from reled_jax.reled import rollout_statistics
+from reled_jax.reled import clipped_adam, rollout_statistics
 from sim.env import EnvParams, RouteChoiceEnv
 
 
@@ -158,7 +158,7 @@ def init_state(key: jax.Array, env: RouteChoiceEnv, cfg: QMixConfig, q_params: d
 
 
 def make_optimizer(cfg: QMixConfig) -> optax.GradientTransformation:
-    return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(cfg.lr, eps=1e-5))
+    return clipped_adam(cfg.lr, cfg.max_grad_norm)
 
 
 def epsilon(epoch, cfg: QMixConfig):

@@ -199,11 +199,16 @@ class TrainState:
     envs: EnvCarry | None = None  # only with carry_envs
 
 
+def clipped_adam(lr: float, max_grad_norm: float) -> optax.GradientTransformation:
+    """Adam after global-norm clipping: every method's optimiser (QMIX's too), per agent where vmapped."""
+    return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(lr, eps=1e-5))
+
+
 def make_optimizer(cfg: HPOConfig) -> optax.GradientTransformation:
     """Adam after global-norm clipping. Without an expert (IPPO, MAPPO) V^e never gets a gradient, so it
     keeps no Adam state and takes no step: the same updates (its gradients are zero, adding nothing to
     the norm) at about a third less optimiser work."""
-    adam = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(cfg.lr, eps=1e-5))
+    adam = clipped_adam(cfg.lr, cfg.max_grad_norm)
     if cfg.uses_expert:
         return adam
     labels = AgentParams(policy="train", value_agent="train", value_expert="frozen")
