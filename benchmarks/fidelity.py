@@ -18,7 +18,7 @@ Metrics and goals (issue 5):
 * the policies' ranking by mean travel time is the same in both simulators.
 
 Writes benchmarks/results/fidelity.json and fidelity.png, and prints the
-Markdown table that the README quotes.
+Markdown table that docs/sumo.md quotes.
 """
 
 from __future__ import annotations

