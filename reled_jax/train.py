@@ -91,6 +91,9 @@ class TrainConfig:
     entropy_coef: float = 0.01
     qmix_updates_per_epoch: int = 128  # QMIX only: minibatch updates per epoch
     qmix_target_every: int = 32  # QMIX only: updates between target-network copies
+    # QMIX only: checkpoints hold the replay buffer (~150 MB at the default size), so an unfinished run can
+    # resume to the same result. Off: checkpoints hold the networks only, and only a finished run resumes.
+    qmix_keep_buffer: bool = False
     lr: float = 3e-4
     update_epochs: int = 8
     n_minibatches: int = 8
@@ -269,10 +272,13 @@ def train(cfg: TrainConfig) -> dict:
         ck, arrays = checkpoint.read(ckpt_path)
         if _comparable(ck["config"]) != _comparable(dataclasses.asdict(cfg)):
             raise SystemExit(f"{ckpt_path} was written by a different configuration; use another --out or drop --resume")
+        with_buffer = resumable(ck, cfg, ckpt_path)
         # The template is this run's fresh state: the checkpoint must fill every leaf with the same shape.
-        template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), (state, expert, expert_nodes))
+        template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), (saved_state(state, with_buffer), expert, expert_nodes))
         restored = (checkpoint.restore(template[0], arrays, "state", ckpt_path),
                     *(checkpoint.restore(t, arrays, name, ckpt_path, same_shapes=False) for t, name in zip(template[1:], ("expert", "expert_nodes"))))
+        if cfg.spec.trainer == "qmix" and not with_buffer:  # a finished QMIX run: nothing will be trained, the fresh buffer stands in
+            restored = (restored[0].replace(buffer=state.buffer), *restored[1:])
         state, expert, expert_nodes = place(restored)
         rows, sed_log, start_epoch, wall_offset, steps_done = ck["rows"], ck["sed_log"], ck["epoch"], ck["wall"], ck["steps"]
         for sed, st in zip(seds, ck["seds"]):
@@ -331,11 +337,12 @@ def train(cfg: TrainConfig) -> dict:
                     row.update(rvi=last["rvi"], pdi=last["pdi"], expert_reward=last["expert_reward"], execution_rate=last["execution_rate"], expert_fallbacks=last["fallbacks"])
                 rows.append(row)
         epoch += length
-        arrays = to_host({"state": state, "expert": expert, "expert_nodes": expert_nodes})  # every process gathers
+        keep_buffer = cfg.spec.trainer == "qmix" and cfg.qmix_keep_buffer
+        arrays = to_host({"state": saved_state(state, keep_buffer), "expert": expert, "expert_nodes": expert_nodes})  # every process gathers
         if writer:
             write_metrics(out, rows)
             checkpoint.write(ckpt_path, {
-                "config": dataclasses.asdict(cfg), "epoch": epoch, "wall": wall, "steps": steps_done, "rows": rows, "sed_log": sed_log,
+                "config": dataclasses.asdict(cfg), "epoch": epoch, "wall": wall, "replay_buffer": keep_buffer, "steps": steps_done, "rows": rows, "sed_log": sed_log,
                 "seds": [{"service": sed.service.state_dict(), "feedback": sed.feedback, "history": sed.history} for sed in seds],
             }, arrays)
         timing["checkpoint_s"] += time.perf_counter() - t3
@@ -377,6 +384,21 @@ def make_run_chunk(batched_epoch, on_epoch=None):
     return jax.jit(run_chunk, static_argnums=3)
 
 
+def saved_state(state, keep_buffer: bool):
+    """The training state a checkpoint holds: QMIX's without its replay buffer unless it is kept."""
+    return state.replace(buffer=None) if hasattr(state, "buffer") and not keep_buffer else state
+
+
+def resumable(ck: dict, cfg: TrainConfig, path: Path) -> bool:
+    """Whether the checkpoint holds QMIX's replay buffer (older ones always did); refuses to resume an
+    unfinished QMIX run without it, which could not reach the result the whole run would."""
+    with_buffer = ck.get("replay_buffer", True) if cfg.spec.trainer == "qmix" else False
+    if cfg.spec.trainer == "qmix" and not with_buffer and ck["epoch"] < cfg.epochs:
+        raise SystemExit(f"{path} holds no replay buffer (QMIX checkpoints leave it out unless --qmix-keep-buffer), so the run "
+                         f"cannot resume from epoch {ck['epoch']} to the same result; retrain it, with --qmix-keep-buffer to make it resumable")
+    return with_buffer
+
+
 def od_pairs_note(cfg: TrainConfig) -> str | None:
     """What happens when there are more agents than the scenario's origin-destination pairs (said, not an error)."""
     n_pairs = SCENARIOS[cfg.scenario].n_od_pairs
@@ -390,7 +412,7 @@ def _comparable(config: dict) -> dict:
     """The fields that decide a run's result (not where it is written or whether it resumes). A field a
     checkpoint's configuration lacks (written before the field existed) counts as its default value."""
     defaults = dataclasses.asdict(TrainConfig())
-    return {k: config.get(k, v) for k, v in defaults.items() if k not in ("resume", "out", "shard_seeds", "cluster", "progress", "explicit", "test_episodes", "test_seed")}
+    return {k: config.get(k, v) for k, v in defaults.items() if k not in ("resume", "out", "shard_seeds", "cluster", "progress", "explicit", "test_episodes", "test_seed", "qmix_keep_buffer")}
 
 
 def final_tests(cfg: TrainConfig) -> dict[str, dict]:

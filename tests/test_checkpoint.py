@@ -164,3 +164,37 @@ def test_the_training_states_of_ippo_and_qmix_round_trip_leaf_for_leaf(tmp_path)
         for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(stacked)):
             assert a.dtype == b.dtype and a.shape == b.shape
             np.testing.assert_array_equal(a, b)
+
+
+def test_qmix_checkpoints_leave_the_replay_buffer_out_unless_kept_and_only_finished_runs_resume_without_it(tmp_path):
+    import jax
+
+    from reled_jax import qmix
+    from reled_jax.networks import init_env_agents
+    from reled_jax.train import TrainConfig, resumable, saved_state
+    from sim.scenarios import load_scenario
+
+    _, env, _ = load_scenario("oakland", "moderate", n_agents=3)
+    agents, _, _ = init_env_agents(jax.random.PRNGKey(0), env)
+    cfg = TrainConfig(preset="smoke", method="qmix").resolved()
+    state = qmix.init_state(jax.random.PRNGKey(2), env, cfg.qmix_config(), agents.policy)[0]
+    sizes = {}
+    for keep in (True, False):
+        path = tmp_path / f"keep{keep}.npz"
+        checkpoint.write(path, {"config": {}, "epoch": 2, "replay_buffer": keep}, {"state": saved_state(state, keep)})
+        _, arrays = checkpoint.read(path)
+        sizes[keep] = path.stat().st_size
+        assert any(name.startswith("state/buffer") for name in arrays) == keep
+        template = jax.tree.map(lambda z: jax.ShapeDtypeStruct(z.shape, z.dtype), saved_state(state, keep))
+        back = checkpoint.restore(template, arrays, "state", path)
+        for a, b in zip(jax.tree.leaves(back.params), jax.tree.leaves(state.params)):
+            np.testing.assert_array_equal(a, b)
+    assert sizes[False] * 5 < sizes[True]  # the buffer is most of a QMIX checkpoint
+    assert saved_state(state, False).buffer is None and saved_state(state, True).buffer is state.buffer
+    # Resuming: with its buffer (or from a checkpoint older than the option) at any epoch; without, only once finished.
+    assert resumable({"epoch": 2, "replay_buffer": True}, cfg, tmp_path / "c.npz") and resumable({"epoch": 2}, cfg, tmp_path / "c.npz")
+    assert resumable({"epoch": cfg.epochs, "replay_buffer": False}, cfg, tmp_path / "c.npz") is False
+    with pytest.raises(SystemExit, match="holds no replay buffer .* cannot resume from epoch 2 .* --qmix-keep-buffer"):
+        resumable({"epoch": 2, "replay_buffer": False}, cfg, tmp_path / "c.npz")
+    ippo = TrainConfig(preset="smoke", method="ippo").resolved()
+    assert resumable({"epoch": 2, "replay_buffer": False}, ippo, tmp_path / "c.npz") is False  # no buffer to speak of
