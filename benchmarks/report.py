@@ -528,8 +528,9 @@ def setting(sweeps: dict) -> list[str]:
         "compares with sampled returns, and the untrained networks (greedy / sampled) show where every run starts.",
         "- Reward and travel time are per agent, from test episodes of our simulator (Eq. 32 reward; 2,400 s cap for "
         "agents that never arrive), not SUMO time steps; `fidelity.json` puts our travel times within 5 % of SUMO's.",
-        "- Wall-clock curves (Fig. 5) include compilation and the expert service. The committed CPU sweeps ran one cell after "
-        "another on a 2-core development machine that also ran other work part of the time, so their times are indicative; "
+        "- Wall-clock curves (Fig. 5) include compilation and the expert service. The committed CPU sweeps ran on a 2-core "
+        "development machine that also ran other work part of the time, and since issue 17 as two sweep processes side by side "
+        "(one per map, each using about one core), so their times are indicative and comparable within a map, not across maps; "
         "GPU times are not comparable with CPU times.",
         "",
     ]

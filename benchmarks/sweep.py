@@ -84,7 +84,7 @@ class SweepConfig:
     tag: str = ""  # results file suffix, e.g. "gpu": sweep_fig4_small_gpu.json
     out: str = ""  # default benchmarks/results/sweep_<experiment>_<budget>[_<tag>].json
     cluster: ClusterConfig = ClusterConfig()  # several hosts train each cell together; process 0 writes
-    alpha_schedule: str = "text"  # which reading of Eq. 30 (HPOConfig.alpha_schedule); give others their own --runs-dir and --tag
+    alpha_schedule: str = "text"  # which reading of Eq. 30 (HybridPPOConfig.alpha_schedule); give others their own --runs-dir and --tag
 
     def grid(self) -> list[tuple[str, str, int, str]]:
         if self.experiment not in EXPERIMENTS:

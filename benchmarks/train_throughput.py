@@ -78,9 +78,9 @@ def rollout_seconds_per_epoch(cfg: TrainConfig, run_dir: Path, repeats: int = 3)
     cfg = dataclasses.replace(cfg.resolved(), decision_share=ck["config"]["decision_share"])
     _, env, params = load_scenario(cfg.scenario, cfg.regime, n_agents=cfg.n_agents, seed=cfg.seed)
     agents, policy, value = init_env_agents(jax.random.PRNGKey(0), env)
-    epoch = make_epoch(env, params, policy, value, cfg.hpo())
+    epoch = make_epoch(env, params, policy, value, cfg.ppo_config())
     run = jax.jit(jax.vmap(lambda st: epoch.rollout(st, SEED_AXIS)[0]["decided"].sum(), axis_name=SEED_AXIS))
-    one = init_state(jax.random.PRNGKey(0), agents, cfg.hpo())
+    one = init_state(jax.random.PRNGKey(0), agents, cfg.ppo_config())
     if cfg.carry_envs:
         one = one.replace(envs=jax.jit(epoch.initial_envs)(jax.random.PRNGKey(0)))
     template = jax.tree.map(lambda z: jax.ShapeDtypeStruct((cfg.seeds, *z.shape), z.dtype), one)  # the run's state, seeds stacked

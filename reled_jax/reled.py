@@ -16,7 +16,7 @@ positive advantage (agent's own, and expert's under V^e), the entropy term
 pushes towards uniform (exploration), and the value terms pull V^a and V^e to
 their returns (Eq. 27). The agent-loss weight w -> 1 weights the agent's own
 experience, w -> 0 imitation of the expert. Which way Eq. 30's alpha sets w is
-`HPOConfig.alpha_schedule` (`agent_weight`): the paper's equation and its text
+`HybridPPOConfig.alpha_schedule` (`agent_weight`): the paper's equation and its text
 disagree; the default ("text") follows the text, imitation first.
 
 Expert advantages in paper form are not centred (the paper never normalises
@@ -60,7 +60,10 @@ SEED_AXIS = "seeds"  # the vmap axis of `batched_epoch`
 
 
 @dataclasses.dataclass(frozen=True)
-class HPOConfig:
+class HybridPPOConfig:
+    """RELED's Hybrid expert-agent Policy Optimization (the paper's "HPO", III-E) on PPO, and IPPO/MAPPO as its
+    expert-free cases: what one seed's jitted epoch needs (`make_epoch`)."""
+
     method: str = "reled"
     epochs: int = 40  # K
     n_envs: int = 16
@@ -181,7 +184,7 @@ class Samples:
 
 @struct.dataclass
 class EnvCarry:
-    """Environments between epochs (HPOConfig.carry_envs), [E, ...]: where every episode in progress stands."""
+    """Environments between epochs (HybridPPOConfig.carry_envs), [E, ...]: where every episode in progress stands."""
 
     obs: object
     state: object
@@ -204,7 +207,7 @@ def clipped_adam(lr: float, max_grad_norm: float) -> optax.GradientTransformatio
     return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(lr, eps=1e-5))
 
 
-def make_optimizer(cfg: HPOConfig) -> optax.GradientTransformation:
+def make_optimizer(cfg: HybridPPOConfig) -> optax.GradientTransformation:
     """Adam after global-norm clipping. Without an expert (IPPO, MAPPO) V^e never gets a gradient, so it
     keeps no Adam state and takes no step: the same updates (its gradients are zero, adding nothing to
     the norm) at about a third less optimiser work."""
@@ -273,9 +276,9 @@ def dtw_alpha(dtw_km: jax.Array, epoch: jax.Array, total_epochs: int) -> jax.Arr
     return jnp.exp(-(epoch / total_epochs) * dtw_km)
 
 
-def agent_weight(d_dtw: jax.Array, epoch: jax.Array, cfg: HPOConfig) -> tuple[jax.Array, jax.Array]:
+def agent_weight(d_dtw: jax.Array, epoch: jax.Array, cfg: HybridPPOConfig) -> tuple[jax.Array, jax.Array]:
     """(alpha, w): Eq. 30's alpha under `cfg.alpha_schedule` and the weight w of the agent's own loss in
-    Eq. 31, L = w L^a + (1 - w) L^e. `epoch` counts finished epochs (0 in the first); see HPOConfig.
+    Eq. 31, L = w L^a + (1 - w) L^e. `epoch` counts finished epochs (0 in the first); see HybridPPOConfig.
 
         eq30           alpha = exp(-(k/K) D),      k = epoch    w = alpha
         text           alpha = exp(-(1 - k/K) D),  k = epoch+1  w = alpha
@@ -298,13 +301,13 @@ def agent_weight(d_dtw: jax.Array, epoch: jax.Array, cfg: HPOConfig) -> tuple[ja
     return alpha, (1.0 - alpha if on_expert else alpha)
 
 
-def hybrid_alpha(agent_points: tuple, expert_points: tuple, epoch: jax.Array, cfg: HPOConfig) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+def hybrid_alpha(agent_points: tuple, expert_points: tuple, epoch: jax.Array, cfg: HybridPPOConfig) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Eq. 30's weight of every agent from the DTW between its own and its expert trajectories.
 
     agent_points, expert_points: ([E, A, L, 2] junction coordinates in metres, [E, A] lengths), as
     `trajectory_points` returns them (one first episode per environment). Agent i is compared with
     expert row i of the same environment index, over the environments both have. D_DTW is the DTW
-    in metres divided by the longer trajectory's length and by `dtw_scale_m` (HPOConfig), averaged
+    in metres divided by the longer trajectory's length and by `dtw_scale_m` (HybridPPOConfig), averaged
     over the pairs with a finite DTW (an empty trajectory against a non-empty one has none).
     Returns (alpha, agent-loss weight w, mean DTW in metres, D_DTW), each [A] (`agent_weight`).
     """
@@ -335,18 +338,18 @@ def minibatch_stats(adv_a, valid_a, adv_e, valid_e) -> dict:
     return dict(n_a=valid_a.sum().astype(jnp.float32), n_e=valid_e.sum().astype(jnp.float32), mean_a=mean_a, std_a=std_a, mean_e=mean_e, std_e=std_e)
 
 
-def agent_loss(params_i, policy: MLP, value: MLP, batch_a: dict, batch_e: dict, alpha, cfg: HPOConfig, stats: dict | None = None):
+def agent_loss(params_i, policy: MLP, value: MLP, batch_a: dict, batch_e: dict, alpha, cfg: HybridPPOConfig, stats: dict | None = None):
     """Loss of one agent on one minibatch; returns (loss, aux). batch_* hold x, mask, action, old_logp, adv, ret, valid.
 
     `alpha`: the weight of the agent's own surrogate in Eq. 31 (`agent_weight`'s w), forced to 1 when the
     minibatch holds no expert row. Agent advantages are centred and scaled per minibatch as usual in
-    PPO. Expert advantages (`HPOConfig.expert_advantage_norm`): "agent-spread" (paper form) divides them
+    PPO. Expert advantages (`HybridPPOConfig.expert_advantage_norm`): "agent-spread" (paper form) divides them
     by the agent minibatch's spread, uncentred; "center" standardises them on their own; "given" uses
     them as they come (reled-va: already divided by their whole batch's spread in `expert_advantages`).
 
     `stats` (`minibatch_stats`): when the batches are one block of a larger minibatch, that minibatch's
     counts and moments. Every term is then the block's share of the minibatch's mean, so the losses and
-    gradients of its blocks add up to the whole minibatch's (HPOConfig.update_block). None: this batch's own.
+    gradients of its blocks add up to the whole minibatch's (HybridPPOConfig.update_block). None: this batch's own.
     """
     if stats is None:
         stats = minibatch_stats(batch_a["adv"], batch_a["valid"], batch_e["adv"], batch_e["valid"])
@@ -390,7 +393,7 @@ def policy_apply(policy: MLP, policy_params, x, mask):
     return jax.vmap(lambda p, xi, mi: masked_logits(policy, p, xi, mi))(policy_params, x, mask)
 
 
-def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: MLP, cfg: HPOConfig) -> Callable:
+def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: MLP, cfg: HybridPPOConfig) -> Callable:
     """`epoch(state, expert, expert_dtw_nodes) -> (state, metrics)` for one seed; jit/vmap it."""
     tx = make_optimizer(cfg)
     n_agents, m_out = env.n_agents, env.m_out
@@ -519,7 +522,7 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: M
         return update(params, opt_state, batch_a, batch_e, prep["weight"], prep["k_perm"])
 
     def learn_blocks(params: AgentParams, opt_state, expert: Samples, prep: dict, trips: dict):
-        """`learn` in gradient-accumulation form (HPOConfig.update_block): values, old log-probabilities
+        """`learn` in gradient-accumulation form (HybridPPOConfig.update_block): values, old log-probabilities
         and gradients computed in blocks over each agent's decision rows only, as many blocks as `trips`
         (`block_trips`, the same for every seed) says."""
         agent = prep["agent"]
@@ -753,7 +756,7 @@ def compact_rows(batch: dict, valid: jax.Array, capacity: int) -> tuple[dict, ja
 
 def measure_decision_share(env: RouteChoiceEnv, env_params: EnvParams, n_envs: int, n_steps: int, lockstep: bool, key, skip: int = 0) -> float:
     """Largest share of env steps at which one agent decides, over n_steps of a uniform-random rollout
-    after `skip` steps (the initial policies are near-uniform): what HPOConfig.decision_share should hold."""
+    after `skip` steps (the initial policies are near-uniform): what HybridPPOConfig.decision_share should hold."""
     batch_step = env.step_batch if lockstep else jax.vmap(env.step, in_axes=(0, 0, 0, None))
 
     def run(key):
@@ -850,7 +853,7 @@ def _episode_sums(reward, ended, before=None):
     return sums
 
 
-def init_state(key, params: AgentParams, cfg: HPOConfig) -> TrainState:
+def init_state(key, params: AgentParams, cfg: HybridPPOConfig) -> TrainState:
     tx = make_optimizer(cfg)
     return TrainState(params=params, opt_state=jax.jit(jax.vmap(tx.init))(params), key=key, epoch=jnp.int32(0))
 

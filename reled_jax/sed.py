@@ -22,7 +22,7 @@ from llm.demos import make_demo_rollout
 from llm.feedback import build_feedback, merge_feedback, volatility_threshold
 from llm.service import ExpertService
 from reled_jax.networks import MLP, observe
-from reled_jax.reled import HPOConfig, Samples, agent_rows, policy_apply, trajectory_points
+from reled_jax.reled import HybridPPOConfig, Samples, agent_rows, policy_apply, trajectory_points
 from sim.env import EnvParams, RouteChoiceEnv
 from sim.network import RoadNetwork
 
@@ -37,7 +37,7 @@ class SEDConfig:
 
 
 class SED:
-    def __init__(self, env: RouteChoiceEnv, env_params: EnvParams, network: RoadNetwork, policy: MLP, hpo: HPOConfig, cfg: SEDConfig, service: ExpertService, seed: int):
+    def __init__(self, env: RouteChoiceEnv, env_params: EnvParams, network: RoadNetwork, policy: MLP, hpo: HybridPPOConfig, cfg: SEDConfig, service: ExpertService, seed: int):
         self.env, self.env_params, self.network, self.hpo, self.cfg, self.service, self.seed = env, env_params, network, hpo, cfg, service, seed
         self.feedback: dict[int, object] = {}  # latest Feedback per agent
         self.history: list[dict] = []
@@ -114,7 +114,7 @@ def partition_agents(n_agents: int, m: int, seed: int, epoch: int) -> list[tuple
     return [tuple(int(a) for a in s) for s in np.array_split(rng.permutation(n_agents), m)]
 
 
-def expert_samples(demos, subset_of: np.ndarray, env: RouteChoiceEnv, env_params: EnvParams, hpo: HPOConfig) -> tuple[Samples, tuple]:
+def expert_samples(demos, subset_of: np.ndarray, env: RouteChoiceEnv, env_params: EnvParams, hpo: HybridPPOConfig) -> tuple[Samples, tuple]:
     """tau^e (Algorithm 1, line 14): each agent's rows from the rollout of its own subset, as [A, E'*T] Samples.
 
     demos: one DemoRollout batch [E', T, ...] per subset j, in which subset j followed its plans;

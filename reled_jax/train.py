@@ -42,7 +42,7 @@ from reled_jax.networks import init_env_agents, input_dim as observation_dim
 from reled_jax.mappo import global_state_dim
 from reled_jax.methods import METHODS, method
 from reled_jax.records import closing_table, fmt_mean, jsonable, plot_run, run_summary, write_metrics
-from reled_jax.reled import ALPHA_SCHEDULES, HPOConfig, empty_expert, init_state, make_epoch, measure_decision_share
+from reled_jax.reled import ALPHA_SCHEDULES, HybridPPOConfig, empty_expert, init_state, make_epoch, measure_decision_share
 from reled_jax.sed import SED, SEDConfig
 from sim.scenarios import REGIMES, SCENARIOS, load_scenario
 
@@ -98,10 +98,10 @@ class TrainConfig:
     update_epochs: int = 8
     n_minibatches: int = 8
     center_expert_advantages: bool = False  # True: A^e standardised on its own (before issue 17); False: the paper form
-    alpha_schedule: str = "text"  # text | eq30 | expert-weight: which reading of Eq. 30 (HPOConfig)
+    alpha_schedule: str = "text"  # text | eq30 | expert-weight: which reading of Eq. 30 (HybridPPOConfig)
     # Speed (benchmarks/train_throughput.py; none changes what an interaction step is):
-    decision_share: float = 0.0  # rows per agent of the update's usual branch (HPOConfig); 0: measured on a random rollout
-    update_block: int = 0  # > 0: gradient accumulation over blocks of this many decision rows (HPOConfig); no probe, no capacity
+    decision_share: float = 0.0  # rows per agent of the update's usual branch (HybridPPOConfig); 0: measured on a random rollout
+    update_block: int = 0  # > 0: gradient accumulation over blocks of this many decision rows (HybridPPOConfig); no probe, no capacity
     lockstep: bool = False  # environments tick together until any has a decision (RouteChoiceEnv.step_batch)
     carry_envs: bool = False  # episodes continue across epochs, so rollouts may be shorter than an episode
     # auto: the bar moves after every epoch when it is shown on a terminal, after every compiled chunk otherwise.
@@ -184,8 +184,8 @@ class TrainConfig:
                                batch_size=min(qmix.QMixConfig.batch_size, per_epoch),
                                updates_per_epoch=self.qmix_updates_per_epoch, target_every=self.qmix_target_every)
 
-    def hpo(self) -> HPOConfig:
-        return HPOConfig(
+    def ppo_config(self) -> HybridPPOConfig:
+        return HybridPPOConfig(
             method=self.method, epochs=self.epochs, n_envs=self.n_envs, rollout_steps=self.rollout_steps, entropy_coef=self.entropy_coef, lr=self.lr, update_epochs=self.update_epochs, n_minibatches=self.n_minibatches,
             center_expert_advantages=self.center_expert_advantages, alpha_schedule=self.alpha_schedule,
             decision_share=self.decision_share or 1.0, update_block=self.update_block, lockstep=self.lockstep, carry_envs=self.carry_envs,
@@ -202,14 +202,14 @@ def train(cfg: TrainConfig) -> dict:
     network, env, env_params = load_scenario(cfg.scenario, cfg.regime, n_agents=cfg.n_agents, seed=cfg.seed)
     probe_s = time.perf_counter()
     if cfg.spec.trainer != "qmix" and not cfg.decision_share and not cfg.update_block:
-        # The row capacity of the update's usual branch (HPOConfig.decision_share): 1.5 times what a
+        # The row capacity of the update's usual branch (HybridPPOConfig.decision_share): 1.5 times what a
         # random policy's rollout needs, one rollout after the reset when environments carry over. An
         # epoch that needs more (the first epoch's burst of departures) runs the all-rows branch.
         steps = min(cfg.rollout_steps, 256)
         measured = measure_decision_share(env, env_params, cfg.n_envs, steps, cfg.lockstep, jax.random.PRNGKey(cfg.seed), skip=steps if cfg.carry_envs else 0)
         cfg = dataclasses.replace(cfg, decision_share=round(min(1.0, 1.5 * measured + 0.01), 4))
     probe_s = time.perf_counter() - probe_s
-    hpo = cfg.hpo()
+    hpo = cfg.ppo_config()
     input_dim = observation_dim(env.m_out)
     seeds = [cfg.seed + s for s in range(cfg.seeds)]
     uses_expert = cfg.spec.uses_expert
@@ -352,7 +352,7 @@ def train(cfg: TrainConfig) -> dict:
     summary = run_summary(cfg, rows, seds)
     summary["timing"] = {k: round(v, 3) for k, v in timing.items()}
     summary["decision_share"] = cfg.decision_share
-    if cfg.spec.trainer != "qmix":  # the update's row capacity, chosen every epoch (HPOConfig.decision_share)
+    if cfg.spec.trainer != "qmix":  # the update's row capacity, chosen every epoch (HybridPPOConfig.decision_share)
         summary["update_rows_mean"] = float(np.mean([r["update_rows"] for r in rows]))
     if writer:
         (out / "sed.json").write_text(json.dumps(sed_log, indent=1, default=jsonable))

@@ -144,14 +144,14 @@ def test_the_training_states_of_ippo_and_qmix_round_trip_leaf_for_leaf(tmp_path)
 
     from reled_jax import qmix
     from reled_jax.networks import init_env_agents
-    from reled_jax.reled import HPOConfig, init_state
+    from reled_jax.reled import HybridPPOConfig, init_state
     from reled_jax.train import TrainConfig
     from sim.scenarios import load_scenario
 
     _, env, _ = load_scenario("oakland", "moderate", n_agents=3)
     agents, _, _ = init_env_agents(jax.random.PRNGKey(0), env)
     qcfg = TrainConfig(preset="smoke", method="qmix").resolved().qmix_config()
-    states = {"ippo": init_state(jax.random.PRNGKey(1), agents, HPOConfig(method="ippo")),
+    states = {"ippo": init_state(jax.random.PRNGKey(1), agents, HybridPPOConfig(method="ippo")),
               "qmix": qmix.init_state(jax.random.PRNGKey(2), env, qcfg, agents.policy)[0]}
     for name, state in states.items():
         stacked = jax.tree.map(lambda z: np.stack([np.asarray(z)] * 2), state)

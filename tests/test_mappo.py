@@ -6,7 +6,7 @@ import numpy as np
 
 from reled_jax.mappo import critic_input, global_state, global_state_dim
 from reled_jax.networks import init_env_agents, input_dim as observation_dim, observe
-from reled_jax.reled import HPOConfig, empty_expert, init_state, make_epoch
+from reled_jax.reled import HybridPPOConfig, empty_expert, init_state, make_epoch
 from sim.scenarios import load_scenario
 
 
@@ -45,7 +45,7 @@ def test_an_agents_critic_sees_the_other_agents_but_its_actor_does_not():
 
 def test_mappo_epoch_trains_a_critic_on_the_global_state():
     network, env, params = _scenario()
-    cfg = HPOConfig(method="mappo", epochs=2, n_envs=2, rollout_steps=16, n_minibatches=2, update_epochs=1)
+    cfg = HybridPPOConfig(method="mappo", epochs=2, n_envs=2, rollout_steps=16, n_minibatches=2, update_epochs=1)
     input_dim = observation_dim(env.m_out)
     one_hot_dim = 2 * env.n_nodes + 2 * env.m_out  # rows of the first layer's kernel before the global state's
     agents, policy, value = init_env_agents(jax.random.PRNGKey(0), env, global_state_dim(env.n_agents, env.n_edges))

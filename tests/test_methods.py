@@ -4,13 +4,13 @@ import pytest
 
 from benchmarks import report, sweep
 from reled_jax.methods import EXPERT_FREE, METHODS, PAPER_BASELINES, PAPER_RELED, VA_RELED, method
-from reled_jax.reled import HPOConfig
+from reled_jax.reled import HybridPPOConfig
 from reled_jax.train import TrainConfig
 
 
 def test_every_method_is_decoded_from_its_registry_entry_alone():
     for name, m in METHODS.items():
-        hpo, run = HPOConfig(method=name), TrainConfig(method=name).resolved()
+        hpo, run = HybridPPOConfig(method=name), TrainConfig(method=name).resolved()
         assert hpo.uses_expert == (name not in EXPERT_FREE) == m.uses_expert
         assert hpo.centralised_critic == (name == "mappo")
         assert hpo.fixed_alpha == (1.0 if not m.uses_expert else m.fixed_alpha)

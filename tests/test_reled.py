@@ -11,7 +11,7 @@ import pytest
 from reled_jax.methods import METHODS, PAPER_RELED, VA_RELED
 from reled_jax.networks import encode, init_agents, init_env_agents, input_dim as observation_dim
 from reled_jax.reled import (
-    HPOConfig, Samples, agent_loss, agent_rows, block_trips, blockwise, clipped_surrogate, minibatch_stats, decision_returns, dtw_alpha, empty_expert, entropy,
+    HybridPPOConfig, Samples, agent_loss, agent_rows, block_trips, blockwise, clipped_surrogate, minibatch_stats, decision_returns, dtw_alpha, empty_expert, entropy,
     _episode_sums, compact_rows, episode_in_progress, hybrid_alpha, init_state, make_epoch, rollout_statistics,
     trajectory_points, update_capacities, agent_weight,
 )
@@ -67,10 +67,10 @@ def test_clipped_surrogate_eq29_and_entropy():
 
 
 def test_alpha_schedules_on_hand_values():
-    """The three readings of Eq. 30 (HPOConfig.alpha_schedule) at K = 10, D = 0, 0.5, 2, and the agent-loss
+    """The three readings of Eq. 30 (HybridPPOConfig.alpha_schedule) at K = 10, D = 0, 0.5, 2, and the agent-loss
     weight w of Eq. 31 each gives; Table IV's fixed alpha is the expert's weight except under eq30."""
     d = jnp.array([0.0, 0.5, 2.0])
-    run = lambda schedule, epoch, method="reled": agent_weight(d, jnp.int32(epoch), HPOConfig(epochs=10, method=method, alpha_schedule=schedule))  # noqa: E731
+    run = lambda schedule, epoch, method="reled": agent_weight(d, jnp.int32(epoch), HybridPPOConfig(epochs=10, method=method, alpha_schedule=schedule))  # noqa: E731
     # eq30 (literal): k = epoch from 0, alpha on the agent loss: no imitation in the first epoch.
     alpha, w = run("eq30", 0)
     np.testing.assert_allclose(np.asarray(alpha), [1, 1, 1])
@@ -92,16 +92,16 @@ def test_alpha_schedules_on_hand_values():
     for schedule in ("eq30", "text", "expert-weight"):  # no expert: the agent's loss alone
         assert np.allclose(run(schedule, 3, "ippo")[1], 1.0)
     with pytest.raises(ValueError, match="alpha_schedule"):
-        HPOConfig(alpha_schedule="backwards")
+        HybridPPOConfig(alpha_schedule="backwards")
 
 
 def test_alpha_follows_eq30():
     d = jnp.array([0.0, 0.5, 2.0])
     np.testing.assert_allclose(np.asarray(dtw_alpha(d, jnp.float32(0), 10)), [1, 1, 1])
     np.testing.assert_allclose(np.asarray(dtw_alpha(d, jnp.float32(5), 10)), np.exp(-0.5 * np.array([0.0, 0.5, 2.0])), rtol=1e-6)
-    assert HPOConfig(method="reled-alpha0.2").fixed_alpha == 0.2 and HPOConfig(method="ippo").fixed_alpha == 1.0
+    assert HybridPPOConfig(method="reled-alpha0.2").fixed_alpha == 0.2 and HybridPPOConfig(method="ippo").fixed_alpha == 1.0
     with pytest.raises(ValueError, match="unknown method"):
-        HPOConfig(method="sac")
+        HybridPPOConfig(method="sac")
 
 
 def _tiny_batches(key, n_agents, n, input_dim, m_out, adv_sign=1.0):
@@ -119,7 +119,7 @@ def _tiny_batches(key, n_agents, n, input_dim, m_out, adv_sign=1.0):
 @pytest.fixture(scope="module")
 def tiny():
     _, env, params = load_scenario("oakland", "moderate", n_agents=3, seed=0, n_background=20)
-    cfg = HPOConfig(epochs=4, n_envs=2, rollout_steps=16, n_minibatches=2, update_epochs=1)
+    cfg = HybridPPOConfig(epochs=4, n_envs=2, rollout_steps=16, n_minibatches=2, update_epochs=1)
     input_dim = 2 * env.n_nodes + 2 * env.m_out
     agent_params, policy, value = init_agents(jax.random.PRNGKey(0), env.n_agents, input_dim, env.m_out)
     return env, params, cfg, agent_params, policy, value, input_dim
@@ -252,18 +252,18 @@ def test_expert_advantage_baselines(tiny):
     # everything else about a variant (fixed alpha, refinement, expert backend) is the paper variant's.
     for paper, va_method in zip(PAPER_RELED, VA_RELED, strict=True):
         assert (METHODS[va_method].variant, METHODS[va_method].in_paper, METHODS[paper].variant, METHODS[paper].in_paper) == (paper, False, paper, True)
-        va, pv = HPOConfig(method=va_method), HPOConfig(method=paper)
+        va, pv = HybridPPOConfig(method=va_method), HybridPPOConfig(method=paper)
         assert (va.expert_advantage_baseline, va.fixed_alpha) == ("agent", pv.fixed_alpha)
         assert (pv.expert_advantage_baseline, pv.expert_advantage_norm) == ("expert", "agent-spread")
-        assert (va.expert_advantage_norm, HPOConfig(method=paper, center_expert_advantages=True).expert_advantage_norm) == ("given", "center")
-        assert HPOConfig(method=va_method, center_expert_advantages=True).expert_advantage_norm == "given"  # reled-va is never centred
-    assert HPOConfig(method="reled-va-alpha0.2").fixed_alpha == 0.2 and HPOConfig(method="reled-va").fixed_alpha is None
-    assert HPOConfig(method="ippo").fixed_alpha == 1.0 and not HPOConfig(method="mappo").uses_expert and HPOConfig(method="mappo").centralised_critic
+        assert (va.expert_advantage_norm, HybridPPOConfig(method=paper, center_expert_advantages=True).expert_advantage_norm) == ("given", "center")
+        assert HybridPPOConfig(method=va_method, center_expert_advantages=True).expert_advantage_norm == "given"  # reled-va is never centred
+    assert HybridPPOConfig(method="reled-va-alpha0.2").fixed_alpha == 0.2 and HybridPPOConfig(method="reled-va").fixed_alpha is None
+    assert HybridPPOConfig(method="ippo").fixed_alpha == 1.0 and not HybridPPOConfig(method="mappo").uses_expert and HybridPPOConfig(method="mappo").centralised_critic
     for method, backend, refine in (("reled-va-logit", "logit", True), ("reled-va-norefine", "planner", False), ("reled-va", "planner", True), ("reled-logit", "logit", True)):
         tcfg = TrainConfig(method=method).resolved()
         assert (tcfg.expert.backend, tcfg.spec.refine) == (backend, refine), method
     with pytest.raises(ValueError, match="expert_baseline"):
-        HPOConfig(expert_baseline="both")
+        HybridPPOConfig(expert_baseline="both")
 
 
 def _expert_direction_batch(policy, params, input_dim, m_out):
@@ -303,7 +303,7 @@ def test_expert_term_pulls_towards_positive_advantage_expert_actions(tiny, metho
 
 def test_hybrid_alpha_scales_dtw_and_pairs_each_agent_with_its_own_expert_rows():
     """Eq. 30 from hand-made trajectories: [E, A, L, 2] points and [E, A] lengths of agents and experts."""
-    cfg = HPOConfig(epochs=4, dtw_scale_m=200.0, alpha_schedule="eq30")
+    cfg = HybridPPOConfig(epochs=4, dtw_scale_m=200.0, alpha_schedule="eq30")
     a_xy, a_len = np.zeros((2, 2, 4, 2)), np.zeros((2, 2), np.int32)
     e_xy, e_len = np.zeros((3, 2, 4, 2)), np.zeros((3, 2), np.int32)
     route = np.array([[0.0, 0.0], [100.0, 0.0], [100.0, 100.0]])
@@ -332,7 +332,7 @@ def test_alpha_inside_epoch_compares_each_agents_first_episode_with_its_own_expe
     ring = build_network("ring", xy, [(k, (k + 1) % 4, 100.0, 10.0, 1) for k in range(4)], signals=SignalConfig(enabled=False))
     env = make_env(ring, n_agents=2, n_background=0)
     params = make_params(ring, [0, 1], [2, 3], [0], [2])
-    cfg = HPOConfig(epochs=4, n_envs=1, rollout_steps=6, n_minibatches=1, update_epochs=1, alpha_schedule="eq30")
+    cfg = HybridPPOConfig(epochs=4, n_envs=1, rollout_steps=6, n_minibatches=1, update_epochs=1, alpha_schedule="eq30")
     agents, policy, value = init_env_agents(jax.random.PRNGKey(0), env)
     input_dim = observation_dim(env.m_out)
     state = init_state(jax.random.PRNGKey(1), agents, cfg).replace(epoch=jnp.int32(2))
@@ -350,7 +350,7 @@ def test_alpha_inside_epoch_compares_each_agents_first_episode_with_its_own_expe
 
 
 def test_compacted_batch_gives_the_same_loss_and_gradients_as_the_full_one(tiny):
-    """The update keeps only decision rows (HPOConfig.decision_share): masked means ignore the rest."""
+    """The update keeps only decision rows (HybridPPOConfig.decision_share): masked means ignore the rest."""
     env, _, cfg, agent_params, policy, value, input_dim = tiny
     p0 = jax.tree.map(lambda z: z[0], agent_params)
     full_a = jax.tree.map(lambda z: z[0], _tiny_batches(jax.random.PRNGKey(11), 1, 40, input_dim, env.m_out))
@@ -396,7 +396,7 @@ def test_blockwise_applies_a_function_to_each_agents_decision_rows_only():
 
 
 def test_gradients_of_a_minibatchs_blocks_add_up_to_the_minibatchs_gradient(tiny):
-    """Gradient accumulation (HPOConfig.update_block): the minibatch's counts and moments given to each block
+    """Gradient accumulation (HybridPPOConfig.update_block): the minibatch's counts and moments given to each block
     (`minibatch_stats`), the blocks' losses, terms and gradients sum to those of the whole minibatch, for
     every expert-advantage form, with expert rows in some blocks only."""
     env, _, cfg, agent_params, policy, value, input_dim = tiny
@@ -428,7 +428,7 @@ def test_without_an_expert_v_e_keeps_no_optimiser_state_and_the_others_step_as_w
     k = jax.random.split(jax.random.PRNGKey(0), 6)
     params = AgentParams(*({"w": jax.random.normal(k[i], (4, 3))} for i in range(3)))
     grads = [AgentParams({"w": 5.0 * jax.random.normal(k[3 + i], (4, 3))}, {"w": jax.random.normal(k[4], (4, 3))}, {"w": jnp.zeros((4, 3))}) for i in range(2)]
-    ippo, reled = make_optimizer(HPOConfig(method="ippo")), make_optimizer(HPOConfig(method="reled"))
+    ippo, reled = make_optimizer(HybridPPOConfig(method="ippo")), make_optimizer(HybridPPOConfig(method="reled"))
     s_i, s_r, p_i, p_r = ippo.init(params), reled.init(params), params, params
     for g in grads:  # two steps: Adam's moments carry over
         u_i, s_i = ippo.update(g, s_i, p_i)
@@ -457,7 +457,7 @@ def test_the_three_update_forms_update_alike_when_they_update_on_the_same_rows()
     rounded up to a block. On both inputs the two programs give the same networks and loss terms."""
     _, env, params = load_scenario("oakland", "moderate", n_agents=3, seed=0, n_background=20)
     agents, policy, value = init_env_agents(jax.random.PRNGKey(0), env)
-    base = HPOConfig(method="reled", epochs=2, n_envs=2, rollout_steps=24, n_minibatches=1, update_epochs=2)
+    base = HybridPPOConfig(method="reled", epochs=2, n_envs=2, rollout_steps=24, n_minibatches=1, update_epochs=2)
     state = init_state(jax.random.PRNGKey(1), agents, base)
     epoch = make_epoch(env, params, policy, value, base)
     traj, _, _ = jax.jit(epoch.rollout)(init_state(jax.random.PRNGKey(7), agents, base))  # another rollout's decisions as the expert's
@@ -505,7 +505,7 @@ def test_carried_environments_go_on_from_epoch_to_epoch():
     _, env, params = load_scenario("oakland", "moderate", n_agents=3, seed=0, n_background=20)
     agents, policy, value = init_env_agents(jax.random.PRNGKey(0), env)
     no_nodes = (jnp.zeros((1, env.n_agents, 64, 2)), jnp.zeros((1, env.n_agents), jnp.int32))
-    cfg = HPOConfig(method="ippo", epochs=3, n_envs=2, rollout_steps=3, n_minibatches=1, update_epochs=1, lockstep=True, carry_envs=True)
+    cfg = HybridPPOConfig(method="ippo", epochs=3, n_envs=2, rollout_steps=3, n_minibatches=1, update_epochs=1, lockstep=True, carry_envs=True)
     epoch = make_epoch(env, params, policy, value, cfg)
     state = init_state(jax.random.PRNGKey(1), agents, cfg).replace(envs=epoch.initial_envs(jax.random.PRNGKey(2)))
     run = jax.jit(epoch)

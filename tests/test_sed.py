@@ -10,7 +10,7 @@ from llm.demos import DemoRollout
 from llm.feedback import DivergencePair, Feedback, RewardInstructionPair, TrajectorySummary, agent_routes, merge_feedback, volatility_threshold
 from llm.service import ExpertConfig, ExpertService
 from reled_jax.networks import init_env_agents, observe
-from reled_jax.reled import HPOConfig
+from reled_jax.reled import HybridPPOConfig
 from reled_jax.sed import SED, SEDConfig, expert_samples, partition_agents
 from sim.env import make_env, make_params
 from sim.scenarios import load_scenario
@@ -44,7 +44,7 @@ def _demo(j: int, n_agents: int = 3, steps: int = 3) -> DemoRollout:
 def test_each_agent_takes_its_expert_rows_from_its_own_subsets_rollout(line_network):
     env = make_env(line_network, n_agents=3, n_background=0)
     params = make_params(line_network, [0, 0, 0], [3, 3, 3], [0], [3])
-    hpo = HPOConfig(reward_scale=0.01, max_trajectory=4)
+    hpo = HybridPPOConfig(reward_scale=0.01, max_trajectory=4)
     demos, subset_of = [_demo(0), _demo(1)], np.array([1, 0, 1])
     samples, (xy, length) = jax.jit(lambda d, s: expert_samples(d, s, env, params, hpo))(demos, subset_of)
     for a in range(3):
@@ -129,7 +129,7 @@ class Recorder:
 @pytest.mark.parametrize("refine", [True, False])
 def test_refresh_gives_each_agent_its_subsets_demonstrations_and_feedback(small_sed_setup, refine):
     network, env, params, agents, policy = small_sed_setup
-    hpo = HPOConfig(reward_scale=0.01)
+    hpo = HybridPPOConfig(reward_scale=0.01)
     service = ExpertService(network, np.asarray(params.agent_origin), np.asarray(params.agent_dest), config=ExpertConfig(), t_max=params.t_max)
     service.backend = Recorder(service.backend)
     sed = SED(env, params, network, policy, hpo, SEDConfig(m=2, n_demo_envs=2, demo_steps=96, refine=refine), service, seed=7)
@@ -182,7 +182,7 @@ def test_subset_agents_act_as_the_expert_in_their_demonstrations(small_sed_setup
         agents.policy,
     )
     service = ExpertService(network, np.asarray(params.agent_origin), np.asarray(params.agent_dest), config=ExpertConfig(), t_max=params.t_max)
-    sed = SED(env, params, network, policy, HPOConfig(), SEDConfig(m=2, n_demo_envs=1, demo_steps=64, refine=False), service, seed=3)
+    sed = SED(env, params, network, policy, HybridPPOConfig(), SEDConfig(m=2, n_demo_envs=1, demo_steps=64, refine=False), service, seed=3)
     samples, _, _ = sed.refresh(slot0, epoch=0)
     actions, decided = np.asarray(samples.action), np.asarray(samples.decided)
     assert decided.any(axis=1).all() and (actions[decided] != 0).any()
