@@ -485,7 +485,8 @@ def section_superseded(folder: Path, sweeps: dict) -> list[str]:
              "The sweeps before issue 17 trained RELED with Eq. 30 read literally and expert advantages centred per minibatch, and "
              "scored greedy RELED against a sampling random policy (so 'RELED below random' there was an artifact of the comparison). "
              "Those JSONs are kept in `pre_issue17/`; the tables above supersede them. Greedy test reward per agent, mean over seeds, before → after "
-             "(methods whose code did not change move only by run-to-run noise of the same keys, if at all):", "",
+             "(code every method shares changed between the two sweeps too, in issues 16 and 18, so every method's numbers moved; "
+             "the paper's baselines and RELED-Vᵃ within about one SD over seeds, RELED by far more):", "",
              "| sweep | map – regime | " + " | ".join(LABELS.get(m, m) for m in ("reled", "reled-va", "ippo", "mappo", "qmix")) + " |", "|---|---|" + "---|" * 5]
     for name, before, after in pairs:
         for scenario, regime, n in envs_of(after):

@@ -31,7 +31,7 @@ def run_summary(cfg, rows: list[dict], seds: list) -> dict:
         "wall_s": rows[-1]["wall_s"],
         "reward_first_10pct": stat(first, "episode_reward"), "reward_last_10pct": stat(last, "episode_reward"),
         "travel_time_first_10pct": stat(first, "travel_time"), "travel_time_last_10pct": stat(last, "travel_time"),
-        "arrival_rate_last_10pct": stat(last, "arrival_rate"), "alpha_last": stat(last, "alpha"),
+        "arrival_rate_first_10pct": stat(first, "arrival_rate"), "arrival_rate_last_10pct": stat(last, "arrival_rate"), "alpha_last": stat(last, "alpha"),
     }
     if seds:
         out["expert"] = [sed.service.stats.as_dict() for sed in seds]
@@ -106,7 +106,7 @@ def closing_table(summary: dict, tests: dict[str, dict], out: Path) -> str:
         return "-" if not np.isfinite(mean) else f"{mean:.0%}" if pct else f"{mean:,.{digits}f}"
 
     rows = [("", "reward/agent", "travel time (s)", "arrived"),
-            ("training, first 10 % of epochs", pair(summary["reward_first_10pct"]), pair(summary["travel_time_first_10pct"]), "-"),
+            ("training, first 10 % of epochs", pair(summary["reward_first_10pct"]), pair(summary["travel_time_first_10pct"]), pair(summary.get("arrival_rate_first_10pct", (np.nan,)), pct=True)),
             ("training, last 10 % of epochs", pair(summary["reward_last_10pct"]), pair(summary["travel_time_last_10pct"]), pair(summary["arrival_rate_last_10pct"], pct=True))]
     for name, r in tests.items():
         rows.append((f"test: {name}", pair(r["reward_per_agent"]), pair(r["travel_time_s"]), f"{r['arrival_rate']:.0%}"))

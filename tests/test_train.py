@@ -207,7 +207,7 @@ def test_the_cli_ends_with_a_table_of_training_and_test_rows_beside_the_referenc
 
     summary = {"method": "reled", "scenario": "hongkong", "regime": "moderate", "seeds": 2, "epochs": 40, "interaction_steps_per_seed": 382_512, "wall_s": 301.4,
                "reward_first_10pct": (-1403.2, 50.0), "reward_last_10pct": (558.4, 20.0), "travel_time_first_10pct": (1987.0, 9.0),
-               "travel_time_last_10pct": (702.6, 9.0), "arrival_rate_last_10pct": (0.874, 0.01)}
+               "travel_time_last_10pct": (702.6, 9.0), "arrival_rate_first_10pct": (0.312, 0.0), "arrival_rate_last_10pct": (0.874, 0.01)}
     row = lambda r, t, a: {"reward_per_agent": [r, 1.0], "travel_time_s": [t, 1.0], "arrival_rate": a, "per_agent": {"reward": [[0.0]] * 7}}  # noqa: E731
     tests = {"reled, greedy": row(612.0, 650.0, 0.9), "shortest-time (reference)": row(1101.0, 402.0, 1.0)}
     asked = []
@@ -219,7 +219,7 @@ def test_the_cli_ends_with_a_table_of_training_and_test_rows_beside_the_referenc
     assert asked == [7]
     assert lines[0] == "reled on hongkong/moderate: 2 seed(s), 40 epochs, 382,512 interaction steps per seed, 301 s"
     cells = {line.split("  ")[1].strip(): line.split()[-3:] for line in lines[3:7]}
-    assert cells == {"training, first 10 % of epochs": ["-1,403", "1,987", "-"], "training, last 10 % of epochs": ["558", "703", "87%"],
+    assert cells == {"training, first 10 % of epochs": ["-1,403", "1,987", "31%"], "training, last 10 % of epochs": ["558", "703", "87%"],
                      "test: reled, greedy": ["612", "650", "90%"], "test: shortest-time (reference)": ["1,101", "402", "100%"]}
     assert "7 episodes on the same keys" in lines[7] and lines[-1].startswith(f"files: {tmp_path / 'run'}/")
     monkeypatch.setattr(sys, "argv", ["prog", "--out", str(tmp_path / "run"), "--test-episodes", "0"])
