@@ -25,6 +25,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Annotated
 
 import jax
 import jax.numpy as jnp
@@ -76,8 +77,9 @@ class TrainConfig:
     epochs: int = 40  # K
     n_envs: int = 8
     rollout_steps: int = 1024  # environment steps per environment per epoch (long enough for whole episodes)
-    q: int = 10
-    m: int = 2
+    # The paper's q and m, also reachable by what they mean (FLAG_ALIASES).
+    q: Annotated[int, tyro.conf.arg(aliases=("--refresh-every",), help="q: epochs between expert refreshes (new plans, demonstrations and feedback; Algorithm 1)")] = 10
+    m: Annotated[int, tyro.conf.arg(aliases=("--subsets",), help="m: agent subsets the expert is asked about at each refresh (the partition A_1..A_m, III-D)")] = 2
     n_demo_envs: int = 4
     demo_steps: int = 1024
     seeds: int = 1  # seeds seed, seed+1, ... vmapped in one program
@@ -447,12 +449,16 @@ def main() -> None:
             print(closing_table(summary, tests, cfg.resolved().out_dir))
 
 
+FLAG_ALIASES = {"refresh_every": "q", "subsets": "m"}  # descriptive names of TrainConfig's paper-symbol flags
+
+
 def flags_given(config_type, argv: list[str]) -> tuple[str, ...]:
-    """The top-level fields of `config_type` that `argv` sets (`--n-envs 8`, `--n_envs=8`, `--lockstep`, `--no-lockstep`)."""
+    """The top-level fields of `config_type` that `argv` sets (`--n-envs 8`, `--n_envs=8`, `--lockstep`, `--no-lockstep`,
+    `--refresh-every 5` for q)."""
     given = set()
     for arg in argv:
         flag = arg.split("=", 1)[0].removeprefix("--").removeprefix("no-").replace("-", "_") if arg.startswith("--") else ""
-        given.add(flag)
+        given.add(FLAG_ALIASES.get(flag, flag))
     return tuple(f.name for f in dataclasses.fields(config_type) if f.name in given)
 
 

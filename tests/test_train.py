@@ -188,6 +188,11 @@ def test_a_flag_given_on_the_command_line_beats_the_preset_even_at_its_default(m
 
     assert flags_given(TrainConfig, ["--preset", "paper", "--epochs", "40", "--no-lockstep", "--n_envs=8", "--expert.backend", "planner"]) == (
         "epochs", "n_envs", "preset", "lockstep")  # in field order; nested flags are not top-level fields
+    # The paper's q and m by their names too: both spellings set the field and count as given.
+    import tyro
+
+    by_name = tyro.cli(TrainConfig, args=["--refresh-every", "5", "--subsets=3"])
+    assert (by_name.q, by_name.m) == (5, 3) and flags_given(TrainConfig, ["--refresh-every", "5", "--subsets=3"]) == ("q", "m")
     seen = []
     monkeypatch.setattr(train_module, "train", lambda cfg: seen.append(cfg.resolved()))
     monkeypatch.setattr(train_module, "final_tests", lambda cfg: {})
