@@ -22,8 +22,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Annotated
 
@@ -266,6 +268,7 @@ def train(cfg: TrainConfig) -> dict:
     out = cfg.out_dir
     if writer:
         out.mkdir(parents=True, exist_ok=True)
+        write_config(out / CONFIG_FILE, cfg)
     ckpt_path = out / checkpoint.FILENAME
     rows: list[dict] = []
     sed_log: list[dict] = []
@@ -344,7 +347,7 @@ def train(cfg: TrainConfig) -> dict:
         if writer:
             write_metrics(out, rows)
             checkpoint.write(ckpt_path, {
-                "config": dataclasses.asdict(cfg), "epoch": epoch, "wall": wall, "replay_buffer": keep_buffer, "steps": steps_done, "rows": rows, "sed_log": sed_log,
+                "config": saved_config(cfg), "epoch": epoch, "wall": wall, "replay_buffer": keep_buffer, "steps": steps_done, "rows": rows, "sed_log": sed_log,
                 "seds": [{"service": sed.service.state_dict(), "feedback": sed.feedback, "history": sed.history} for sed in seds],
             }, arrays)
         timing["checkpoint_s"] += time.perf_counter() - t3
@@ -410,10 +413,62 @@ def od_pairs_note(cfg: TrainConfig) -> str | None:
             "with replacement, so some agents share an origin and a destination")
 
 
+CONFIG_FILE = "config.json"  # in every run directory: `python -m reled_jax.train --config runs/NAME/config.json --out ...` reruns it
+
+
+def saved_config(cfg: TrainConfig) -> dict:
+    """The resolved configuration as a run directory and its checkpoint keep it: every field, nested ones as
+    tables, but never an API key (a resumed or rerun LLM run takes it from the flags or the environment again)."""
+    data = dataclasses.asdict(cfg)
+    data.pop("explicit", None)
+    if data.get("expert", {}).get("llm", {}).get("api_key"):
+        data["expert"]["llm"]["api_key"] = ""
+    return data
+
+
+def write_config(path: Path, cfg: TrainConfig) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(saved_config(cfg), indent=1))
+    os.replace(tmp, path)
+
+
+def read_config(path: str | Path) -> tuple[TrainConfig, tuple[str, ...]]:
+    """A TrainConfig from a JSON file (a run directory's config.json) or a TOML file, and the top-level fields it
+    sets (they count as given, like flags: a preset does not override them). Unknown fields are an error."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"--config {path}: cannot read it ({type(err).__name__}: {str(err)[:100]}); pass a .json or .toml file") from None
+    if not isinstance(data, dict):
+        raise SystemExit(f"--config {path}: expected a table of TrainConfig fields, got {type(data).__name__}")
+    return _dataclass_from(TrainConfig, data, str(path)), tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name in data)
+
+
+def _dataclass_from(cls, data: dict, where: str):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields) - {"explicit"})
+    if unknown:
+        raise SystemExit(f"--config {where}: unknown field(s) {unknown} for {cls.__name__}; `python -m reled_jax.train --help` lists them")
+    values = {}
+    for name, value in data.items():
+        if name == "explicit":
+            continue
+        default = getattr(cls(), name) if name in fields else None
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            values[name] = _dataclass_from(type(default), value, f"{where} [{name}]")
+        else:
+            values[name] = tuple(value) if isinstance(value, list) else value
+    return cls(**values)
+
+
 def _comparable(config: dict) -> dict:
     """The fields that decide a run's result (not where it is written or whether it resumes). A field a
-    checkpoint's configuration lacks (written before the field existed) counts as its default value."""
-    defaults = dataclasses.asdict(TrainConfig())
+    checkpoint's configuration lacks (written before the field existed) counts as its default value; API keys
+    are never kept, so they never count."""
+    defaults = saved_config(TrainConfig())
+    config = {**config, "expert": {**config.get("expert", {}), "llm": {**config.get("expert", {}).get("llm", {}), "api_key": ""}}} if "expert" in config else config
     return {k: config.get(k, v) for k, v in defaults.items() if k not in ("resume", "out", "shard_seeds", "cluster", "progress", "explicit", "test_episodes", "test_seed", "qmix_keep_buffer")}
 
 
@@ -440,8 +495,18 @@ def final_tests(cfg: TrainConfig) -> dict[str, dict]:
 
 def main() -> None:
     with usage_errors():
-        cfg = tyro.cli(TrainConfig, description=__doc__)
-        cfg = dataclasses.replace(cfg, explicit=flags_given(TrainConfig, sys.argv[1:]))
+        argv = sys.argv[1:]
+        from_file, file_fields = TrainConfig(), ()
+        if "--config" in argv or any(a.startswith("--config=") for a in argv):
+            # `--config FILE` sets the defaults (a run directory's config.json, or TOML); flags then override them.
+            at = next(i for i, a in enumerate(argv) if a == "--config" or a.startswith("--config="))
+            path = argv[at].split("=", 1)[1] if "=" in argv[at] else (argv[at + 1] if at + 1 < len(argv) else "")
+            if not path:
+                raise SystemExit("--config needs a file: --config runs/NAME/config.json (or a .toml of TrainConfig fields)")
+            from_file, file_fields = read_config(path)
+            argv = argv[:at] + argv[at + (1 if "=" in argv[at] else 2):]
+        cfg = tyro.cli(TrainConfig, description=__doc__ + CONFIG_HELP, default=from_file, args=argv)
+        cfg = dataclasses.replace(cfg, explicit=tuple(dict.fromkeys((*file_fields, *flags_given(TrainConfig, argv)))))
         join_cluster(cfg.cluster)
         summary = train(cfg)
         if jax.process_index() == 0:
@@ -449,6 +514,7 @@ def main() -> None:
             print(closing_table(summary, tests, cfg.resolved().out_dir))
 
 
+CONFIG_HELP = "\n\n--config FILE: a run directory's config.json or a TOML file of these fields (nested ones as tables) sets the defaults; flags override it."
 FLAG_ALIASES = {"refresh_every": "q", "subsets": "m"}  # descriptive names of TrainConfig's paper-symbol flags
 
 

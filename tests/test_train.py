@@ -1,5 +1,6 @@
 """Short training runs on `oakland`: RELED learns, and a killed run resumes to the same result."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -99,6 +100,11 @@ def test_a_run_with_a_dead_llm_falls_back_counts_it_and_resumes_after_a_kill_to_
     assert stats["plans_executed"] == 0 and stats["fallbacks"] == {"llm:LLMUnavailable": 12}  # 3 refreshes x 4 agents
     err = capfd.readouterr().err  # said on the console, once per refresh
     assert err.count("reled-jax: warning: expert round") == 3 and f"cannot reach LLM at http://127.0.0.1:{port}" in err
+    # The run directory keeps the resolved configuration, and it reads back as the configuration the run used.
+    from reled_jax.train import read_config
+
+    saved, _ = read_config(tmp_path / "whole" / "config.json")
+    assert saved == dataclasses.replace(TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "whole")}).resolved(), explicit=())
 
     original = sed_module.SED.refresh
 
@@ -230,6 +236,40 @@ def test_the_cli_ends_with_a_table_of_training_and_test_rows_beside_the_referenc
     monkeypatch.setattr(sys, "argv", ["prog", "--out", str(tmp_path / "run"), "--test-episodes", "0"])
     train_module.main()
     assert asked == [7] and "test:" not in capsys.readouterr().out  # 0: no test episodes played
+
+
+def test_a_config_file_sets_any_field_flags_override_it_and_api_keys_are_never_saved(tmp_path, monkeypatch):
+    import sys
+
+    import reled_jax.train as train_module
+    from llm.client import LLMConfig
+    from llm.service import ExpertConfig
+    from reled_jax.train import read_config, write_config
+
+    cfg = TrainConfig(scenario="grid", method="reled-logit", epochs=7, q=3, preset="smoke",
+                      expert=ExpertConfig(backend="llm", llm=LLMConfig(base_url="http://x/v1", model="m", api_key="sk-secret", max_tokens=99)))
+    write_config(tmp_path / "config.json", cfg)
+    assert "sk-secret" not in (tmp_path / "config.json").read_text()
+    back, fields = read_config(tmp_path / "config.json")
+    assert back == dataclasses.replace(cfg, expert=dataclasses.replace(cfg.expert, llm=dataclasses.replace(cfg.expert.llm, api_key="")))
+    assert {"scenario", "epochs", "q", "expert"} <= set(fields)
+    # TOML, nested tables; then flags over the file, and the file's fields beat the preset like flags do.
+    (tmp_path / "run.toml").write_text('method = "ippo"\nepochs = 40\npreset = "smoke"\n[expert]\nbackend = "planner"\n[cluster]\nenabled = false\n')
+    seen = []
+    monkeypatch.setattr(train_module, "train", lambda c: seen.append(c.resolved()))
+    monkeypatch.setattr(train_module, "final_tests", lambda c: {})
+    monkeypatch.setattr(train_module, "closing_table", lambda *a: "")
+    monkeypatch.setattr(sys, "argv", ["prog", "--config", str(tmp_path / "run.toml"), "--n-envs", "3"])
+    train_module.main()
+    assert (seen[0].method, seen[0].epochs, seen[0].n_envs, seen[0].rollout_steps) == ("ippo", 40, 3, 32)  # 40 from the file, not the preset's 4
+    (tmp_path / "bad.toml").write_text("epoch = 3\n")
+    with pytest.raises(SystemExit, match=r"unknown field\(s\) \['epoch'\] for TrainConfig"):
+        read_config(tmp_path / "bad.toml")
+    (tmp_path / "bad2.toml").write_text("[expert]\nbackend = 1\nflavour = 2\n")
+    with pytest.raises(SystemExit, match=r"\[expert\]: unknown field\(s\) \['flavour'\] for ExpertConfig"):
+        read_config(tmp_path / "bad2.toml")
+    with pytest.raises(SystemExit, match="cannot read it"):
+        read_config(tmp_path / "missing.toml")
 
 
 def test_cli_refusals_are_one_line_on_stderr_with_status_2_and_leave_nothing(tmp_path, monkeypatch, capsys):
