@@ -66,8 +66,8 @@ class HybridPPOConfig:
 
     method: str = "reled"
     epochs: int = 40  # K
-    n_envs: int = 16
-    rollout_steps: int = 96  # environment steps per environment per epoch (each consumes 0..A decisions)
+    n_envs: int = 8
+    rollout_steps: int = 1024  # environment steps per environment per epoch (each consumes 0..A decisions; long enough for whole episodes)
     gamma: float = 0.99
     gae_lambda: float = 1.0  # 1.0 = the paper's bootstrapped return (Eq. 26) and advantage (Eq. 28)
     clip_eps: float = 0.2
@@ -75,8 +75,8 @@ class HybridPPOConfig:
     value_coef: float = 0.5
     lr: float = 3e-4
     max_grad_norm: float = 0.5  # per agent
-    update_epochs: int = 4
-    n_minibatches: int = 4
+    update_epochs: int = 8
+    n_minibatches: int = 8
     reward_scale: float = 0.01  # rewards are O(100); values and returns are learned on this scale
     # Eq. 30's D_DTW: raw DTW sums metres over ~30 matched junctions (several km), which makes
     # alpha ~ 0 for the whole run (pure imitation). We use D = DTW / max(len) / dtw_scale_m: the
@@ -109,7 +109,7 @@ class HybridPPOConfig:
     # rows (rounded to whole minibatches). An epoch in which some agent of some seed has more
     # decisions than that runs the update on all rows instead (a second compiled branch of a
     # `lax.switch`, chosen outside the seeds' vmap): no decision is ever dropped. 1.0: all rows.
-    decision_share: float = 1.0
+    decision_share: float = 0.0  # 0: not given (the trainer measures it; used directly, all rows)
     # Gradient accumulation (> 0): each PPO minibatch is an equal share of every agent's decision rows,
     # in random order, and its gradient is summed over blocks of `update_block` rows in a `while_loop`
     # that runs as many blocks as the busiest agent's minibatch needs. The update then costs what the
@@ -131,8 +131,8 @@ class HybridPPOConfig:
             raise ValueError(f"unknown method {self.method!r}; choose one of {tuple(METHODS)}")
         if self.update_block < 0:
             raise ValueError(f"update_block must be >= 0 (0: no gradient accumulation), got {self.update_block}")
-        if not 0.0 < self.decision_share <= 1.0:
-            raise ValueError(f"decision_share must be in (0, 1], got {self.decision_share}")
+        if not 0.0 <= self.decision_share <= 1.0:
+            raise ValueError(f"decision_share must be in [0, 1] (0: all rows), got {self.decision_share}")
         if self.alpha_schedule not in ALPHA_SCHEDULES:
             raise ValueError(f"unknown alpha_schedule {self.alpha_schedule!r}; choose one of {ALPHA_SCHEDULES}")
         if self.expert_baseline not in ("expert", "agent"):
@@ -627,7 +627,7 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: M
             learn_seeds = jax.vmap(learn_blocks, in_axes=(0, 0, 0, 0, None))
             params, opt_state, aux = learn_seeds(states.params, states.opt_state, experts, {k: prep[k] for k in ("agent", "weight", "k_perm")}, trips)
             return jax.vmap(finish, in_axes=(0, 0, 0, 0, 0, None))(states, prep, params, opt_state, aux, None)
-        capacities = update_capacities(max(prep["agent"].decided.shape[2], experts.decided.shape[2]), cfg.decision_share, cfg.n_minibatches)
+        capacities = update_capacities(max(prep["agent"].decided.shape[2], experts.decided.shape[2]), cfg.decision_share or 1.0, cfg.n_minibatches)
         branch = jnp.minimum(jnp.searchsorted(jnp.asarray(capacities), need.max()), len(capacities) - 1)
         branches = [lambda ops, c=c: jax.vmap(lambda p, o, e, pr: learn(p, o, e, pr, c))(*ops) for c in capacities]
         needed = (states.params, states.opt_state, experts, {k: prep[k] for k in ("agent", "weight", "k_perm")})

@@ -31,8 +31,8 @@ from sim.network import RoadNetwork
 class SEDConfig:
     q: int = 10  # epochs between demonstrations
     m: int = 2  # agent subsets per demonstration
-    n_demo_envs: int = 8  # expert episodes per subset
-    demo_steps: int = 256  # environment steps per expert episode (cut there if not finished)
+    n_demo_envs: int = 4  # expert episodes per subset
+    demo_steps: int = 1024  # environment steps per expert episode (cut there if not finished)
     refine: bool = True  # False: plans generated once and reused (reled-norefine)
 
 

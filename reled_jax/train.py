@@ -70,44 +70,70 @@ PRESETS = {
 }
 
 
+# TrainConfig's algorithm fields take their defaults from the algorithm configs, which declare each one once:
+# HybridPPOConfig (RELED, IPPO, MAPPO), SEDConfig (the expert refreshes) and QMixConfig (fields prefixed qmix_).
+# tests/test_train.py walks the dataclasses and checks that same-named fields agree and every one reaches the CLI.
+_P, _S, _Q = HybridPPOConfig, SEDConfig, qmix.QMixConfig
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
+    # The environment and the run
     scenario: str = "hongkong"
     regime: str = "moderate"
     method: str = "reled"  # reled | reled-norefine | reled-alpha0.2 | reled-alpha0.5 | reled-logit | reled-va (and reled-va-norefine, -alpha0.2, -alpha0.5, -logit) | ippo | mappo | qmix
     n_agents: int = 10
-    epochs: int = 40  # K
-    n_envs: int = 8
-    rollout_steps: int = 1024  # environment steps per environment per epoch (long enough for whole episodes)
-    # The paper's q and m, also reachable by what they mean (FLAG_ALIASES).
-    q: Annotated[int, tyro.conf.arg(aliases=("--refresh-every",), help="q: epochs between expert refreshes (new plans, demonstrations and feedback; Algorithm 1)")] = 10
-    m: Annotated[int, tyro.conf.arg(aliases=("--subsets",), help="m: agent subsets the expert is asked about at each refresh (the partition A_1..A_m, III-D)")] = 2
-    n_demo_envs: int = 4
-    demo_steps: int = 1024
-    seeds: int = 1  # seeds seed, seed+1, ... vmapped in one program
-    shard_seeds: bool = True  # split the seed axis across all visible devices when they divide it
-    cluster: ClusterConfig = ClusterConfig()  # several hosts: see join_cluster
     seed: int = 0
-    expert: ExpertConfig = ExpertConfig()
-    out: str = ""  # default runs/<scenario>-<regime>-<method>-s<seed>
-    resume: bool = False
+    seeds: int = 1  # seeds seed, seed+1, ... vmapped in one program
     preset: str = "default"  # default | paper | paper-1env | smoke (sets the budget fields you leave at their defaults)
-    entropy_coef: float = 0.01
-    qmix_updates_per_epoch: int = 128  # QMIX only: minibatch updates per epoch
-    qmix_target_every: int = 32  # QMIX only: updates between target-network copies
+    # The budget and PPO (HybridPPOConfig; QMIX takes the same budget, learning rate, gamma, clipping and reward scale)
+    epochs: int = _P.epochs  # K
+    n_envs: int = _P.n_envs
+    rollout_steps: int = _P.rollout_steps  # environment steps per environment per epoch
+    lr: float = _P.lr
+    gamma: float = _P.gamma
+    gae_lambda: float = _P.gae_lambda
+    clip_eps: float = _P.clip_eps
+    entropy_coef: float = _P.entropy_coef  # beta (Eq. 31)
+    value_coef: float = _P.value_coef
+    max_grad_norm: float = _P.max_grad_norm
+    update_epochs: int = _P.update_epochs
+    n_minibatches: int = _P.n_minibatches
+    reward_scale: float = _P.reward_scale
+    # RELED's hybrid objective (HybridPPOConfig)
+    alpha_schedule: str = _P.alpha_schedule  # text | eq30 | expert-weight: which reading of Eq. 30
+    center_expert_advantages: bool = _P.center_expert_advantages  # True: A^e standardised on its own (before issue 17)
+    expert_baseline: str = _P.expert_baseline  # expert: Eq. 28's V^e | agent: V^a (reled-va* always use V^a)
+    dtw_scale_m: float = _P.dtw_scale_m  # Eq. 30's D in units of this many metres
+    max_trajectory: int = _P.max_trajectory  # junctions kept per trajectory for DTW
+    # The expert refreshes (SEDConfig). The paper's q and m, also reachable by what they mean (FLAG_ALIASES).
+    q: Annotated[int, tyro.conf.arg(aliases=("--refresh-every",), help="q: epochs between expert refreshes (new plans, demonstrations and feedback; Algorithm 1)")] = _S.q
+    m: Annotated[int, tyro.conf.arg(aliases=("--subsets",), help="m: agent subsets the expert is asked about at each refresh (the partition A_1..A_m, III-D)")] = _S.m
+    n_demo_envs: int = _S.n_demo_envs  # expert episodes per subset
+    demo_steps: int = _S.demo_steps  # environment steps per expert episode
+    expert: ExpertConfig = ExpertConfig()
+    # QMIX only (QMixConfig)
+    qmix_updates_per_epoch: int = _Q.updates_per_epoch  # minibatch updates per epoch
+    qmix_target_every: int = _Q.target_every  # updates between target-network copies
+    qmix_buffer_size: int = _Q.buffer_size
+    qmix_batch_size: int = _Q.batch_size  # capped at one epoch's transitions for small budgets
+    qmix_eps_start: float = _Q.eps_start
+    qmix_eps_end: float = _Q.eps_end
+    qmix_eps_decay_frac: float = _Q.eps_decay_frac  # of the epochs
+    qmix_mixer_embed: int = _Q.mixer_embed
     # QMIX only: checkpoints hold the replay buffer (~150 MB at the default size), so an unfinished run can
     # resume to the same result. Off: checkpoints hold the networks only, and only a finished run resumes.
     qmix_keep_buffer: bool = False
-    lr: float = 3e-4
-    update_epochs: int = 8
-    n_minibatches: int = 8
-    center_expert_advantages: bool = False  # True: A^e standardised on its own (before issue 17); False: the paper form
-    alpha_schedule: str = "text"  # text | eq30 | expert-weight: which reading of Eq. 30 (HybridPPOConfig)
     # Speed (benchmarks/train_throughput.py; none changes what an interaction step is):
-    decision_share: float = 0.0  # rows per agent of the update's usual branch (HybridPPOConfig); 0: measured on a random rollout
-    update_block: int = 0  # > 0: gradient accumulation over blocks of this many decision rows (HybridPPOConfig); no probe, no capacity
-    lockstep: bool = False  # environments tick together until any has a decision (RouteChoiceEnv.step_batch)
-    carry_envs: bool = False  # episodes continue across epochs, so rollouts may be shorter than an episode
+    decision_share: float = _P.decision_share  # rows per agent of the update's usual branch; 0: measured on a random rollout
+    update_block: int = _P.update_block  # > 0: gradient accumulation over blocks of this many decision rows; no probe, no capacity
+    lockstep: bool = _P.lockstep  # environments tick together until any has a decision (RouteChoiceEnv.step_batch)
+    carry_envs: bool = _P.carry_envs  # episodes continue across epochs, so rollouts may be shorter than an episode
+    # Devices, output, progress
+    shard_seeds: bool = True  # split the seed axis across all visible devices when they divide it
+    cluster: ClusterConfig = ClusterConfig()  # several hosts: see join_cluster
+    out: str = ""  # default runs/<scenario>-<regime>-<method>-s<seed>
+    resume: bool = False
     # auto: the bar moves after every epoch when it is shown on a terminal, after every compiled chunk otherwise.
     # A per-epoch host callback keeps JAX's persistent compilation cache from storing the chunk (tests rely on it).
     progress: str = "auto"  # auto | epoch | chunk
@@ -182,18 +208,22 @@ class TrainConfig:
         return Path(self.out or f"runs/{self.scenario}-{self.regime}-{self.method}-s{self.seed}")
 
     def qmix_config(self) -> qmix.QMixConfig:
-        """QMIX with the same budget (epochs, environments, steps) and learning rate as the PPO methods."""
+        """QMIX with the same budget (epochs, environments, steps), learning rate, gamma, clipping and reward scale
+        as the PPO methods, and its own fields from the qmix_* flags."""
         per_epoch = self.n_envs * self.rollout_steps  # small budgets (smoke) sample smaller batches
-        return qmix.QMixConfig(epochs=self.epochs, n_envs=self.n_envs, rollout_steps=self.rollout_steps, lr=self.lr,
-                               batch_size=min(qmix.QMixConfig.batch_size, per_epoch),
-                               updates_per_epoch=self.qmix_updates_per_epoch, target_every=self.qmix_target_every)
+        own = {f.name: getattr(self, f"qmix_{f.name}") for f in dataclasses.fields(qmix.QMixConfig) if hasattr(self, f"qmix_{f.name}")}
+        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(qmix.QMixConfig) if f.name in TRAIN_FIELDS}
+        return qmix.QMixConfig(**{**shared, **own, "batch_size": min(self.qmix_batch_size, per_epoch)})
 
     def ppo_config(self) -> HybridPPOConfig:
-        return HybridPPOConfig(
-            method=self.method, epochs=self.epochs, n_envs=self.n_envs, rollout_steps=self.rollout_steps, entropy_coef=self.entropy_coef, lr=self.lr, update_epochs=self.update_epochs, n_minibatches=self.n_minibatches,
-            center_expert_advantages=self.center_expert_advantages, alpha_schedule=self.alpha_schedule,
-            decision_share=self.decision_share or 1.0, update_block=self.update_block, lockstep=self.lockstep, carry_envs=self.carry_envs,
-        )
+        """Every HybridPPOConfig field from the field of the same name (a decision share of 0, measured by `train`, is all rows here)."""
+        return HybridPPOConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(HybridPPOConfig) if f.name in TRAIN_FIELDS})
+
+    def sed_config(self) -> SEDConfig:
+        return SEDConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(SEDConfig) if f.name in TRAIN_FIELDS}, refine=self.spec.refine)
+
+
+TRAIN_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -237,7 +267,7 @@ def train(cfg: TrainConfig) -> dict:
     if uses_expert:
         for s in seeds:
             service = ExpertService(network, np.asarray(env_params.agent_origin), np.asarray(env_params.agent_dest), config=dataclasses.replace(cfg.expert, seed=s), t_max=env_params.t_max)
-            sed_cfg = SEDConfig(q=cfg.q, m=cfg.m, n_demo_envs=cfg.n_demo_envs, demo_steps=cfg.demo_steps, refine=cfg.spec.refine)
+            sed_cfg = cfg.sed_config()
             seds.append(SED(env, env_params, network, policy, hpo, sed_cfg, service, seed=s))
     no_expert = empty_expert(env.n_agents, input_dim, env.m_out)
     no_nodes = (jnp.zeros((1, env.n_agents, hpo.max_trajectory, 2)), jnp.zeros((1, env.n_agents), jnp.int32))

@@ -193,7 +193,7 @@ def test_a_flag_given_on_the_command_line_beats_the_preset_even_at_its_default(m
     from reled_jax.train import flags_given
 
     assert flags_given(TrainConfig, ["--preset", "paper", "--epochs", "40", "--no-lockstep", "--n_envs=8", "--expert.backend", "planner"]) == (
-        "epochs", "n_envs", "preset", "lockstep")  # in field order; nested flags are not top-level fields
+        "preset", "epochs", "n_envs", "lockstep")  # in field order; nested flags are not top-level fields
     # The paper's q and m by their names too: both spellings set the field and count as given.
     import tyro
 
