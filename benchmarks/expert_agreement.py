@@ -44,17 +44,14 @@ from reled_jax.checkpoint import read_checkpoint  # noqa: E402
 from reled_jax.networks import MLP, init_env_agents, observe  # noqa: E402
 from reled_jax.methods import METHODS  # noqa: E402
 from reled_jax.reled import policy_apply  # noqa: E402
-from sim.scenarios import load_scenario  # noqa: E402
+from sim.scenarios import ScenarioChoice, load_scenario  # noqa: E402
 
 INITIAL = "initial"  # the untrained networks (train's initialisation of each seed)
 
 
 @dataclasses.dataclass(frozen=True)
-class AgreementConfig:
+class AgreementConfig(ScenarioChoice):
     budget: str = "small"
-    scenario: str = "hongkong"
-    regime: str = "moderate"
-    n_agents: int = 10
     seeds: int = 5
     methods: tuple[str, ...] = tuple(METHODS)  # those without a run directory are skipped
     episodes: int = 4  # demonstration episodes per seed
@@ -118,6 +115,7 @@ def make_agreement_scorer(env, env_params, demo_steps: int):
 
 
 def agreement(cfg: AgreementConfig) -> dict:
+    cfg.check_scenario()
     counts = {"--n-agents": cfg.n_agents, "--seeds": cfg.seeds, "--episodes": cfg.episodes, "--demo-steps": cfg.demo_steps,
               "--test-episodes": cfg.test_episodes, "--max-steps": cfg.max_steps}
     bad = [f"{k} {v}" for k, v in counts.items() if v < 1]

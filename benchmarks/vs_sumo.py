@@ -29,16 +29,13 @@ import tyro
 from benchmarks.common import RESULTS, machine, write_json
 from benchmarks.env_throughput import bench
 from sim.export_sumo import LEFTHAND
-from sim.scenarios import load_scenario
+from sim.scenarios import ScenarioChoice, load_scenario
 from sim.sumo_run import SumoRouteChoice, shortest_time_numpy
 
 
 
 @dataclasses.dataclass(frozen=True)
-class Args:
-    scenario: str = "hongkong"
-    regime: str = "moderate"
-    n_agents: int = 10
+class Args(ScenarioChoice):
     seconds: int = 1800  # simulated seconds of each SUMO run
     n_envs: tuple[int, ...] = (1, 64, 1024)
     ticks: int = 200  # per environment, JAX tick benchmark
@@ -110,6 +107,7 @@ def plot(report: dict, path: Path) -> None:
 
 
 def main(args: Args) -> dict:
+    args.check_scenario()
     network, env, params = load_scenario(args.scenario, args.regime, n_agents=args.n_agents)
     device = jax.devices()[0]
     key = jax.random.PRNGKey(0)

@@ -45,7 +45,7 @@ import numpy as np
 import tyro
 
 from sim.network import RoadNetwork
-from sim.scenarios import REGIMES, SCENARIOS, load_scenario
+from sim.scenarios import ScenarioChoice, load_scenario
 
 LEFTHAND = {"hongkong"}
 SUMO_EXTRA = "pip install 'reled-jax[sumo]' (eclipse-sumo, libsumo, sumolib)"
@@ -214,17 +214,13 @@ def export_network(network: RoadNetwork, env, params, out: Path, name: str, left
 
 
 @dataclasses.dataclass(frozen=True)
-class Args:
-    scenario: str = "hongkong"
-    regime: str = "moderate"
+class Args(ScenarioChoice):
     out: str = "sumo"
-    n_agents: int = 10
     seed: int = 0
 
 
 def main(args: Args) -> None:
-    if args.scenario not in SCENARIOS or args.regime not in REGIMES:
-        raise SystemExit(f"choose --scenario from {sorted(SCENARIOS)} and --regime from {sorted(REGIMES)}")
+    args.check_scenario()
     try:
         paths = export(args.scenario, args.regime, Path(args.out), args.n_agents, args.seed)
     except SumoNotInstalled as err:

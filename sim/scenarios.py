@@ -125,6 +125,25 @@ def od_pairs(network: RoadNetwork, n_pairs: int, min_trip_frac: float, seed: int
     return np.stack([origins[pick], dests[pick]], axis=1)
 
 
+@dataclasses.dataclass(frozen=True)
+class ScenarioChoice:
+    """Which scenario a command runs on, taken the same way by every CLI that builds one (`--scenario`,
+    `--regime`, `--n-agents`): a base class of their argument dataclasses."""
+
+    scenario: str = "hongkong"
+    regime: str = "moderate"
+    n_agents: int = 10
+
+    def check_scenario(self) -> None:
+        """A one-line exit naming the bad choice and the good ones."""
+        if self.scenario not in SCENARIOS:
+            raise SystemExit(f"unknown --scenario {self.scenario!r}; choose one of {sorted(SCENARIOS)}")
+        if self.regime not in REGIMES:
+            raise SystemExit(f"unknown --regime {self.regime!r}; choose one of {sorted(REGIMES)}")
+        if self.n_agents < 1:
+            raise SystemExit(f"--n-agents must be at least 1, got {self.n_agents}")
+
+
 def load_scenario(
     name: str = "hongkong",
     regime: str = "moderate",
