@@ -120,5 +120,5 @@ def closing_table(summary: dict, tests: dict[str, dict], out: Path) -> str:
     if tests:
         n = len(next(iter(tests.values()))["per_agent"]["reward"])
         lines.append(f"  (test: {n} episodes on the same keys for every row, trained rows averaged over seeds; random samples, so read it beside 'sampled')")
-    lines.append(f"files: {out}/ (metrics.csv, metrics.jsonl, summary.json, training.png, checkpoint.npz, sed.json)")
+    lines.append(f"files: {out}/ (config.json, metrics.csv, metrics.jsonl, summary.json, training.png, checkpoint.npz, sed.json)")
     return "\n".join(lines)

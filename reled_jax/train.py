@@ -393,7 +393,7 @@ def train(cfg: TrainConfig) -> dict:
         (out / "sed.json").write_text(json.dumps(sed_log, indent=1, default=jsonable))
         (out / "summary.json").write_text(json.dumps(summary, indent=1, default=jsonable))
         plot_run(out)
-        print(f"wrote {out}/metrics.csv, metrics.jsonl, sed.json, summary.json, training.png, {checkpoint.FILENAME}")
+        print(f"wrote {out}/{CONFIG_FILE}, metrics.csv, metrics.jsonl, sed.json, summary.json, training.png, {checkpoint.FILENAME}")
     if jax.process_count() > 1:  # nobody reads the run directory before process 0 has finished it
         multihost_utils.sync_global_devices("reled_jax.train finished")
     return summary
