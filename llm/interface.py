@@ -36,6 +36,22 @@ MOVE_OPS = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class AgentTrips:
+    """Every agent's origin and destination junction and departure time step, as integer arrays [A]: what
+    the expert service and its offline backends plan for."""
+
+    origin: np.ndarray
+    dest: np.ndarray
+    depart: np.ndarray
+
+    @classmethod
+    def of(cls, origin, dest, depart=None) -> AgentTrips:
+        """From any array-likes; no departure times means everyone leaves at step 0."""
+        origin = np.asarray(origin, int)
+        return cls(origin, np.asarray(dest, int), np.zeros(len(origin), int) if depart is None else np.asarray(depart, int))
+
+
 class PlanError(ValueError):
     """A plan was rejected; the message says why (and is fed back to the LLM)."""
 

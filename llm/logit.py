@@ -17,6 +17,7 @@ import networkx as nx
 import numpy as np
 
 from llm.backends import OfflineBackend
+from llm.interface import AgentTrips
 from llm.prompts import ExpertRequest
 from sim.network import RoadNetwork
 
@@ -24,10 +25,9 @@ from sim.network import RoadNetwork
 class LogitBackend(OfflineBackend):
     name = "logit"
 
-    def __init__(self, network: RoadNetwork, agent_origin, agent_dest, *, theta: float = 10.0, k_routes: int = 5, seed: int = 0):
+    def __init__(self, network: RoadNetwork, trips: AgentTrips, *, theta: float = 10.0, k_routes: int = 5, seed: int = 0):
         self.network = network
-        self.origin = np.asarray(agent_origin, int)
-        self.dest = np.asarray(agent_dest, int)
+        self.origin, self.dest = trips.origin, trips.dest
         self.theta = theta
         self.k_routes = k_routes
         self.seed = seed

@@ -31,7 +31,7 @@ import numpy as np
 from scipy.sparse.csgraph import dijkstra
 
 from llm.backends import OfflineBackend
-from llm.interface import congestion_graph
+from llm.interface import AgentTrips, congestion_graph
 from llm.prompts import ExpertRequest
 from sim.network import RoadNetwork
 
@@ -39,22 +39,10 @@ from sim.network import RoadNetwork
 class PlannerBackend(OfflineBackend):
     name = "planner"
 
-    def __init__(
-        self,
-        network: RoadNetwork,
-        agent_origin,
-        agent_dest,
-        agent_depart=None,
-        *,
-        interfaces: bool = True,
-        spread_penalty: float = 0.5,
-        detour_tolerance: float = 1.25,
-        divergence_tolerance: float = 1.15,
-    ):
+    def __init__(self, network: RoadNetwork, trips: AgentTrips, *, interfaces: bool = True, spread_penalty: float = 0.5,
+                 detour_tolerance: float = 1.25, divergence_tolerance: float = 1.15):
         self.network = network
-        self.origin = np.asarray(agent_origin, int)
-        self.dest = np.asarray(agent_dest, int)
-        self.depart = np.zeros(len(self.origin), int) if agent_depart is None else np.asarray(agent_depart, int)
+        self.origin, self.dest, self.depart = trips.origin, trips.dest, trips.depart
         self.edge_index = {(int(u), int(v)): e for e, (u, v) in enumerate(zip(network.edge_from, network.edge_to))}
         self.interfaces = interfaces
         self.spread_penalty = spread_penalty

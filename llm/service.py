@@ -26,7 +26,7 @@ from llm.backends import BackendReply, ExpertBackend, LLMBackend
 from llm.client import LLMConfig
 from llm.compile import CompiledPlans, compile_plans
 from llm.feedback import Feedback
-from llm.interface import Instruction
+from llm.interface import AgentTrips, Instruction
 from llm.isolation import IsolationLimits, PlanWorker
 from llm.logit import LogitBackend
 from llm.planner import PlannerBackend
@@ -140,9 +140,8 @@ class ExpertService:
         warn: Callable[[str], None] = warn_stderr,
     ):
         self.network = network
-        self.origin = np.asarray(agent_origin, int)
-        self.dest = np.asarray(agent_dest, int)
-        self.depart = np.zeros(len(self.origin), int) if agent_depart is None else np.asarray(agent_depart, int)
+        self.trips = AgentTrips.of(agent_origin, agent_dest, agent_depart)
+        self.origin, self.dest, self.depart = self.trips.origin, self.trips.dest, self.trips.depart
         self.config = config
         self.n_agents = len(self.origin)
         # Route-format plans (no interfaces, or the Logit expert) list every junction: up to N moves.
@@ -162,9 +161,9 @@ class ExpertService:
     def _make_backend(self, transport) -> ExpertBackend:
         cfg = self.config
         if cfg.backend == "planner":
-            return PlannerBackend(self.network, self.origin, self.dest, self.depart, interfaces=cfg.interfaces)
+            return PlannerBackend(self.network, self.trips, interfaces=cfg.interfaces)
         if cfg.backend == "logit":
-            return LogitBackend(self.network, self.origin, self.dest, theta=cfg.logit_theta, seed=cfg.seed)
+            return LogitBackend(self.network, self.trips, theta=cfg.logit_theta, seed=cfg.seed)
         return LLMBackend(self.network, self.system_prompt, cfg.llm, interfaces=cfg.interfaces, token_budget=cfg.token_budget, transport=transport)
 
     def plan(self, subsets: Sequence[Sequence[int]], feedback: Sequence[Feedback | None] | None = None, edge_time: np.ndarray | None = None) -> list[SubsetPlans]:

@@ -7,6 +7,7 @@ import pytest
 
 from llm.feedback import DivergencePair, Feedback, RewardInstructionPair
 from llm.history import ChatHistory, estimate_tokens
+from llm.interface import AgentTrips
 from llm.logit import LogitBackend, route_probabilities
 from llm.planner import PlannerBackend
 from llm.prompts import ExpertRequest, render_system, render_user
@@ -42,7 +43,7 @@ def test_planner_spreads_agents_that_share_a_bottleneck(ladder_network):
 def test_planner_uses_congestion_and_feedback(ladder_network):
     net = ladder_network
     edge = {(int(u), int(v)): e for e, (u, v) in enumerate(zip(net.edge_from, net.edge_to))}
-    planner = PlannerBackend(net, [0], [7])
+    planner = PlannerBackend(net, AgentTrips.of([0], [7]))
     slow_north = net.edge_free_time.copy()
     slow_north[edge[(1, 2)]] *= 5
     code = planner.respond(ExpertRequest(0, (0,), edge_time=slow_north))
@@ -53,13 +54,13 @@ def test_planner_uses_congestion_and_feedback(ladder_network):
     code = planner.respond(ExpertRequest(1, (0,), feedback=fb))
     assert "follows the learned policy at junction(s) 0" in code and ("(4)" in code or "(5)" in code or "(6)" in code)
     # A preference that costs far more than the tolerance is not adopted.
-    planner = PlannerBackend(net, [0], [7])
+    planner = PlannerBackend(net, AgentTrips.of([0], [7]))
     fb = Feedback((0,), (), (DivergencePair(0, 0, "move_to_by_shortest_time(7)", 2.3, 0, 4, 1, 0.1),), (), 0.0, 2.3, 10.0)
     code = planner.respond(ExpertRequest(1, (0,), edge_time=slow_north, feedback=fb))
     assert "follows the learned policy" not in code
     # Reward volatility: other agents were hurt at junction 3, so the agent's roads into 3 now cost double.
     fb = Feedback((0,), (RewardInstructionPair(0, 0, "x", 50.0, 2, 100, ((1, 3, -50.0),)),), (), (), 50.0, 0.0, 10.0)
-    planner = PlannerBackend(net, [0], [7])
+    planner = PlannerBackend(net, AgentTrips.of([0], [7]))
     code = planner.respond(ExpertRequest(1, (0,), feedback=fb))
     assert "(3)" not in code and ("(4)" in code or "(5)" in code or "(6)" in code)
 
@@ -75,7 +76,7 @@ def test_logit_expert_probabilities_and_seeded_sampling(ladder_network):
     p = route_probabilities(np.array([100.0, 110.0, 150.0]), theta=10.0)
     np.testing.assert_allclose(p / p[0], [1.0, np.exp(-1.0), np.exp(-5.0)], rtol=1e-6)
     assert p.sum() == pytest.approx(1.0)
-    texts = [LogitBackend(ladder_network, np.zeros(8, int), np.full(8, 7), seed=s).respond(ExpertRequest(0, tuple(range(8)))) for s in (0, 0, 1)]
+    texts = [LogitBackend(ladder_network, AgentTrips.of(np.zeros(8, int), np.full(8, 7)), seed=s).respond(ExpertRequest(0, tuple(range(8)))) for s in (0, 0, 1)]
     assert texts[0] == texts[1]
     routes = [tuple(p["route"]) for p in json.loads(texts[0])["plans"]]
     assert all(r[0] == 0 and r[-1] == 7 for r in routes)
