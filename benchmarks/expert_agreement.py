@@ -39,7 +39,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from benchmarks.common import RESULTS, ci95, machine, write_json  # noqa: E402
 from llm.demos import make_demo_rollout  # noqa: E402
 from llm.service import ExpertConfig, ExpertService  # noqa: E402
-from reled_jax.evaluate import evaluate_seeds  # noqa: E402
+from reled_jax.evaluate import MAX_TEST_STEPS, TEST_EPISODES, TEST_SEED, evaluate_seeds  # noqa: E402
 from reled_jax.checkpoint import read_checkpoint  # noqa: E402
 from reled_jax.networks import MLP, init_env_agents, observe  # noqa: E402
 from reled_jax.methods import METHODS  # noqa: E402
@@ -57,9 +57,9 @@ class AgreementConfig(ScenarioChoice):
     episodes: int = 4  # demonstration episodes per seed
     demo_steps: int = 1024
     key_seed: int = 777
-    test_episodes: int = 20  # greedy test episodes per seed, on the sweep's keys
-    eval_seed: int = 12345
-    max_steps: int = 3000
+    test_episodes: int = TEST_EPISODES  # greedy test episodes per seed, on the sweep's keys
+    eval_seed: int = TEST_SEED
+    max_steps: int = MAX_TEST_STEPS
     runs_dir: str = "runs/sweep"
     label: str = ""  # what these runs are, when they are not a plain sweep
     out: str = ""

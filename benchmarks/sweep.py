@@ -33,9 +33,10 @@ import numpy as np
 import tyro
 
 from benchmarks.common import RESULTS, machine, write_json
-from reled_jax.evaluate import evaluate_policies, evaluate_seeds_modes, untrained_policies
+from reled_jax.evaluate import MAX_TEST_STEPS, TEST_EPISODES, TEST_SEED, evaluate_policies, evaluate_seeds_modes, untrained_policies
 from reled_jax.checkpoint import read_checkpoint
 from reled_jax.methods import METHODS, PAPER_BASELINES, PAPER_RELED, VA_RELED
+from reled_jax.reled import HybridPPOConfig
 from reled_jax.cluster import ClusterConfig, join_cluster
 from reled_jax.train import TrainConfig, train, usage_errors
 from sim.policies import REFERENCE_POLICIES
@@ -77,14 +78,14 @@ class SweepConfig:
     scenarios: tuple[str, ...] = ()
     regimes: tuple[str, ...] = ()
     n_agents: tuple[int, ...] = ()
-    episodes: int = 20  # greedy test episodes per seed
-    eval_seed: int = 12345
-    max_steps: int = 3000
+    episodes: int = TEST_EPISODES  # test episodes per seed, greedy and sampled
+    eval_seed: int = TEST_SEED
+    max_steps: int = MAX_TEST_STEPS
     runs_dir: str = "runs/sweep"
     tag: str = ""  # results file suffix, e.g. "gpu": sweep_fig4_small_gpu.json
     out: str = ""  # default benchmarks/results/sweep_<experiment>_<budget>[_<tag>].json
     cluster: ClusterConfig = ClusterConfig()  # several hosts train each cell together; process 0 writes
-    alpha_schedule: str = "text"  # which reading of Eq. 30 (HybridPPOConfig.alpha_schedule); give others their own --runs-dir and --tag
+    alpha_schedule: str = HybridPPOConfig.alpha_schedule  # which reading of Eq. 30; give others their own --runs-dir and --tag
 
     def grid(self) -> list[tuple[str, str, int, str]]:
         if self.experiment not in EXPERIMENTS:

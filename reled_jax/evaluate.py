@@ -31,12 +31,19 @@ from sim.policies import REFERENCE_POLICIES
 from sim.scenarios import load_scenario
 
 
+# The test episodes every evaluation plays (evaluate, the sweep, expert agreement, the training CLI's table):
+# the same keys, never used in training, so every method and reference is scored on the same episodes.
+TEST_SEED = 12345
+TEST_EPISODES = 20
+MAX_TEST_STEPS = 3000  # environment steps per test episode at most
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
     checkpoint: str = ""  # empty: reference policies only
-    episodes: int = 20
-    seed: int = 12345  # evaluation keys (different from training)
-    max_steps: int = 3000  # environment steps per episode at most
+    episodes: int = TEST_EPISODES
+    seed: int = TEST_SEED  # evaluation keys (different from training)
+    max_steps: int = MAX_TEST_STEPS
     stochastic: bool = False  # sample from the policy instead of taking its most likely action
     # Without a checkpoint: the environment of the reference policies (default hongkong / moderate / 10).
     # With one: read from it; a flag that disagrees with the checkpoint is an error.

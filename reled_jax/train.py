@@ -41,6 +41,7 @@ from llm.service import ExpertConfig, ExpertService
 from reled_jax import checkpoint
 from reled_jax import qmix
 from reled_jax.cluster import ClusterConfig, join_cluster, seed_placement, to_host
+from reled_jax.evaluate import MAX_TEST_STEPS, TEST_SEED
 from reled_jax.networks import init_env_agents, input_dim as observation_dim
 from reled_jax.mappo import global_state_dim
 from reled_jax.methods import METHODS, method
@@ -138,7 +139,7 @@ class TrainConfig:
     # A per-epoch host callback keeps JAX's persistent compilation cache from storing the chunk (tests rely on it).
     progress: str = "auto"  # auto | epoch | chunk
     test_episodes: int = 10  # the CLI ends with this many test episodes per policy on one set of keys (0: none)
-    test_seed: int = 12345  # their keys (the sweep's evaluation seed)
+    test_seed: int = TEST_SEED  # their keys (the sweep's and evaluate's)
     # Fields the user set (the CLI fills it from the command line): the preset never overrides them, even
     # where they equal the default (`--preset paper --epochs 40` trains 40 epochs). Fields not named here
     # are overridden by the preset where they are left at their defaults. Cleared once resolved.
@@ -511,9 +512,9 @@ def final_tests(cfg: TrainConfig) -> dict[str, dict]:
     cfg = cfg.resolved()
     ck = checkpoint.read_checkpoint(cfg.out_dir / checkpoint.FILENAME)
     _, env, params = load_scenario(cfg.scenario, cfg.regime, n_agents=cfg.n_agents, seed=cfg.seed)
-    greedy, sampled = evaluate_seeds_modes(env, params, ck["policy"], cfg.test_episodes, cfg.test_seed, 3000, (False, True))
+    greedy, sampled = evaluate_seeds_modes(env, params, ck["policy"], cfg.test_episodes, cfg.test_seed, MAX_TEST_STEPS, (False, True))
     refs = evaluate_policies(env, params, {name: (lambda key, obs, ref=ref: ref(key, obs, params)) for name, ref in REFERENCE_POLICIES.items()},
-                             cfg.test_episodes, cfg.test_seed, 3000)
+                             cfg.test_episodes, cfg.test_seed, MAX_TEST_STEPS)
 
     def over_seeds(rows: list[dict]) -> dict:
         return {"reward_per_agent": [float(np.mean([r["reward_per_agent"][0] for r in rows]))], "travel_time_s": [float(np.mean([r["travel_time_s"][0] for r in rows]))],
