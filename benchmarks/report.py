@@ -27,6 +27,7 @@ import tyro  # noqa: E402
 
 from benchmarks.common import RESULTS, ci95  # noqa: E402
 from reled_jax.methods import METHODS, VA_RELED  # noqa: E402
+from reled_jax.reled import HybridPPOConfig  # noqa: E402
 
 COLOURS = {name: m.colour for name, m in METHODS.items()}
 LABELS = {name: m.label for name, m in METHODS.items()}
@@ -265,7 +266,7 @@ def method_form(result: dict) -> str:
     b = result.get("budget_config", {})
     if "alpha_schedule" not in b:
         return "; pre-issue-17 RELED: eq30, centred A^e"
-    if b["alpha_schedule"] != "text" or b.get("center_expert_advantages"):
+    if b["alpha_schedule"] != HybridPPOConfig.alpha_schedule or b.get("center_expert_advantages"):
         return f"; α reading {b['alpha_schedule']}" + (", centred A^e" if b.get("center_expert_advantages") else "")
     return ""
 

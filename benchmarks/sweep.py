@@ -33,13 +33,12 @@ import numpy as np
 import tyro
 
 from benchmarks.common import RESULTS, machine, write_json
-from reled_jax.evaluate import MAX_TEST_STEPS, TEST_EPISODES, TEST_SEED, evaluate_policies, evaluate_seeds_modes, untrained_policies
+from reled_jax.evaluate import MAX_TEST_STEPS, TEST_EPISODES, TEST_SEED, evaluate_policies, evaluate_seeds_modes, reference_policies, untrained_policies
 from reled_jax.checkpoint import read_checkpoint
 from reled_jax.methods import METHODS, PAPER_BASELINES, PAPER_RELED, VA_RELED
 from reled_jax.reled import HybridPPOConfig
 from reled_jax.cluster import ClusterConfig, join_cluster
 from reled_jax.train import TrainConfig, train, usage_errors
-from sim.policies import REFERENCE_POLICIES
 from sim.scenarios import load_scenario
 
 ABLATIONS = (*PAPER_RELED, "ippo")
@@ -160,8 +159,7 @@ def references(cfg: SweepConfig, scenario: str, regime: str, n_agents: int) -> d
     """Shortest-time and random (sampling) policies, and seed 0's untrained networks greedy and sampled, on
     the same test keys as the trained ones."""
     _, env, params = load_scenario(scenario, regime, n_agents=n_agents, seed=0)
-    policies = {name: (lambda key, obs, ref=ref: ref(key, obs, params)) for name, ref in REFERENCE_POLICIES.items()}
-    policies |= untrained_policies(env, 0)
+    policies = reference_policies(params) | untrained_policies(env, 0)
     res = evaluate_policies(env, params, policies, cfg.episodes, cfg.eval_seed, cfg.max_steps)
     return {name: {"reward": r["reward_per_agent"][0], "travel_time_s": r["travel_time_s"][0], "arrival_rate": r["arrival_rate"],
                    "episode_reward": np.mean(r["per_agent"]["reward"], axis=1).tolist()} for name, r in res.items()}

@@ -127,6 +127,11 @@ def evaluate_policies(env: RouteChoiceEnv, params: EnvParams, policies: dict[str
     return results
 
 
+def reference_policies(params: EnvParams) -> dict[str, Callable]:
+    """The shortest-time and random reference policies (sim.policies) as `policy(key, obs)` for `evaluate_policies`."""
+    return {name: (lambda key, obs, ref=ref: ref(key, obs, params)) for name, ref in REFERENCE_POLICIES.items()}
+
+
 def evaluate_seeds(env: RouteChoiceEnv, params: EnvParams, policy_params, n_episodes: int, seed: int, max_steps: int, stochastic: bool = False) -> list[dict]:
     """`evaluate_policies` for policies stacked on a leading seed axis, as one compiled program (seeds vmapped)."""
     return evaluate_seeds_modes(env, params, policy_params, n_episodes, seed, max_steps, (stochastic,))[0]
@@ -205,8 +210,7 @@ def main(cfg: EvalConfig) -> dict:
         scenario, regime, n_agents = cfg.environment()
         _, env, params = load_scenario(scenario, regime, n_agents=n_agents)
         out_path = None
-    for name, ref in REFERENCE_POLICIES.items():
-        policies[name] = lambda key, obs, ref=ref: ref(key, obs, params)
+    policies |= reference_policies(params)
     results = evaluate_policies(env, params, policies, cfg.episodes, cfg.seed, cfg.max_steps)
     print(f"{'policy':52s} {'reward/agent':>20s} {'travel time (s)':>20s} {'arrived':>8s}")
     for name, r in results.items():

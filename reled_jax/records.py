@@ -101,12 +101,12 @@ def closing_table(summary: dict, tests: dict[str, dict], out: Path) -> str:
     policies (greedy and sampled) beside the shortest-time and random references, and where the files are.
 
     `tests`: name -> `episode_summary` dict (reward_per_agent, travel_time_s: (mean, SD); arrival_rate)."""
-    def pair(stat, digits=0, pct=False):
+    def pair(stat, pct=False):
         mean = stat[0]
-        return "-" if not np.isfinite(mean) else f"{mean:.0%}" if pct else f"{mean:,.{digits}f}"
+        return "-" if not np.isfinite(mean) else f"{mean:.0%}" if pct else f"{mean:,.0f}"
 
     rows = [("", "reward/agent", "travel time (s)", "arrived"),
-            ("training, first 10 % of epochs", pair(summary["reward_first_10pct"]), pair(summary["travel_time_first_10pct"]), pair(summary.get("arrival_rate_first_10pct", (np.nan,)), pct=True)),
+            ("training, first 10 % of epochs", pair(summary["reward_first_10pct"]), pair(summary["travel_time_first_10pct"]), pair(summary["arrival_rate_first_10pct"], pct=True)),
             ("training, last 10 % of epochs", pair(summary["reward_last_10pct"]), pair(summary["travel_time_last_10pct"]), pair(summary["arrival_rate_last_10pct"], pct=True))]
     for name, r in tests.items():
         rows.append((f"test: {name}", pair(r["reward_per_agent"]), pair(r["travel_time_s"]), f"{r['arrival_rate']:.0%}"))

@@ -41,7 +41,7 @@ from llm.service import ExpertConfig, ExpertService
 from reled_jax import checkpoint
 from reled_jax import qmix
 from reled_jax.cluster import ClusterConfig, join_cluster, seed_placement, to_host
-from reled_jax.evaluate import MAX_TEST_STEPS, TEST_SEED
+from reled_jax.evaluate import MAX_TEST_STEPS, TEST_SEED, evaluate_policies, evaluate_seeds_modes, reference_policies
 from reled_jax.networks import init_env_agents, input_dim as observation_dim
 from reled_jax.mappo import global_state_dim
 from reled_jax.methods import METHODS, method
@@ -73,7 +73,7 @@ PRESETS = {
 
 # TrainConfig's algorithm fields take their defaults from the algorithm configs, which declare each one once:
 # HybridPPOConfig (RELED, IPPO, MAPPO), SEDConfig (the expert refreshes) and QMixConfig (fields prefixed qmix_).
-# tests/test_train.py walks the dataclasses and checks that same-named fields agree and every one reaches the CLI.
+# tests/test_methods.py walks the dataclasses and checks that same-named fields agree and every one reaches the CLI.
 _P, _S, _Q = HybridPPOConfig, SEDConfig, qmix.QMixConfig
 
 
@@ -301,6 +301,7 @@ def train(cfg: TrainConfig) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         write_config(out / CONFIG_FILE, cfg)
     ckpt_path = out / checkpoint.FILENAME
+    keep_buffer = cfg.spec.trainer == "qmix" and cfg.qmix_keep_buffer  # what the checkpoints hold (saved_state)
     rows: list[dict] = []
     sed_log: list[dict] = []
     start_epoch, wall_offset, steps_done = 0, 0.0, np.zeros(len(seeds))
@@ -373,7 +374,6 @@ def train(cfg: TrainConfig) -> dict:
                     row.update(rvi=last["rvi"], pdi=last["pdi"], expert_reward=last["expert_reward"], execution_rate=last["execution_rate"], expert_fallbacks=last["fallbacks"])
                 rows.append(row)
         epoch += length
-        keep_buffer = cfg.spec.trainer == "qmix" and cfg.qmix_keep_buffer
         arrays = to_host({"state": saved_state(state, keep_buffer), "expert": expert, "expert_nodes": expert_nodes})  # every process gathers
         if writer:
             write_metrics(out, rows)
@@ -452,9 +452,15 @@ def saved_config(cfg: TrainConfig) -> dict:
     tables, but never an API key (a resumed or rerun LLM run takes it from the flags or the environment again)."""
     data = dataclasses.asdict(cfg)
     data.pop("explicit", None)
-    if data.get("expert", {}).get("llm", {}).get("api_key"):
-        data["expert"]["llm"]["api_key"] = ""
-    return data
+    return _without_api_key(data)
+
+
+def _without_api_key(config: dict) -> dict:
+    """A configuration dict with its LLM API key (if it has one) blanked."""
+    if not config.get("expert", {}).get("llm", {}).get("api_key"):
+        return config
+    expert = config["expert"]
+    return {**config, "expert": {**expert, "llm": {**expert["llm"], "api_key": ""}}}
 
 
 def write_config(path: Path, cfg: TrainConfig) -> None:
@@ -482,11 +488,11 @@ def _dataclass_from(cls, data: dict, where: str):
     unknown = sorted(set(data) - set(fields) - {"explicit"})
     if unknown:
         raise SystemExit(f"--config {where}: unknown field(s) {unknown} for {cls.__name__}; `python -m reled_jax.train --help` lists them")
-    values = {}
+    values, defaults = {}, cls()
     for name, value in data.items():
         if name == "explicit":
             continue
-        default = getattr(cls(), name) if name in fields else None
+        default = getattr(defaults, name)
         if dataclasses.is_dataclass(default) and isinstance(value, dict):
             values[name] = _dataclass_from(type(default), value, f"{where} [{name}]")
         else:
@@ -498,23 +504,18 @@ def _comparable(config: dict) -> dict:
     """The fields that decide a run's result (not where it is written or whether it resumes). A field a
     checkpoint's configuration lacks (written before the field existed) counts as its default value; API keys
     are never kept, so they never count."""
-    defaults = saved_config(TrainConfig())
-    config = {**config, "expert": {**config.get("expert", {}), "llm": {**config.get("expert", {}).get("llm", {}), "api_key": ""}}} if "expert" in config else config
+    defaults, config = saved_config(TrainConfig()), _without_api_key(config)
     return {k: config.get(k, v) for k, v in defaults.items() if k not in ("resume", "out", "shard_seeds", "cluster", "progress", "explicit", "test_episodes", "test_seed", "qmix_keep_buffer")}
 
 
 def final_tests(cfg: TrainConfig) -> dict[str, dict]:
     """`cfg.test_episodes` test episodes on one set of keys: the run's policies greedy and sampled (each the
     mean over seeds) and the shortest-time and random references (`reled_jax.evaluate`)."""
-    from reled_jax.evaluate import evaluate_policies, evaluate_seeds_modes
-    from sim.policies import REFERENCE_POLICIES
-
     cfg = cfg.resolved()
     ck = checkpoint.read_checkpoint(cfg.out_dir / checkpoint.FILENAME)
     _, env, params = load_scenario(cfg.scenario, cfg.regime, n_agents=cfg.n_agents, seed=cfg.seed)
     greedy, sampled = evaluate_seeds_modes(env, params, ck["policy"], cfg.test_episodes, cfg.test_seed, MAX_TEST_STEPS, (False, True))
-    refs = evaluate_policies(env, params, {name: (lambda key, obs, ref=ref: ref(key, obs, params)) for name, ref in REFERENCE_POLICIES.items()},
-                             cfg.test_episodes, cfg.test_seed, MAX_TEST_STEPS)
+    refs = evaluate_policies(env, params, reference_policies(params), cfg.test_episodes, cfg.test_seed, MAX_TEST_STEPS)
 
     def over_seeds(rows: list[dict]) -> dict:
         return {"reward_per_agent": [float(np.mean([r["reward_per_agent"][0] for r in rows]))], "travel_time_s": [float(np.mean([r["travel_time_s"][0] for r in rows]))],
