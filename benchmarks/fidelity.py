@@ -56,7 +56,7 @@ def checkpoint_policies(paths, scenario: str, regime: str, n_nodes: int, m_out: 
     policies = {}
     for path in paths:
         ck = read_checkpoint(path)
-        if (ck["config"]["scenario"], ck["config"]["regime"]) == (scenario, regime):
+        if (ck["run"]["scenario"], ck["run"]["regime"]) == (scenario, regime):
             run, arrays = checkpoint_arrays(ck)
             policies[f"{run['method']} (epoch {run['epoch']})"] = trained_pair(arrays, n_nodes, m_out)
     return policies

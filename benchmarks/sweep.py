@@ -38,7 +38,8 @@ from reled_jax.checkpoint import read_checkpoint
 from reled_jax.methods import METHODS, PAPER_BASELINES, PAPER_RELED, VA_RELED
 from reled_jax.reled import HybridPPOConfig
 from reled_jax.cluster import ClusterConfig, join_cluster
-from reled_jax.train import TrainConfig, train, usage_errors
+from reled_jax.config import TrainConfig
+from reled_jax.train import train, usage_errors
 from sim.scenarios import load_scenario
 
 ABLATIONS = (*PAPER_RELED, "ippo")
@@ -115,8 +116,8 @@ class SweepConfig:
 
     def train_config(self, scenario: str, regime: str, n_agents: int, method: str) -> TrainConfig:
         run = Path(self.runs_dir) / self.budget / f"{scenario}-{regime}-a{n_agents}-{method}-x{self.seeds}"
-        return TrainConfig(scenario=scenario, regime=regime, method=method, n_agents=n_agents, seeds=self.seeds, seed=0, out=str(run), resume=True, cluster=self.cluster,
-                           alpha_schedule=self.alpha_schedule, **BUDGETS[self.budget])
+        return dataclasses.replace(TrainConfig.of(scenario=scenario, regime=regime, method=method, n_agents=n_agents, seeds=self.seeds, seed=0, out=str(run), resume=True,
+                                                  alpha_schedule=self.alpha_schedule, **BUDGETS[self.budget]), cluster=self.cluster)
 
 
 CURVE_KEYS = ("interaction_steps", "wall_s", "episode_reward", "travel_time", "arrival_rate", "dtw_m", "alpha", "expert_reward", "execution_rate")
@@ -131,7 +132,7 @@ def curves(run_dir: Path, seeds: int) -> dict[str, list[list[float]]]:
 
 def evaluate_cell(cfg: SweepConfig, tcfg: TrainConfig, summary: dict, t0: float) -> dict:
     """A trained cell's curves and greedy test episodes (process 0 only: it holds the run directory)."""
-    scenario, regime, n_agents, method = tcfg.scenario, tcfg.regime, tcfg.n_agents, tcfg.method
+    scenario, regime, n_agents, method = tcfg.env.scenario, tcfg.env.regime, tcfg.env.n_agents, tcfg.method
     run_dir = tcfg.out_dir
     ck = read_checkpoint(run_dir / "checkpoint.npz")
     _, env, params = load_scenario(scenario, regime, n_agents=n_agents, seed=0)
@@ -172,10 +173,10 @@ def cell_key(c: dict) -> str:
 def sweep(cfg: SweepConfig) -> dict:
     grid = cfg.grid()
     out = cfg.out_path
-    budget = dataclasses.asdict(cfg.train_config(*grid[0]).resolved())
+    budget = cfg.train_config(*grid[0]).resolved()
     # The method's form is part of the budget key: cells of another form are not reused (sweeps from before
     # issue 17 have neither field, and were made with eq30 and centred expert advantages).
-    budget = {k: budget[k] for k in ("epochs", "n_envs", "rollout_steps", "q", "m", "n_demo_envs", "demo_steps", "lr", "preset",
+    budget = {k: budget.get(k) for k in ("epochs", "n_envs", "rollout_steps", "q", "m", "n_demo_envs", "demo_steps", "lr", "preset",
                                      "alpha_schedule", "center_expert_advantages")}
     result = {
         "benchmark": "sweep", "experiment": cfg.experiment, "budget": cfg.budget, "budget_config": budget, "seeds": cfg.seeds,

@@ -34,7 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.common import RESULTS, machine, write_json
-from reled_jax.train import PRESETS, TrainConfig, train
+from reled_jax.config import PRESETS, TrainConfig, config_from_dict
+from reled_jax.train import train
 from sim.policies import random_policy
 from sim.scenarios import load_scenario
 
@@ -42,9 +43,9 @@ from sim.scenarios import load_scenario
 
 def bare_env_decisions_per_s(cfg: TrainConfig, repeats: int = 3) -> float:
     """Decisions/s of the environment alone at cfg's n_envs and step mode, random policy, one seed."""
-    _, env, params = load_scenario(cfg.scenario, cfg.regime, n_agents=cfg.n_agents, seed=cfg.seed)
-    n_envs, n_steps = cfg.n_envs, cfg.rollout_steps
-    step = env.step_batch if cfg.lockstep else jax.vmap(env.step, in_axes=(0, 0, 0, None))
+    _, env, params = load_scenario(cfg.env.scenario, cfg.env.regime, n_agents=cfg.env.n_agents, seed=cfg.run.seed)
+    n_envs, n_steps = cfg.ppo.n_envs, cfg.ppo.rollout_steps
+    step = env.step_batch if cfg.ppo.lockstep else jax.vmap(env.step, in_axes=(0, 0, 0, None))
 
     @jax.jit
     def run(key, state, obs):
@@ -75,15 +76,15 @@ def rollout_seconds_per_epoch(cfg: TrainConfig, run_dir: Path, repeats: int = 3)
     from reled_jax.reled import SEED_AXIS, init_state, make_epoch
 
     ck, arrays = checkpoint.read(run_dir / checkpoint.FILENAME)
-    cfg = dataclasses.replace(cfg.resolved(), decision_share=ck["config"]["decision_share"])
-    _, env, params = load_scenario(cfg.scenario, cfg.regime, n_agents=cfg.n_agents, seed=cfg.seed)
+    cfg = cfg.resolved().set(decision_share=config_from_dict(ck["config"]).ppo.decision_share)
+    _, env, params = load_scenario(cfg.env.scenario, cfg.env.regime, n_agents=cfg.env.n_agents, seed=cfg.run.seed)
     agents, policy, value = init_env_agents(jax.random.PRNGKey(0), env)
     epoch = make_epoch(env, params, policy, value, cfg.ppo_config())
     run = jax.jit(jax.vmap(lambda st: epoch.rollout(st, SEED_AXIS)[0]["decided"].sum(), axis_name=SEED_AXIS))
     one = init_state(jax.random.PRNGKey(0), agents, cfg.ppo_config())
-    if cfg.carry_envs:
+    if cfg.ppo.carry_envs:
         one = one.replace(envs=jax.jit(epoch.initial_envs)(jax.random.PRNGKey(0)))
-    template = jax.tree.map(lambda z: jax.ShapeDtypeStruct((cfg.seeds, *z.shape), z.dtype), one)  # the run's state, seeds stacked
+    template = jax.tree.map(lambda z: jax.ShapeDtypeStruct((cfg.run.seeds, *z.shape), z.dtype), one)  # the run's state, seeds stacked
     state = jax.tree.map(jnp.asarray, checkpoint.restore(template, arrays, "state", run_dir))
     jax.block_until_ready(run(state))
     best = float("inf")
@@ -95,25 +96,25 @@ def rollout_seconds_per_epoch(cfg: TrainConfig, run_dir: Path, repeats: int = 3)
 
 
 def measure(method: str, seeds: int, preset: str, epochs: int | None, overrides: dict) -> dict:
-    cfg = TrainConfig(method=method, seeds=seeds, preset=preset)
+    cfg = TrainConfig.of(method=method, seeds=seeds, preset=preset)
     if epochs or overrides:  # the preset's budget with some fields changed
-        cfg = dataclasses.replace(cfg.resolved(), preset="default", **overrides, **({"epochs": epochs} if epochs else {}))
+        cfg = cfg.resolved().set(preset="default", **overrides, **({"epochs": epochs} if epochs else {}))
     resolved = cfg.resolved()
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
         t0 = time.perf_counter()
-        summary = train(dataclasses.replace(cfg, out=str(run_dir)))
+        summary = train(cfg.set(out=str(run_dir)))
         wall = time.perf_counter() - t0
         timing = summary["timing"]
         rollout_epoch = rollout_seconds_per_epoch(cfg, run_dir) if method != "qmix" else float("nan")
     env_rate = bare_env_decisions_per_s(resolved)
     steps = summary["interaction_steps_per_seed"] * seeds
-    rollout_s = rollout_epoch * resolved.epochs
+    rollout_s = rollout_epoch * resolved.ppo.epochs
     return {
         "method": method,
         "device": f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind}",
         "seeds": seeds,
-        "budget": {k: getattr(resolved, k) for k in ("epochs", "n_envs", "rollout_steps", "update_epochs", "n_minibatches", "update_block", "lockstep", "carry_envs")},
+        "budget": {k: resolved.get(k) for k in ("epochs", "n_envs", "rollout_steps", "update_epochs", "n_minibatches", "update_block", "lockstep", "carry_envs")},
         "decision_share": summary.get("decision_share"),
         "update_rows_mean": summary.get("update_rows_mean"),
         "interaction_steps": int(steps),

@@ -24,14 +24,15 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import RESULTS, ci95, machine, write_json
-from reled_jax.train import TrainConfig, train
+from reled_jax.config import TrainConfig
+from reled_jax.train import train
 
 
 def run(method: str, block: int, seeds: int, epochs: int, rollout_steps: int, runs_dir: Path) -> dict:
     out = runs_dir / f"{method}-b{block}-x{seeds}-e{epochs}-r{rollout_steps}"
     if not (out / "summary.json").exists():  # an interrupted run continues (resume starts afresh where nothing was written)
-        train(TrainConfig(method=method, preset="paper", rollout_steps=rollout_steps, epochs=epochs, seeds=seeds, update_block=block, out=str(out),
-                          progress="chunk", resume=True, explicit=("rollout_steps", "epochs")))
+        train(TrainConfig.of(method=method, preset="paper", rollout_steps=rollout_steps, epochs=epochs, seeds=seeds, update_block=block, out=str(out),
+                             progress="chunk", resume=True))
     summary = json.loads((out / "summary.json").read_text())
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     per_seed = []

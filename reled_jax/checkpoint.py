@@ -196,7 +196,8 @@ def read(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
 
 
 def read_checkpoint(path: str | Path) -> dict:
-    """A training checkpoint (reled_jax.train; data only, reled_jax.checkpoint) as a dict: "config", "epoch",
+    """A training checkpoint (reled_jax.train; data only, reled_jax.checkpoint) as a dict: "config" (as saved),
+    "run" (`run_identity`), "epoch",
     "policy" (the policy networks, leaves [seeds, agents, ...]), "meta" and "arrays"; or a one-line exit
     saying what is wrong with the file."""
     meta, arrays = read(path)
@@ -204,4 +205,16 @@ def read_checkpoint(path: str | Path) -> dict:
     layers = policy.get("params", {})
     if not all(f"Dense_{k}" in layers and {"kernel", "bias"} <= set(layers[f"Dense_{k}"]) for k in range(3)):
         raise CheckpointError(f"checkpoint {path} holds no policy network of the expected form (3 dense layers)")
-    return {"config": meta["config"], "epoch": meta["epoch"], "policy": policy, "meta": meta, "arrays": arrays}
+    try:
+        run = run_identity(meta["config"])
+    except (KeyError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"checkpoint {path}: its configuration has no {err}; it was not written by reled_jax.train") from None
+    return {"config": meta["config"], "run": run, "epoch": meta["epoch"], "policy": policy, "meta": meta, "arrays": arrays}
+
+
+def run_identity(config: dict) -> dict:
+    """What a checkpoint's policies were trained for, from its saved configuration (reled_jax.config's tree, or
+    the flat layout before it): scenario, regime, n_agents, method, seed (the first) and seeds."""
+    env, run = config.get("env", config), config.get("run", config)
+    return {"scenario": env["scenario"], "regime": env["regime"], "n_agents": env["n_agents"], "method": config["method"],
+            "seed": run["seed"], "seeds": run["seeds"]}

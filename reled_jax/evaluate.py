@@ -171,7 +171,7 @@ def trained_policy(policy_params, n_nodes: int, m_out: int, stochastic: bool) ->
 
 def checkpoint_policies(ck: dict, env: RouteChoiceEnv, stochastic: bool = False) -> dict[str, Callable]:
     """One policy per seed stacked in a loaded checkpoint, named '<method> (seed s, epoch k)', seeds in order."""
-    run = ck["config"]
+    run = ck["run"]
     policy_params = ck["policy"]
     n_seeds, n_agents, n_in, _ = policy_params["params"]["Dense_0"]["kernel"].shape
     n_out = policy_params["params"]["Dense_2"]["kernel"].shape[-1]
@@ -198,7 +198,7 @@ def main(cfg: EvalConfig) -> dict:
     if cfg.checkpoint:
         path = Path(cfg.checkpoint)
         ck = read_checkpoint(path)
-        run = ck["config"]
+        run = ck["run"]
         scenario, regime, n_agents = cfg.environment(run)
         _, env, params = load_scenario(scenario, regime, n_agents=n_agents, seed=run["seed"])
         policies.update(checkpoint_policies(ck, env, cfg.stochastic))

@@ -65,7 +65,7 @@ def policy_arrays(policy_params: dict, n_nodes: int, m_out: int) -> dict:
 
 
 def checkpoint_arrays(ck: dict, seed_index: int = 0) -> tuple[dict, dict]:
-    """(run config with its epoch, policy arrays) of one seed of a loaded checkpoint."""
+    """(what the run trained for (checkpoint.run_identity) with its epoch, policy arrays) of one seed of a loaded checkpoint."""
     seeds_stacked = ck["policy"]["params"]  # leaves [seeds, agents, ...]
     n_seeds, _, input_dim, _ = np.shape(seeds_stacked["Dense_0"]["kernel"])
     m_out = int(np.shape(seeds_stacked["Dense_2"]["kernel"])[-1])
@@ -74,7 +74,7 @@ def checkpoint_arrays(ck: dict, seed_index: int = 0) -> tuple[dict, dict]:
     one_seed = {"params": {name: {k: np.asarray(v)[seed_index] for k, v in layer.items()} for name, layer in seeds_stacked.items()}}
     # The input is the encoded observation, 2 N + 2 M wide (reled_jax.networks.encode).
     n_nodes = (int(input_dim) - 2 * m_out) // 2
-    return {**ck["config"], "epoch": ck["epoch"]}, policy_arrays(one_seed, n_nodes, m_out)
+    return {**ck["run"], "epoch": ck["epoch"]}, policy_arrays(one_seed, n_nodes, m_out)
 
 
 def export(checkpoint: str | Path, out: str | Path, seed_index: int = 0) -> Path:

@@ -42,23 +42,27 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from tyro.conf import Suppress
 from flax import struct
 
 from reled_jax.mappo import global_state, global_state_dim
 from reled_jax.networks import MLP, NEG_INF, AgentParams, observe
-from reled_jax.reled import clipped_adam, rollout_statistics
+from reled_jax.reled import HybridPPOConfig, clipped_adam, rollout_statistics
 from sim.env import EnvParams, RouteChoiceEnv
 
 
 @dataclasses.dataclass(frozen=True)
 class QMixConfig:
-    epochs: int = 40
-    n_envs: int = 8
-    rollout_steps: int = 1024  # environment steps per environment per epoch (same budget as the PPO methods)
-    gamma: float = 0.99
-    lr: float = 3e-4  # as IPPO / RELED
-    max_grad_norm: float = 0.5
-    reward_scale: float = 0.01
+    # The budget and knobs QMIX shares with the PPO methods (SHARED_WITH_PPO): their defaults are
+    # HybridPPOConfig's, and a training run sets them from its PPO group (TrainConfig.qmix_config), so
+    # they are no flags of their own.
+    epochs: Suppress[int] = HybridPPOConfig.epochs
+    n_envs: Suppress[int] = HybridPPOConfig.n_envs
+    rollout_steps: Suppress[int] = HybridPPOConfig.rollout_steps  # environment steps per environment per epoch
+    gamma: Suppress[float] = HybridPPOConfig.gamma
+    lr: Suppress[float] = HybridPPOConfig.lr
+    max_grad_norm: Suppress[float] = HybridPPOConfig.max_grad_norm
+    reward_scale: Suppress[float] = HybridPPOConfig.reward_scale
     buffer_size: int = 50_000
     batch_size: int = 256
     updates_per_epoch: int = 128
@@ -67,6 +71,9 @@ class QMixConfig:
     eps_end: float = 0.05
     eps_decay_frac: float = 0.5  # of the epochs
     mixer_embed: int = 32
+
+
+SHARED_WITH_PPO = ("epochs", "n_envs", "rollout_steps", "gamma", "lr", "max_grad_norm", "reward_scale")
 
 
 class Mixer(nn.Module):

@@ -18,16 +18,17 @@ def fmt_mean(values) -> str:
 
 
 def run_summary(cfg, rows: list[dict], seds: list) -> dict:
-    first = [r for r in rows if r["epoch"] <= max(1, cfg.epochs // 10)]
-    last = [r for r in rows if r["epoch"] > cfg.epochs - max(1, cfg.epochs // 10)]
+    epochs = cfg.ppo.epochs
+    first = [r for r in rows if r["epoch"] <= max(1, epochs // 10)]
+    last = [r for r in rows if r["epoch"] > epochs - max(1, epochs // 10)]
     def stat(rs, k):
         v = np.array([r[k] for r in rs], float)
         v = v[np.isfinite(v)]
         return (float(v.mean()), float(v.std())) if v.size else (float("nan"), float("nan"))
 
     out = {
-        "method": cfg.method, "scenario": cfg.scenario, "regime": cfg.regime, "seeds": cfg.seeds, "epochs": cfg.epochs,
-        "interaction_steps_per_seed": int(np.mean([r["interaction_steps"] for r in rows if r["epoch"] == cfg.epochs])),
+        "method": cfg.method, "scenario": cfg.env.scenario, "regime": cfg.env.regime, "seeds": cfg.run.seeds, "epochs": epochs,
+        "interaction_steps_per_seed": int(np.mean([r["interaction_steps"] for r in rows if r["epoch"] == epochs])),
         "wall_s": rows[-1]["wall_s"],
         "reward_first_10pct": stat(first, "episode_reward"), "reward_last_10pct": stat(last, "episode_reward"),
         "travel_time_first_10pct": stat(first, "travel_time"), "travel_time_last_10pct": stat(last, "travel_time"),

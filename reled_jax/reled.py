@@ -46,6 +46,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import optax
+from tyro.conf import Suppress
 from flax import struct
 
 from reled_jax.dtw import dtw_batch
@@ -64,7 +65,7 @@ class HybridPPOConfig:
     """RELED's Hybrid expert-agent Policy Optimization (the paper's "HPO", III-E) on PPO, and IPPO/MAPPO as its
     expert-free cases: what one seed's jitted epoch needs (`make_epoch`)."""
 
-    method: str = "reled"
+    method: Suppress[str] = "reled"  # a training run sets it from its own method (TrainConfig.method): no flag here
     epochs: int = 40  # K
     n_envs: int = 8
     rollout_steps: int = 1024  # environment steps per environment per epoch (each consumes 0..A decisions; long enough for whole episodes)

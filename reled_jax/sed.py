@@ -13,10 +13,12 @@ laid out like the agent samples so HPO treats both alike.
 from __future__ import annotations
 
 import dataclasses
+from typing import Annotated
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tyro.conf import Suppress, arg
 
 from llm.demos import make_demo_rollout
 from llm.feedback import build_feedback, merge_feedback, volatility_threshold
@@ -29,11 +31,12 @@ from sim.network import RoadNetwork
 
 @dataclasses.dataclass(frozen=True)
 class SEDConfig:
-    q: int = 10  # epochs between demonstrations
-    m: int = 2  # agent subsets per demonstration
+    # The paper's q and m, also reachable on the command line by what they mean (--refresh-every, --subsets).
+    q: Annotated[int, arg(aliases=("--refresh-every",), help="q: epochs between expert refreshes (new plans, demonstrations and feedback; Algorithm 1)")] = 10
+    m: Annotated[int, arg(aliases=("--subsets",), help="m: agent subsets the expert is asked about at each refresh (the partition A_1..A_m, III-D)")] = 2
     n_demo_envs: int = 4  # expert episodes per subset
     demo_steps: int = 1024  # environment steps per expert episode (cut there if not finished)
-    refine: bool = True  # False: plans generated once and reused (reled-norefine)
+    refine: Suppress[bool] = True  # False: plans generated once and reused (reled-norefine); the method decides it, no flag
 
 
 class SED:

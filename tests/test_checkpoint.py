@@ -13,6 +13,7 @@ from llm.service import ExpertStats
 from reled_jax import checkpoint
 from reled_jax.checkpoint import CheckpointError
 from reled_jax.checkpoint import read_checkpoint
+from reled_jax.config import TrainConfig, saved_config
 
 
 def _policy(n_seeds=1, n_agents=3, n_in=34, hidden=8, m_out=4):
@@ -83,7 +84,7 @@ def test_a_malicious_pickle_is_refused_without_running_anything(tmp_path):
 
 def _bad_files(tmp_path):
     good = tmp_path / "good.npz"
-    checkpoint.write(good, {"config": {}, "epoch": 1}, {"state": {"params": {"policy": _policy()}}})
+    checkpoint.write(good, {"config": saved_config(TrainConfig()), "epoch": 1}, {"state": {"params": {"policy": _policy()}}})
     data = good.read_bytes()
     files = {
         "empty": b"", "truncated": data[: len(data) // 2], "random": np.random.default_rng(0).bytes(4096), "text": b"epoch 4, all fine\n",
@@ -102,6 +103,8 @@ def _bad_files(tmp_path):
         np.savez(paths[name], __meta__=np.frombuffer(document, np.uint8))
     paths["no policy"] = tmp_path / "no_policy.npz"
     checkpoint.write(paths["no policy"], {"config": {}, "epoch": 1}, {"state": {"value": np.zeros(2)}})
+    paths["config without its scenario"] = tmp_path / "no_scenario.npz"
+    checkpoint.write(paths["config without its scenario"], {"config": {"env": {}}, "epoch": 1}, {"state": {"params": {"policy": _policy()}}})
     (tmp_path / "a_directory").mkdir()
     paths["directory without a checkpoint"] = tmp_path / "a_directory"
     return paths
@@ -113,7 +116,7 @@ def test_every_bad_checkpoint_is_a_one_line_error(tmp_path):
         "text": "is not a readable checkpoint", "no metadata": "without reled-jax metadata", "not json": "metadata is not valid JSON",
         "not ours": "is not a reled-jax checkpoint", "future version": "format version 99; this reled-jax reads version 1",
         "no config": "its metadata has no 'config'", "unknown type": "names an unknown type 'Popen'",
-        "no policy": "holds no policy network", "directory without a checkpoint": "not found; train first",
+        "no policy": "holds no policy network", "config without its scenario": "its configuration has no 'scenario'", "directory without a checkpoint": "not found; train first",
     }
     paths = _bad_files(tmp_path)
     assert set(paths) == set(reasons)
@@ -130,7 +133,7 @@ def test_evaluate_refuses_policy_networks_that_do_not_fit_the_checkpoints_enviro
     from sim.scenarios import load_scenario
 
     _, env, _ = load_scenario("oakland", "moderate", n_agents=3)
-    ck = {"config": {"method": "ippo", "seed": 0, "scenario": "oakland"}, "epoch": 1, "policy": _policy(n_agents=2, n_in=34, m_out=env.m_out)}
+    ck = {"run": {"method": "ippo", "seed": 0, "scenario": "oakland"}, "epoch": 1, "policy": _policy(n_agents=2, n_in=34, m_out=env.m_out)}
     with pytest.raises(CheckpointError, match="for 2 agents, 34 inputs and 4 actions; its environment \\(oakland, 3 agents\\) needs 3, 34 and 4"):
         checkpoint_policies(ck, env)
     ck["policy"] = _policy(n_seeds=2, n_agents=3, m_out=env.m_out)
@@ -145,12 +148,12 @@ def test_the_training_states_of_ippo_and_qmix_round_trip_leaf_for_leaf(tmp_path)
     from reled_jax import qmix
     from reled_jax.networks import init_env_agents
     from reled_jax.reled import HybridPPOConfig, init_state
-    from reled_jax.train import TrainConfig
+
     from sim.scenarios import load_scenario
 
     _, env, _ = load_scenario("oakland", "moderate", n_agents=3)
     agents, _, _ = init_env_agents(jax.random.PRNGKey(0), env)
-    qcfg = TrainConfig(preset="smoke", method="qmix").resolved().qmix_config()
+    qcfg = TrainConfig.of(preset="smoke", method="qmix").resolved().qmix_config()
     states = {"ippo": init_state(jax.random.PRNGKey(1), agents, HybridPPOConfig(method="ippo")),
               "qmix": qmix.init_state(jax.random.PRNGKey(2), env, qcfg, agents.policy)[0]}
     for name, state in states.items():
@@ -171,12 +174,13 @@ def test_qmix_checkpoints_leave_the_replay_buffer_out_unless_kept_and_only_finis
 
     from reled_jax import qmix
     from reled_jax.networks import init_env_agents
-    from reled_jax.train import TrainConfig, resumable, saved_state
+
+    from reled_jax.train import resumable, saved_state
     from sim.scenarios import load_scenario
 
     _, env, _ = load_scenario("oakland", "moderate", n_agents=3)
     agents, _, _ = init_env_agents(jax.random.PRNGKey(0), env)
-    cfg = TrainConfig(preset="smoke", method="qmix").resolved()
+    cfg = TrainConfig.of(preset="smoke", method="qmix").resolved()
     state = qmix.init_state(jax.random.PRNGKey(2), env, cfg.qmix_config(), agents.policy)[0]
     sizes = {}
     for keep in (True, False):
@@ -193,8 +197,8 @@ def test_qmix_checkpoints_leave_the_replay_buffer_out_unless_kept_and_only_finis
     assert saved_state(state, False).buffer is None and saved_state(state, True).buffer is state.buffer
     # Resuming: with its buffer (or from a checkpoint older than the option) at any epoch; without, only once finished.
     assert resumable({"epoch": 2, "replay_buffer": True}, cfg, tmp_path / "c.npz") and resumable({"epoch": 2}, cfg, tmp_path / "c.npz")
-    assert resumable({"epoch": cfg.epochs, "replay_buffer": False}, cfg, tmp_path / "c.npz") is False
+    assert resumable({"epoch": cfg.ppo.epochs, "replay_buffer": False}, cfg, tmp_path / "c.npz") is False
     with pytest.raises(SystemExit, match="holds no replay buffer .* cannot resume from epoch 2 .* --qmix-keep-buffer"):
         resumable({"epoch": 2, "replay_buffer": False}, cfg, tmp_path / "c.npz")
-    ippo = TrainConfig(preset="smoke", method="ippo").resolved()
+    ippo = TrainConfig.of(preset="smoke", method="ippo").resolved()
     assert resumable({"epoch": 2, "replay_buffer": False}, ippo, tmp_path / "c.npz") is False  # no buffer to speak of

@@ -15,7 +15,7 @@ from reled_jax.reled import (
     _episode_sums, compact_rows, episode_in_progress, hybrid_alpha, init_state, make_epoch, rollout_statistics,
     trajectory_points, update_capacities, agent_weight,
 )
-from reled_jax.train import TrainConfig
+from reled_jax.config import TrainConfig
 from sim.env import make_env, make_params
 from sim.network import SignalConfig, build_network
 from sim.scenarios import load_scenario
@@ -260,7 +260,7 @@ def test_expert_advantage_baselines(tiny):
     assert HybridPPOConfig(method="reled-va-alpha0.2").fixed_alpha == 0.2 and HybridPPOConfig(method="reled-va").fixed_alpha is None
     assert HybridPPOConfig(method="ippo").fixed_alpha == 1.0 and not HybridPPOConfig(method="mappo").uses_expert and HybridPPOConfig(method="mappo").centralised_critic
     for method, backend, refine in (("reled-va-logit", "logit", True), ("reled-va-norefine", "planner", False), ("reled-va", "planner", True), ("reled-logit", "logit", True)):
-        tcfg = TrainConfig(method=method).resolved()
+        tcfg = TrainConfig.of(method=method).resolved()
         assert (tcfg.expert.backend, tcfg.spec.refine) == (backend, refine), method
     with pytest.raises(ValueError, match="expert_baseline"):
         HybridPPOConfig(expert_baseline="both")

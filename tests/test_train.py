@@ -9,7 +9,8 @@ import pytest
 from reled_jax import sed as sed_module
 from reled_jax.evaluate import EvalConfig
 from reled_jax.evaluate import main as evaluate
-from reled_jax.train import TrainConfig, train
+from reled_jax.config import TrainConfig
+from reled_jax.train import train
 
 SMALL = dict(scenario="oakland", n_agents=4, n_envs=4, rollout_steps=128, q=4, n_demo_envs=2, demo_steps=128)
 
@@ -34,7 +35,7 @@ def test_reled_learns_from_its_expert_on_oakland(tmp_path):
 
     method = "reled-va-alpha0.2"
     cfg = dict(SMALL, q=2, epochs=6, alpha_schedule="eq30", decision_share=1.0)  # eq30: alpha0.2 is the agent's weight (80 % expert); one update branch
-    train(TrainConfig(**cfg, method=method, out=str(tmp_path / method)))
+    train(TrainConfig.of(**cfg, method=method, out=str(tmp_path / method)))
     network, env, params = load_scenario("oakland", "moderate", n_agents=4)
     score = make_agreement_scorer(env, params, demo_steps=256)
     plans, keys = planner_plans(network, params), jax.random.split(jax.random.PRNGKey(5), 4)
@@ -94,17 +95,18 @@ def test_a_run_with_a_dead_llm_falls_back_counts_it_and_resumes_after_a_kill_to_
     included (the expert service's state is in the checkpoint). Short rollouts and one update branch
     (decision_share 1.0): what matters is three refreshes (epochs 0, 1, 2) with the kill before the third."""
     expert, port = _dead_llm()
-    cfg = TrainConfig(**{**SMALL, "n_envs": 2, "rollout_steps": 32, "demo_steps": 64, "q": 1, "decision_share": 1.0}, epochs=3, expert=expert)
-    summary = train(TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "whole")}))
+    cfg = dataclasses.replace(TrainConfig.of(**{**SMALL, "n_envs": 2, "rollout_steps": 32, "demo_steps": 64, "q": 1, "decision_share": 1.0}, epochs=3), expert=expert)
+    summary = train(cfg.set(out=str(tmp_path / "whole")))
     stats = summary["expert"][0]
     assert stats["plans_executed"] == 0 and stats["fallbacks"] == {"llm:LLMUnavailable": 12}  # 3 refreshes x 4 agents
     err = capfd.readouterr().err  # said on the console, once per refresh
     assert err.count("reled-jax: warning: expert round") == 3 and f"cannot reach LLM at http://127.0.0.1:{port}" in err
     # The run directory keeps the resolved configuration, and it reads back as the configuration the run used.
-    from reled_jax.train import read_config
+    from reled_jax.config import read_config
 
-    saved, _ = read_config(tmp_path / "whole" / "config.json")
-    assert saved == dataclasses.replace(TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "whole")}).resolved(), explicit=())
+    saved = read_config(tmp_path / "whole" / "config.json")
+    assert dataclasses.replace(saved, explicit=()) == cfg.set(out=str(tmp_path / "whole")).resolved()
+    assert json.loads((tmp_path / "whole" / "config.json").read_text())["ppo"]["epochs"] == 3  # the nested tree
 
     original = sed_module.SED.refresh
 
@@ -115,11 +117,11 @@ def test_a_run_with_a_dead_llm_falls_back_counts_it_and_resumes_after_a_kill_to_
 
     monkeypatch.setattr(sed_module.SED, "refresh", dies_at_epoch_2)
     with pytest.raises(KeyboardInterrupt):
-        train(TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "killed")}))
+        train(cfg.set(out=str(tmp_path / "killed")))
     monkeypatch.setattr(sed_module.SED, "refresh", original)
     with pytest.raises(SystemExit, match="--resume"):
-        train(TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "killed")}))
-    resumed_summary = train(TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "killed"), "resume": True}))
+        train(cfg.set(out=str(tmp_path / "killed")))
+    resumed_summary = train(cfg.set(out=str(tmp_path / "killed"), resume=True))
     assert resumed_summary["expert"][0]["fallbacks"] == {"llm:LLMUnavailable": 12}
 
     whole, resumed = _rows(tmp_path / "whole"), _rows(tmp_path / "killed")
@@ -163,26 +165,40 @@ def test_bad_configuration_is_a_clear_error(monkeypatch):
     from llm.service import ExpertConfig
 
     monkeypatch.delenv("RELED_LLM_BASE_URL", raising=False)
-    no_url = dict(expert=ExpertConfig(backend="llm"))
-    for bad, match in [(dict(scenario="atlantis"), "unknown scenario"), (dict(method="sac"), "unknown method"), (dict(m=20), "m <= n_agents"), (no_url, "RELED_LLM_BASE_URL"), (dict(progress="often"), "unknown --progress"),
-                       (dict(n_envs=0), "--n-envs 0: counts must be at least 1"), (dict(n_demo_envs=0, rollout_steps=0), "--rollout-steps 0, --n-demo-envs 0: counts"),
-                       (dict(lr=0.0), "--lr must be positive"), (dict(update_block=-1), "--update-block must be >= 0"), (no_url, "--expert.llm.base-url")]:
+    no_url = dataclasses.replace(TrainConfig(), expert=ExpertConfig(backend="llm"))
+    for bad, match in [(dict(scenario="atlantis"), "unknown --scenario 'atlantis'"), (dict(method="sac"), "unknown method"), (dict(m=20), "m <= n_agents"),
+                       (dict(progress="often"), "unknown --progress"), (dict(n_envs=0), "--n-envs 0: counts must be at least 1"),
+                       (dict(n_demo_envs=0, rollout_steps=0), "--rollout-steps 0, --n-demo-envs 0: counts"), (dict(lr=0.0), "--lr must be positive"),
+                       (dict(**{"qmix.target_every": 0}), "--qmix.target-every 0: counts")]:
         with pytest.raises(SystemExit, match=match):
-            TrainConfig(**bad).resolved()
+            TrainConfig.of(**bad).resolved()
+    for match in ("RELED_LLM_BASE_URL", "--expert.llm.base-url"):
+        with pytest.raises(SystemExit, match=match):
+            no_url.resolved()
+    # A group's own checks are one-line exits too (HybridPPOConfig's, ExpertConfig's).
+    for bad, match in [(dict(update_block=-1), "update_block must be >= 0"), (dict(alpha_schedule="up"), "unknown alpha_schedule 'up'"),
+                       ({"expert.backend": "oracle"}, "unknown expert backend 'oracle'"), (dict(epoch=3), "unknown configuration field 'epoch'")]:
+        with pytest.raises(SystemExit, match=match):
+            TrainConfig.of(**bad)
 
 
 def test_more_agents_than_od_pairs_is_said_not_silent():
     from reled_jax.train import od_pairs_note
 
-    assert od_pairs_note(TrainConfig(scenario="oakland", n_agents=12)) is None  # oakland has 12 pairs
-    assert od_pairs_note(TrainConfig(scenario="oakland", n_agents=13)).startswith("note: 13 agents on oakland's set of 12 origin-destination pairs: each agent draws")
+    assert od_pairs_note(TrainConfig.of(scenario="oakland", n_agents=12)) is None  # oakland has 12 pairs
+    assert od_pairs_note(TrainConfig.of(scenario="oakland", n_agents=13)).startswith("note: 13 agents on oakland's set of 12 origin-destination pairs: each agent draws")
 
 
-def test_a_preset_sets_only_the_budget_fields_left_at_their_defaults():
-    smoke = TrainConfig(preset="smoke").resolved()
-    assert (smoke.epochs, smoke.n_envs, smoke.rollout_steps) == (4, 2, 32)
-    explicit = TrainConfig(preset="smoke", epochs=9, n_envs=7).resolved()
-    assert (explicit.epochs, explicit.n_envs, explicit.rollout_steps) == (9, 7, 32)
+def test_a_preset_sets_only_the_budget_fields_left_unset():
+    smoke = TrainConfig.of(preset="smoke").resolved()
+    assert (smoke.ppo.epochs, smoke.ppo.n_envs, smoke.ppo.rollout_steps) == (4, 2, 32)
+    given = TrainConfig.of(preset="smoke", epochs=9, n_envs=7).resolved()
+    assert (given.ppo.epochs, given.ppo.n_envs, given.ppo.rollout_steps) == (9, 7, 32)
+    # A field named in Python counts as given even at its default; one only replaced in the tree does not.
+    assert TrainConfig.of(preset="paper", epochs=40).resolved().ppo.epochs == 40
+    assert dataclasses.replace(TrainConfig.of(preset="paper"), ppo=dataclasses.replace(TrainConfig().ppo, epochs=40)).resolved().ppo.epochs == 500
+    # QMIX trains with the PPO group's budget.
+    assert TrainConfig.of(preset="smoke", method="qmix").resolved().qmix_config().epochs == 4
 
 
 def test_a_flag_given_on_the_command_line_beats_the_preset_even_at_its_default(monkeypatch):
@@ -190,15 +206,15 @@ def test_a_flag_given_on_the_command_line_beats_the_preset_even_at_its_default(m
     import sys
 
     import reled_jax.train as train_module
-    from reled_jax.train import flags_given
+    from reled_jax.config import flags_given
 
-    assert flags_given(TrainConfig, ["--preset", "paper", "--epochs", "40", "--no-lockstep", "--n_envs=8", "--expert.backend", "planner"]) == (
-        "preset", "epochs", "n_envs", "lockstep")  # in field order; nested flags are not top-level fields
+    assert flags_given(["--preset", "paper", "--epochs", "40", "--no-lockstep", "--n_envs=8", "--expert.backend", "planner", "--qmix.buffer-size", "9",
+                        "--expert.llm.no-structured"]) == ("preset", "epochs", "lockstep", "n_envs", "expert.backend", "qmix.buffer_size", "expert.llm.structured")
     # The paper's q and m by their names too: both spellings set the field and count as given.
     import tyro
 
     by_name = tyro.cli(TrainConfig, args=["--refresh-every", "5", "--subsets=3"])
-    assert (by_name.q, by_name.m) == (5, 3) and flags_given(TrainConfig, ["--refresh-every", "5", "--subsets=3"]) == ("q", "m")
+    assert (by_name.sed.q, by_name.sed.m) == (5, 3) and flags_given(["--refresh-every", "5", "--subsets=3"]) == ("q", "m")
     seen = []
     monkeypatch.setattr(train_module, "train", lambda cfg: seen.append(cfg.resolved()))
     monkeypatch.setattr(train_module, "final_tests", lambda cfg: {})
@@ -206,9 +222,8 @@ def test_a_flag_given_on_the_command_line_beats_the_preset_even_at_its_default(m
     monkeypatch.setattr(sys, "argv", ["prog", "--preset", "paper", "--epochs", "40", "--no-lockstep"])
     train_module.main()
     (cfg,) = seen
-    assert (cfg.epochs, cfg.lockstep, cfg.n_envs, cfg.rollout_steps) == (40, False, 64, 64)  # the flags, then the preset's
+    assert (cfg.ppo.epochs, cfg.ppo.lockstep, cfg.ppo.n_envs, cfg.ppo.rollout_steps) == (40, False, 64, 64)  # the flags, then the preset's
     assert cfg.explicit == ()  # used up: the run's saved configuration does not carry it
-    assert TrainConfig(preset="paper", epochs=40).resolved().epochs == 500  # from Python, name the fields in `explicit`
 
 
 def test_the_cli_ends_with_a_table_of_training_and_test_rows_beside_the_references(monkeypatch, capsys, tmp_path):
@@ -223,7 +238,7 @@ def test_the_cli_ends_with_a_table_of_training_and_test_rows_beside_the_referenc
     tests = {"reled, greedy": row(612.0, 650.0, 0.9), "shortest-time (reference)": row(1101.0, 402.0, 1.0)}
     asked = []
     monkeypatch.setattr(train_module, "train", lambda cfg: summary)
-    monkeypatch.setattr(train_module, "final_tests", lambda cfg: asked.append(cfg.test_episodes) or tests)
+    monkeypatch.setattr(train_module, "final_tests", lambda cfg: asked.append(cfg.run.test_episodes) or tests)
     monkeypatch.setattr(sys, "argv", ["prog", "--out", str(tmp_path / "run"), "--test-episodes", "7"])
     train_module.main()
     lines = capsys.readouterr().out.splitlines()
@@ -244,30 +259,33 @@ def test_a_config_file_sets_any_field_flags_override_it_and_api_keys_are_never_s
     import reled_jax.train as train_module
     from llm.client import LLMConfig
     from llm.service import ExpertConfig
-    from reled_jax.train import read_config, write_config
+    from reled_jax.config import read_config, write_config
 
-    cfg = TrainConfig(scenario="grid", method="reled-logit", epochs=7, q=3, preset="smoke",
-                      expert=ExpertConfig(backend="llm", llm=LLMConfig(base_url="http://x/v1", model="m", api_key="sk-secret", max_tokens=99)))
+    cfg = dataclasses.replace(TrainConfig.of(scenario="grid", method="reled-logit", epochs=7, q=3, preset="smoke", **{"qmix.buffer_size": 64}),
+                              expert=ExpertConfig(backend="llm", llm=LLMConfig(base_url="http://x/v1", model="m", api_key="sk-secret", max_tokens=99)))
     write_config(tmp_path / "config.json", cfg)
-    assert "sk-secret" not in (tmp_path / "config.json").read_text()
-    back, fields = read_config(tmp_path / "config.json")
-    assert back == dataclasses.replace(cfg, expert=dataclasses.replace(cfg.expert, llm=dataclasses.replace(cfg.expert.llm, api_key="")))
-    assert {"scenario", "epochs", "q", "expert"} <= set(fields)
-    # TOML, nested tables; then flags over the file, and the file's fields beat the preset like flags do.
-    (tmp_path / "run.toml").write_text('method = "ippo"\nepochs = 40\npreset = "smoke"\n[expert]\nbackend = "planner"\n[cluster]\nenabled = false\n')
+    text = (tmp_path / "config.json").read_text()
+    assert "sk-secret" not in text and json.loads(text)["sed"]["q"] == 3 and json.loads(text)["qmix"]["buffer_size"] == 64
+    back = read_config(tmp_path / "config.json")
+    assert dataclasses.replace(back, explicit=()) == dataclasses.replace(cfg, explicit=(), expert=dataclasses.replace(cfg.expert, llm=dataclasses.replace(cfg.expert.llm, api_key="")))
+    assert {"scenario", "epochs", "q", "expert.backend", "qmix.buffer_size"} <= set(back.explicit)  # a file's fields count as given
+    # TOML: the tree's tables, or flag names at the top level; then flags over the file, and the file's fields beat the preset like flags do.
+    (tmp_path / "run.toml").write_text('method = "ippo"\npreset = "smoke"\n[ppo]\nepochs = 40\n[expert]\nbackend = "planner"\n[cluster]\nenabled = false\n')
     seen = []
     monkeypatch.setattr(train_module, "train", lambda c: seen.append(c.resolved()))
     monkeypatch.setattr(train_module, "final_tests", lambda c: {})
     monkeypatch.setattr(train_module, "closing_table", lambda *a: "")
     monkeypatch.setattr(sys, "argv", ["prog", "--config", str(tmp_path / "run.toml"), "--n-envs", "3"])
     train_module.main()
-    assert (seen[0].method, seen[0].epochs, seen[0].n_envs, seen[0].rollout_steps) == ("ippo", 40, 3, 32)  # 40 from the file, not the preset's 4
-    (tmp_path / "bad.toml").write_text("epoch = 3\n")
-    with pytest.raises(SystemExit, match=r"unknown field\(s\) \['epoch'\] for TrainConfig"):
-        read_config(tmp_path / "bad.toml")
-    (tmp_path / "bad2.toml").write_text("[expert]\nbackend = 1\nflavour = 2\n")
-    with pytest.raises(SystemExit, match=r"\[expert\]: unknown field\(s\) \['flavour'\] for ExpertConfig"):
-        read_config(tmp_path / "bad2.toml")
+    assert (seen[0].method, seen[0].ppo.epochs, seen[0].ppo.n_envs, seen[0].ppo.rollout_steps) == ("ippo", 40, 3, 32)  # 40 from the file, not the preset's 4
+    (tmp_path / "flat.toml").write_text('epochs = 5\n"qmix.buffer_size" = 77\n')
+    flat = read_config(tmp_path / "flat.toml")
+    assert (flat.ppo.epochs, flat.qmix.buffer_size) == (5, 77)
+    for text, match in [("epoch = 3\n", "unknown field 'epoch'"), ("[expert]\nbackend = 'planner'\nflavour = 2\n", "unknown field 'expert.flavour'"),
+                        ("[ppo]\nalpha_schedule = 'up'\n", "unknown alpha_schedule 'up'")]:
+        (tmp_path / "bad.toml").write_text(text)
+        with pytest.raises(SystemExit, match=match):
+            read_config(tmp_path / "bad.toml")
     with pytest.raises(SystemExit, match="cannot read it"):
         read_config(tmp_path / "missing.toml")
 
@@ -279,6 +297,7 @@ def test_cli_refusals_are_one_line_on_stderr_with_status_2_and_leave_nothing(tmp
     import sys
 
     from reled_jax.evaluate import cli as evaluate_cli
+    from reled_jax.reled import ALPHA_SCHEDULES
     from reled_jax.train import main as train_main
 
     (tmp_path / "file").write_text("")
@@ -292,6 +311,11 @@ def test_cli_refusals_are_one_line_on_stderr_with_status_2_and_leave_nothing(tmp
         with pytest.raises(SystemExit) as exit_:
             entry()
         assert exit_.value.code == 2 and capsys.readouterr().err.strip() == message
+    # A group's own check (HybridPPOConfig's) while tyro builds the tree: tyro's usage error, naming the group and the choices.
+    monkeypatch.setattr(sys, "argv", ["prog", "--alpha-schedule", "sideways"])
+    with pytest.raises(SystemExit) as exit_:
+        train_main()
+    assert exit_.value.code == 2 and f"ppo: unknown alpha_schedule 'sideways'; choose one of {ALPHA_SCHEDULES}" in " ".join(capsys.readouterr().err.split())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # no run directory made
 
 
@@ -324,13 +348,13 @@ def test_seeds_sharded_across_devices_and_hosts_equal_the_unsharded_run(tmp_path
     # to what is sharded; two chunks of two epochs carry the sharded state from one chunk to the next.
     settings = dict(scenario="oakland", n_agents=3, method="ippo", preset="smoke", seeds=4, q=2)
     two_hosts = (
-        "import sys, jax; from reled_jax.cluster import ClusterConfig, join_cluster, seed_placement; from reled_jax.train import TrainConfig, train\n"
+        "import dataclasses, sys, jax; from reled_jax.cluster import ClusterConfig, join_cluster, seed_placement; from reled_jax.config import TrainConfig; from reled_jax.train import train\n"
         "cluster = ClusterConfig(enabled=True, coordinator_address=sys.argv[2], num_processes=2, process_id=int(sys.argv[3]))\n"
         "join_cluster(cluster)\n"
         "assert jax.process_count() == 2 and jax.device_count() == 4 and jax.local_device_count() == 2\n"
         "placed = seed_placement(4)(jax.numpy.zeros((4, 3)))\n"
         "assert len(placed.sharding.device_set) == 4 and not placed.is_fully_addressable\n"
-        f"train(TrainConfig(**{settings!r}, out=sys.argv[1] + '/p' + sys.argv[3], shard_seeds=True, cluster=cluster))\n"
+        f"train(dataclasses.replace(TrainConfig.of(**{settings!r}, out=sys.argv[1] + '/p' + sys.argv[3], shard_seeds=True), cluster=cluster))\n"
     )
     env = dict(os.environ, PYTHONHASHSEED="0")
     env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2"
@@ -342,7 +366,7 @@ def test_seeds_sharded_across_devices_and_hosts_equal_the_unsharded_run(tmp_path
     procs = [subprocess.Popen([sys.executable, "-c", two_hosts, str(tmp_path / "hosts"), coordinator, str(pid)], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for pid in (0, 1)]
     try:
-        train(TrainConfig(**settings, out=str(tmp_path / "0")))
+        train(TrainConfig.of(**settings, out=str(tmp_path / "0")))
         for proc in procs:
             _, err = proc.communicate(timeout=900)
             assert proc.returncode == 0, err[-2000:]
@@ -374,15 +398,19 @@ def test_cluster_that_cannot_be_joined_is_a_clear_error():
     assert "could not join the cluster" in result.stderr and "--cluster.coordinator-address" in result.stderr
 
 
-def test_a_checkpoint_from_before_a_new_field_resumes_and_a_changed_budget_does_not():
+def test_a_checkpoint_from_before_a_new_field_or_the_tree_resumes_and_a_changed_budget_does_not():
     """What `--resume` compares: fields that decide the result. A field the checkpoint's configuration lacks
-    counts as its default; where the run is written, whether it resumes, and `explicit` do not count."""
-    import dataclasses
+    counts as its default; where the run is written, whether it resumes, and `explicit` do not count; a flat
+    configuration (checkpoints from before the nested tree) reads as the same tree."""
+    from reled_jax.config import comparable, saved_config
+    from reled_jax.qmix import SHARED_WITH_PPO
 
-    from reled_jax.train import _comparable
-
-    now = dataclasses.asdict(TrainConfig(preset="smoke").resolved())
-    older = {k: v for k, v in now.items() if k != "update_block"} | {"out": "elsewhere", "resume": True, "explicit": ["epochs"]}
-    assert _comparable(older) == _comparable(now)
-    assert _comparable(older | {"epochs": now["epochs"] + 1}) != _comparable(now)
-    assert _comparable(older | {"update_block": 32}) != _comparable(now)
+    now = saved_config(TrainConfig.of(preset="smoke").resolved())
+    older = {**now, "ppo": {k: v for k, v in now["ppo"].items() if k != "update_block"}, "run": {**now["run"], "out": "elsewhere", "resume": True}, "explicit": ["epochs"]}
+    assert comparable(older) == comparable(now)
+    assert comparable({**older, "ppo": {**older["ppo"], "epochs": now["ppo"]["epochs"] + 1}}) != comparable(now)
+    assert comparable({**older, "ppo": {**older["ppo"], "update_block": 32}}) != comparable(now)
+    flat = {**now["env"], "method": now["method"], **{k: v for k, v in now["ppo"].items() if k != "method"}, **{k: v for k, v in now["sed"].items() if k != "refine"},
+            **{f"qmix_{k}": v for k, v in now["qmix"].items() if k not in SHARED_WITH_PPO}, **now["run"], "expert": now["expert"], "cluster": now["cluster"]}
+    assert comparable(flat) == comparable(now)
+    assert comparable(flat | {"qmix_buffer_size": 5}) != comparable(now)
