@@ -32,7 +32,6 @@ import tyro
 from benchmarks.common import RESULTS, machine, write_json
 from reled_jax.evaluate import evaluate_policies
 from sim.env import TrafficModel
-from sim.export_sumo import LEFTHAND
 from sim.policies import shortest_time_policy
 from sim.scenarios import load_scenario
 from sim.sumo_run import SumoRouteChoice, shortest_time_numpy
@@ -67,7 +66,7 @@ def sumo_reference(args: Args, workdir: Path) -> dict:
     keys = jax.random.split(jax.random.PRNGKey(args.seed), args.episodes)
     for scenario, regime in itertools.product(args.scenarios, args.regimes):
         network, env, params = load(scenario, regime, args.n_agents)
-        runner = SumoRouteChoice(network, env, params, workdir / f"{scenario}-{regime}", lefthand=scenario in LEFTHAND)
+        runner = SumoRouteChoice(network, env, params, workdir / f"{network.name}-{regime}")
         travel = np.stack([runner.run_episode(shortest_time_numpy(params), k, sumo_seed=e).travel_time for e, k in enumerate(keys)])
         reference[f"{scenario}/{regime}"] = float(travel.mean())
         print(f"SUMO {scenario}/{regime}: shortest-time policy, mean travel time {travel.mean():.1f} s")

@@ -125,7 +125,8 @@ def bench(scenario: str, regime: str, n_envs: int, n_ticks: int, n_steps: int, r
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenarios", nargs="+", default=["hongkong", "grid", "oakland"])
+    parser.add_argument("--scenarios", "--scenario", "--osm", nargs="+", default=["hongkong", "grid", "oakland"],
+                        help="built-in names, scenario files (.toml) or OSM extracts (.osm, .osm.bz2, .osm.xml)")
     parser.add_argument("--regime", default="moderate")
     parser.add_argument("--n-envs", nargs="+", type=int, default=[1, 64, 1024, 4096])
     parser.add_argument("--ticks", type=int, default=200, help="simulator seconds per environment in the tick benchmark")

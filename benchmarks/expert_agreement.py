@@ -66,10 +66,10 @@ class AgreementConfig(ScenarioChoice):
 
     @property
     def out_path(self) -> Path:
-        return Path(self.out) if self.out else RESULTS / f"expert_agreement_{self.budget}_{self.scenario}-{self.regime}.json"
+        return Path(self.out) if self.out else RESULTS / f"expert_agreement_{self.budget}_{self.scenario_name}-{self.regime}.json"
 
     def run_dir(self, method: str) -> Path:
-        return Path(self.runs_dir) / self.budget / f"{self.scenario}-{self.regime}-a{self.n_agents}-{method}-x{self.seeds}"
+        return Path(self.runs_dir) / self.budget / f"{self.scenario_name}-{self.regime}-a{self.n_agents}-{method}-x{self.seeds}"
 
 
 def agreement_scores(decided, valid, policy_logp, policy_best, action) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -115,7 +115,7 @@ def make_agreement_scorer(env, env_params, demo_steps: int):
 
 
 def agreement(cfg: AgreementConfig) -> dict:
-    cfg.check_scenario()
+    cfg = cfg.check_scenario()
     counts = {"--n-agents": cfg.n_agents, "--seeds": cfg.seeds, "--episodes": cfg.episodes, "--demo-steps": cfg.demo_steps,
               "--test-episodes": cfg.test_episodes, "--max-steps": cfg.max_steps}
     bad = [f"{k} {v}" for k, v in counts.items() if v < 1]

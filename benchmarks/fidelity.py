@@ -35,7 +35,6 @@ from benchmarks.common import RESULTS, machine, write_json
 from reled_jax.checkpoint import read_checkpoint
 from reled_jax.export_policy import checkpoint_arrays
 from reled_jax.validate_sumo import compare, reference_pairs, trained_pair
-from sim.export_sumo import LEFTHAND
 from sim.scenarios import load_scenario
 
 GOALS = {"free_flow_error": 0.05, "mean_travel_time_error": 0.20, "spearman": 0.8}
@@ -138,11 +137,10 @@ def main(args: Args) -> dict:
     cells = {}
     with tempfile.TemporaryDirectory() as tmp:
         for scenario in args.scenarios:
-            lefthand = scenario in LEFTHAND
             network, env, params = load_scenario(scenario, "moderate", n_agents=args.n_agents, n_background=0)
             print(f"{scenario}: free flow")
             free = compare(network, env, params, reference_pairs(["shortest"], params), episodes=args.episodes, seed=args.seed,
-                           sumo_dir=Path(tmp) / f"{scenario}-free", lefthand=lefthand, progress=lambda _: None)
+                           sumo_dir=Path(tmp) / f"{network.name}-free", progress=lambda _: None)
             error = free["shortest"]["travel_time_rel_error"]
             cells[scenario] = {"free_flow": {"results": free, "error": error, "meets_goal": abs(error) <= GOALS["free_flow_error"]},
                                "regimes": {}}
@@ -152,7 +150,7 @@ def main(args: Args) -> dict:
                 policies |= reference_pairs(["shortest", "random"], params)
                 print(f"{scenario}/{regime}: {', '.join(policies)}")
                 results = compare(network, env, params, policies, episodes=args.episodes, seed=args.seed,
-                                  sumo_dir=Path(tmp) / f"{scenario}-{regime}", lefthand=lefthand, progress=lambda _: None)
+                                  sumo_dir=Path(tmp) / f"{network.name}-{regime}", progress=lambda _: None)
                 cells[scenario]["regimes"][regime] = {"results": results, **judge(results)}
                 verdict = cells[scenario]["regimes"][regime]
                 print("  travel time error " + ", ".join(f"{n} {e:+.1%}" for n, e in verdict["mean_travel_time_error"].items())

@@ -40,7 +40,7 @@ from reled_jax.reled import HybridPPOConfig
 from reled_jax.cluster import ClusterConfig, join_cluster
 from reled_jax.config import TrainConfig
 from reled_jax.train import train, usage_errors
-from sim.scenarios import load_scenario
+from sim.scenarios import ScenarioChoice, load_scenario
 
 ABLATIONS = (*PAPER_RELED, "ippo")
 
@@ -75,7 +75,7 @@ class SweepConfig:
     budget: str = "small"  # small | default | paper | smoke
     seeds: int = 5  # seeds 0..seeds-1, vmapped in each run
     methods: tuple[str, ...] = ()  # empty: the experiment's
-    scenarios: tuple[str, ...] = ()
+    scenarios: tuple[str, ...] = ()  # built-in names, scenario files (.toml) or OSM extracts; empty: the experiment's
     regimes: tuple[str, ...] = ()
     n_agents: tuple[int, ...] = ()
     episodes: int = TEST_EPISODES  # test episodes per seed, greedy and sampled
@@ -115,7 +115,8 @@ class SweepConfig:
         return Path(self.out) if self.out else RESULTS / f"{name}.json"
 
     def train_config(self, scenario: str, regime: str, n_agents: int, method: str) -> TrainConfig:
-        run = Path(self.runs_dir) / self.budget / f"{scenario}-{regime}-a{n_agents}-{method}-x{self.seeds}"
+        name = ScenarioChoice(scenario).scenario_name  # a scenario file's or extract's name, not its path
+        run = Path(self.runs_dir) / self.budget / f"{name}-{regime}-a{n_agents}-{method}-x{self.seeds}"
         return dataclasses.replace(TrainConfig.of(scenario=scenario, regime=regime, method=method, n_agents=n_agents, seeds=self.seeds, seed=0, out=str(run), resume=True,
                                                   alpha_schedule=self.alpha_schedule, **BUDGETS[self.budget]), cluster=self.cluster)
 

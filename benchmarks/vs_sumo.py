@@ -28,7 +28,6 @@ import tyro
 
 from benchmarks.common import RESULTS, machine, write_json
 from benchmarks.env_throughput import bench
-from sim.export_sumo import LEFTHAND
 from sim.scenarios import ScenarioChoice, load_scenario
 from sim.sumo_run import SumoRouteChoice, shortest_time_numpy
 
@@ -107,12 +106,12 @@ def plot(report: dict, path: Path) -> None:
 
 
 def main(args: Args) -> dict:
-    args.check_scenario()
+    args = args.check_scenario()
     network, env, params = load_scenario(args.scenario, args.regime, n_agents=args.n_agents)
     device = jax.devices()[0]
     key = jax.random.PRNGKey(0)
     with tempfile.TemporaryDirectory() as tmp:
-        runner = SumoRouteChoice(network, env, params, Path(tmp), lefthand=args.scenario in LEFTHAND)
+        runner = SumoRouteChoice(network, env, params, Path(tmp))
         sumo = {"read_roads": sumo_read_roads(runner, key, args.seconds), "agents": sumo_agents(runner, key)}
     print(f"SUMO read roads: {sumo['read_roads']['vehicle_steps_per_s']:,.0f} vehicle-steps/s; "
           f"with agents: {sumo['agents']['vehicle_steps_per_s']:,.0f}")

@@ -69,7 +69,7 @@ class RunConfig:
     seed: int = 0
     seeds: int = 1  # seeds seed, seed+1, ... vmapped in one program
     preset: str = "default"  # default | paper | paper-1env | smoke (sets the budget fields you leave unset)
-    out: str = ""  # default runs/<scenario>-<regime>-<method>-s<seed>
+    out: str = ""  # default runs/<scenario's name>-<regime>-<method>-s<seed>
     resume: bool = False
     # auto: the bar moves after every epoch when it is shown on a terminal, after every compiled chunk otherwise.
     # A per-epoch host callback keeps JAX's persistent compilation cache from storing the chunk (tests rely on it).
@@ -137,10 +137,10 @@ class TrainConfig:
         run = self.run
         if run.preset not in PRESETS:
             raise SystemExit(f"unknown preset {run.preset!r}; choose one of {sorted(PRESETS)}")
-        self.env.check_scenario()
         if self.method not in METHODS:
             raise SystemExit(f"unknown method {self.method!r}; choose one of {tuple(METHODS)}")
         spec = method(self.method)
+        env = self.env.check_scenario()  # the scenario's agent count where none is given
         preset = PRESETS[run.preset]
         if spec.trainer == "qmix" and preset.get("carry_envs"):
             # QMIX's rollouts start from fresh resets every epoch: its paper budget is one environment x 864 steps.
@@ -150,7 +150,7 @@ class TrainConfig:
         for name, value in preset.items():
             if name not in self.explicit and self.get(name) == defaults.get(name):
                 cfg = _replace_path(cfg, _path(name), value)
-        cfg = dataclasses.replace(cfg, explicit=(), ppo=dataclasses.replace(cfg.ppo, method=self.method),
+        cfg = dataclasses.replace(cfg, explicit=(), env=env, ppo=dataclasses.replace(cfg.ppo, method=self.method),
                                   sed=dataclasses.replace(cfg.sed, refine=spec.refine))
         if spec.expert not in (None, "planner"):  # the method fixes its expert (reled-logit: the Logit model)
             cfg = dataclasses.replace(cfg, expert=dataclasses.replace(cfg.expert, backend=spec.expert))
@@ -191,7 +191,7 @@ class TrainConfig:
 
     @property
     def out_dir(self) -> Path:
-        return Path(self.run.out or f"runs/{self.env.scenario}-{self.env.regime}-{self.method}-s{self.run.seed}")
+        return Path(self.run.out or f"runs/{self.env.scenario_name}-{self.env.regime}-{self.method}-s{self.run.seed}")
 
     def ppo_config(self) -> HybridPPOConfig:
         """The PPO family's configuration of this method (`make_epoch`)."""

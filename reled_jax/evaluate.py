@@ -17,6 +17,7 @@ import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Annotated
 
 import jax
 import jax.numpy as jnp
@@ -47,7 +48,7 @@ class EvalConfig:
     stochastic: bool = False  # sample from the policy instead of taking its most likely action
     # Without a checkpoint: the environment of the reference policies (default hongkong / moderate / 10).
     # With one: read from it; a flag that disagrees with the checkpoint is an error.
-    scenario: str | None = None
+    scenario: Annotated[str | None, tyro.conf.arg(aliases=("--osm",), help="a built-in scenario, a scenario file (.toml) or an OSM extract (--osm FILE)")] = None
     regime: str | None = None
     n_agents: int | None = None
 
@@ -61,7 +62,7 @@ class EvalConfig:
         """(scenario, regime, n_agents): the checkpoint's, refusing flags that disagree with it."""
         given = {"scenario": self.scenario, "regime": self.regime, "n_agents": self.n_agents}
         if run is None:
-            defaults = {"scenario": "hongkong", "regime": "moderate", "n_agents": 10}
+            defaults = {"scenario": "hongkong", "regime": "moderate", "n_agents": None}  # n_agents None: the scenario's
             return tuple(defaults[k] if v is None else v for k, v in given.items())
         clash = [f"--{k.replace('_', '-')} {v} (the checkpoint has {run[k]})" for k, v in given.items() if v is not None and v != run[k]]
         if clash:

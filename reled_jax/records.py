@@ -27,7 +27,7 @@ def run_summary(cfg, rows: list[dict], seds: list) -> dict:
         return (float(v.mean()), float(v.std())) if v.size else (float("nan"), float("nan"))
 
     out = {
-        "method": cfg.method, "scenario": cfg.env.scenario, "regime": cfg.env.regime, "seeds": cfg.run.seeds, "epochs": epochs,
+        "method": cfg.method, "scenario": cfg.env.scenario_name, "regime": cfg.env.regime, "seeds": cfg.run.seeds, "epochs": epochs,
         "interaction_steps_per_seed": int(np.mean([r["interaction_steps"] for r in rows if r["epoch"] == epochs])),
         "wall_s": rows[-1]["wall_s"],
         "reward_first_10pct": stat(first, "episode_reward"), "reward_last_10pct": stat(last, "episode_reward"),

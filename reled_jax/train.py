@@ -19,7 +19,6 @@ devices into one mesh, and process 0 alone writes the run directory.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import sys
@@ -44,7 +43,8 @@ from reled_jax.mappo import global_state_dim
 from reled_jax.records import closing_table, fmt_mean, jsonable, plot_run, run_summary, write_metrics
 from reled_jax.reled import empty_expert, init_state, make_epoch, measure_decision_share
 from reled_jax.sed import SED
-from sim.scenarios import SCENARIOS, load_scenario
+from sim.cli import usage_errors  # noqa: F401 (re-exported: every CLI's one-line refusals)
+from sim.scenarios import load_scenario
 
 def train(cfg: TrainConfig) -> dict:
     cfg = cfg.resolved()
@@ -144,7 +144,7 @@ def train(cfg: TrainConfig) -> dict:
 
     if (note := od_pairs_note(cfg)) is not None:
         log(note)
-    log(f"{cfg.method} on {cfg.env.scenario}/{cfg.env.regime}: {network.n_nodes} junctions, {env.n_agents} agents, "
+    log(f"{cfg.method} on {cfg.env.scenario_name}/{cfg.env.regime}: {network.n_nodes} junctions, {env.n_agents} agents, "
           f"{len(seeds)} seed(s), {cfg.ppo.epochs} epochs of {cfg.ppo.n_envs} envs x {cfg.ppo.rollout_steps} steps; expert: "
           f"{cfg.expert.backend if uses_expert else 'none'}; output {out}")
     wall_start = time.perf_counter() - wall_offset
@@ -256,10 +256,10 @@ def resumable(ck: dict, cfg: TrainConfig, path: Path) -> bool:
 
 def od_pairs_note(cfg: TrainConfig) -> str | None:
     """What happens when there are more agents than the scenario's origin-destination pairs (said, not an error)."""
-    n_pairs = SCENARIOS[cfg.env.scenario].n_od_pairs
-    if cfg.env.n_agents <= n_pairs:
+    n_pairs, n_agents = cfg.env.spec().n_od_pairs, cfg.env.check_scenario().n_agents
+    if n_agents <= n_pairs:
         return None
-    return (f"note: {cfg.env.n_agents} agents on {cfg.env.scenario}'s set of {n_pairs} origin-destination pairs: each agent draws a pair "
+    return (f"note: {n_agents} agents on {cfg.env.scenario_name}'s set of {n_pairs} origin-destination pairs: each agent draws a pair "
             "with replacement, so some agents share an origin and a destination")
 
 
@@ -306,18 +306,6 @@ def main() -> None:
 
 CONFIG_HELP = ("\n\n--config FILE: a run directory's config.json or a TOML file of the tree ([ppo], [sed], [qmix], [expert], ...; "
                "or flag names at the top level) sets the defaults; flags override it.")
-
-
-@contextlib.contextmanager
-def usage_errors():
-    """A CLI's refusal (`SystemExit` with a message) as one line on stderr and exit status 2, as for a bad flag."""
-    try:
-        yield
-    except SystemExit as err:
-        if isinstance(err.code, str):
-            print(f"error: {err.code}", file=sys.stderr)
-            raise SystemExit(2) from None
-        raise
 
 
 if __name__ == "__main__":

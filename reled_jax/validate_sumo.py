@@ -30,23 +30,22 @@ from reled_jax.evaluate import evaluate_policies, trained_policy
 from reled_jax.checkpoint import read_checkpoint
 from reled_jax.export_policy import NumpyPolicy, checkpoint_arrays
 from sim.env import EnvParams, RouteChoiceEnv
-from sim.export_sumo import LEFTHAND, SumoNotInstalled
+from sim.export_sumo import SumoNotInstalled
 from sim.network import RoadNetwork
 from sim.policies import REFERENCE_POLICIES
-from sim.scenarios import load_scenario
+from sim.scenarios import ScenarioChoice, load_scenario
 from sim.sumo_run import SumoRouteChoice, random_numpy, shortest_time_numpy
 
 
 @dataclasses.dataclass(frozen=True)
-class ValidateConfig:
+class ValidateConfig(ScenarioChoice):
+    """Without a checkpoint: --scenario, --regime and --n-agents choose the environment of the reference policies."""
+
     checkpoint: str = ""  # a training checkpoint; its scenario, regime and agents are used
     seed_index: int = 0  # which of the checkpoint's seeds
     policies: tuple[str, ...] = ("shortest", "random")  # reference policies run alongside
     episodes: int = 5
     seed: int = 12345  # episode keys (same in both simulators)
-    scenario: str = "hongkong"  # used only without a checkpoint
-    regime: str = "moderate"
-    n_agents: int = 10
     lookahead_m: float = 75.0  # an agent chooses its next edge this far before the junction (SUMO)
     out: str = ""  # default: next to the checkpoint, else runs/validate_<scenario>-<regime>
 
@@ -90,13 +89,12 @@ def compare(
     episodes: int,
     seed: int,
     sumo_dir: Path,
-    lefthand: bool,
     lookahead_m: float = 75.0,
     progress: Callable[[str], None] = print,
 ) -> dict:
     """Both simulators, every policy, the same `episodes` keys; per-policy summaries and paired metrics."""
     jax_results = evaluate_policies(env, params, {n: p.jax_fn for n, p in policies.items()}, episodes, seed, max_steps=3000)
-    runner = SumoRouteChoice(network, env, params, sumo_dir, lefthand=lefthand, lookahead_m=lookahead_m)
+    runner = SumoRouteChoice(network, env, params, sumo_dir, lookahead_m=lookahead_m)
     keys = jax.random.split(jax.random.PRNGKey(seed), episodes)
     results = {}
     for name, pair in policies.items():
@@ -206,9 +204,10 @@ def main(cfg: ValidateConfig) -> dict:
         policies[f"{run['method']} (epoch {run['epoch']})"] = trained_pair(arrays, env.n_nodes, env.m_out)
         out = Path(cfg.out) if cfg.out else path.parent
     else:
-        scenario, regime = cfg.scenario, cfg.regime
-        network, env, params = load_scenario(scenario, regime, n_agents=cfg.n_agents)
-        out = Path(cfg.out) if cfg.out else Path("runs") / f"validate_{scenario}-{regime}"
+        choice = cfg.check_scenario()
+        scenario, regime = choice.scenario, choice.regime
+        network, env, params = load_scenario(scenario, regime, n_agents=choice.n_agents)
+        out = Path(cfg.out) if cfg.out else Path("runs") / f"validate_{network.name}-{regime}"
     policies |= reference_pairs(cfg.policies, params)
     if not policies:
         raise SystemExit("nothing to validate: pass --checkpoint or at least one of --policies shortest random")
@@ -216,7 +215,7 @@ def main(cfg: ValidateConfig) -> dict:
     print(f"{scenario}/{regime}: {len(policies)} policies x {cfg.episodes} episodes in the JAX simulator and in SUMO")
     try:
         results = compare(network, env, params, policies, episodes=cfg.episodes, seed=cfg.seed, sumo_dir=out / "sumo",
-                          lefthand=scenario in LEFTHAND, lookahead_m=cfg.lookahead_m)
+                          lookahead_m=cfg.lookahead_m)
     except SumoNotInstalled as err:
         raise SystemExit(str(err)) from None
     print_table(results)

@@ -1,4 +1,5 @@
-"""Export a scenario to SUMO: `python -m sim.export_sumo --scenario S --regime R --out DIR`.
+"""Export a scenario to SUMO: `python -m sim.export_sumo --scenario S --regime R --out DIR`
+(S: a built-in name, a scenario file, or `--osm FILE` for an OSM extract).
 
 Writes the exact network the JAX simulator uses as SUMO plain XML (one SUMO
 junction per junction, one SUMO edge per directed edge, with our lengths,
@@ -6,8 +7,8 @@ speeds and lane counts; junctions we signalise become traffic lights), builds
 `<scenario>.net.xml` with `netconvert` from the `eclipse-sumo` package, and
 writes the 1:1 id map (`idmap.json`: our index -> SUMO id), the demand
 (`<scenario>.rou.xml`: the agents' trips, and background flows over the same
-origin-destination set with the same weights) and a `.sumocfg`. Hong Kong
-drives on the left (`--lefthand`).
+origin-destination set with the same weights) and a `.sumocfg`. A scenario with
+`lefthand = true` (Hong Kong) drives on the left (`netconvert --lefthand`).
 
 Background demand: the JAX simulator keeps `n_background` vehicles in the
 network by re-injecting each arrival at a new OD origin. SUMO gets Poisson
@@ -45,9 +46,9 @@ import numpy as np
 import tyro
 
 from sim.network import RoadNetwork
+from sim.osm import NetworkError
 from sim.scenarios import ScenarioChoice, load_scenario
 
-LEFTHAND = {"hongkong"}
 SUMO_EXTRA = "pip install 'reled-jax[sumo]' (eclipse-sumo, libsumo, sumolib)"
 
 
@@ -99,7 +100,7 @@ def write_plain_xml(network: RoadNetwork, out: Path, name: str) -> tuple[Path, P
     return nod, edg, con
 
 
-def build_net(network: RoadNetwork, out: Path, name: str, lefthand: bool) -> Path:
+def build_net(network: RoadNetwork, out: Path, name: str) -> Path:
     """Plain XML -> <name>.net.xml with netconvert; coordinates, ids and junctions kept as ours."""
     nod, edg, con = write_plain_xml(network, out, name)
     net = out / f"{name}.net.xml"
@@ -109,7 +110,7 @@ def build_net(network: RoadNetwork, out: Path, name: str, lefthand: bool) -> Pat
         "--offset.disable-normalization", "true", "--geometry.remove", "false", "--junctions.join", "false",
         "--tls.guess", "false", "--no-warnings", "true", "--no-internal-links", "true",
     ]
-    if lefthand:
+    if network.lefthand:
         cmd.append("--lefthand")
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0 or not net.exists():
@@ -180,16 +181,17 @@ def write_demand(network: RoadNetwork, params, out: Path, name: str, od_weight: 
     return rou
 
 
-def export(scenario: str, regime: str, out: Path, n_agents: int = 10, seed: int = 0) -> dict:
-    """Everything SUMO needs for one scenario and regime; returns the written paths."""
+def export(scenario: str, regime: str, out: Path, n_agents: int | None = None, seed: int = 0) -> dict:
+    """Everything SUMO needs for one scenario (built-in name, scenario file or OSM extract) and regime; returns
+    the written paths."""
     network, env, params = load_scenario(scenario, regime, n_agents=n_agents, seed=seed)
-    return export_network(network, env, params, out, f"{scenario}-{regime}", lefthand=scenario in LEFTHAND)
+    return export_network(network, env, params, out, f"{network.name}-{regime}")
 
 
-def export_network(network: RoadNetwork, env, params, out: Path, name: str, lefthand: bool) -> dict:
+def export_network(network: RoadNetwork, env, params, out: Path, name: str) -> dict:
     """Network, signals, demand, id map and config for any (network, env, params) triple."""
     out.mkdir(parents=True, exist_ok=True)
-    net = build_net(network, out, name, lefthand=lefthand)
+    net = build_net(network, out, name)
     od_table = np.asarray(params.od_table)
     od_weight = np.bincount(od_table, minlength=len(np.asarray(params.od_origin))).astype(float)
     rou = write_demand(network, params, out, name, od_weight, env.n_background, params.t_max)
@@ -220,14 +222,17 @@ class Args(ScenarioChoice):
 
 
 def main(args: Args) -> None:
-    args.check_scenario()
+    args = args.check_scenario()
     try:
         paths = export(args.scenario, args.regime, Path(args.out), args.n_agents, args.seed)
-    except SumoNotInstalled as err:
+    except (SumoNotInstalled, NetworkError) as err:
         raise SystemExit(str(err)) from None
     for kind, path in paths.items():
         print(f"{kind:7s} {path}")
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    from sim.cli import usage_errors
+
+    with usage_errors():
+        main(tyro.cli(Args))

@@ -11,8 +11,11 @@ instructions, paper Table II), storage capacities, and derived signal plans.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import networkx as nx
 import numpy as np
@@ -84,6 +87,7 @@ class RoadNetwork:
     node_signalized: np.ndarray  # [N] bool
     utm_origin: tuple[float, float] = (0.0, 0.0)  # added back to node_xy for the projected CRS
     crs: str | None = None
+    lefthand: bool = False  # traffic drives on the left (SUMO: netconvert --lefthand)
 
     @property
     def n_nodes(self) -> int:
@@ -152,12 +156,17 @@ def build_network(
     signals: SignalConfig = SignalConfig(),
     utm_origin: tuple[float, float] = (0.0, 0.0),
     crs: str | None = None,
+    lefthand: bool = False,
+    m_out: int = 0,
+    max_table_gib: float = 4.0,
 ) -> RoadNetwork:
     """Build a RoadNetwork from junction coordinates and (from, to, length_m, speed_mps, lanes) edges.
 
     This is the single constructor: OSM graphs go through `network_from_graph`,
     which calls it, and tests use it directly with hand-built networks.
     Parallel edges between the same junctions keep the shortest; self-loops are dropped.
+    `m_out` is the number of action slots per junction (0: the widest junction's outgoing roads; more: padded);
+    a network whose all-pairs tables would need more than `max_table_gib` is refused before they are built.
     """
     node_xy = np.asarray(node_xy, dtype=np.float64)
     n_nodes = node_xy.shape[0]
@@ -191,7 +200,18 @@ def build_network(
     out_lists: list[list[int]] = [[] for _ in range(n_nodes)]
     for e, u in enumerate(edge_from):
         out_lists[u].append(e)
-    m_out = max(len(lst) for lst in out_lists)
+    widest = int(np.argmax([len(lst) for lst in out_lists]))
+    needed = len(out_lists[widest])
+    if m_out and m_out < needed:
+        where = f"OSM node {node_osmid[widest]}" if node_osmid is not None else f"junction {widest}"
+        raise NetworkError(f"network {name!r}: {where} has {needed} outgoing roads but m_out = {m_out} action slots; set m_out >= {needed} "
+                           f"(or 0 for the widest junction's {needed}), or crop that junction out")
+    m_out = max(m_out, needed)
+    need_gib = table_memory_gib(n_nodes)
+    if need_gib > max_table_gib:
+        raise NetworkError(f"network {name!r}: {n_nodes} junctions need about {need_gib:.2g} GiB to build the all-pairs tables (N^2 shortest "
+                           f"distances, times and next hops), more than max_table_gib = {max_table_gib:g}; crop the extract to fewer junctions "
+                           f"(about {max_junctions(max_table_gib):,} fit), or raise max_table_gib if the machine has the memory")
     out_edges = np.full((n_nodes, m_out), -1, dtype=np.int32)
     for n, lst in enumerate(out_lists):
         out_edges[n, : len(lst)] = lst
@@ -220,8 +240,42 @@ def build_network(
         next_slot_time=next_slot_time,
         utm_origin=(float(utm_origin[0] + node_xy.min(0)[0]), float(utm_origin[1] + node_xy.min(0)[1])),
         crs=crs,
+        lefthand=lefthand,
         **plan,
     )
+
+
+# Peak bytes per junction pair while the all-pairs tables are built (_all_pairs, twice): SciPy's float64 costs and
+# int32 predecessors, their float32/int32 copies, the slot table and row indices (int64), the kept tables (16 bytes).
+TABLE_BYTES_PER_PAIR = 48
+
+
+def table_memory_gib(n_nodes: int) -> float:
+    return TABLE_BYTES_PER_PAIR * n_nodes**2 / 2**30
+
+
+def max_junctions(max_table_gib: float) -> int:
+    return int(math.sqrt(max_table_gib * 2**30 / TABLE_BYTES_PER_PAIR))
+
+
+def write_network(path, network: RoadNetwork) -> None:
+    """A RoadNetwork as a data-only .npz (no pickle: reading it runs no code), written whole or not at all."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {f.name: getattr(network, f.name) for f in dataclasses.fields(network) if isinstance(getattr(network, f.name), np.ndarray)}
+    meta = {f.name: getattr(network, f.name) for f in dataclasses.fields(network) if f.name not in arrays}
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+    np.savez(tmp, __meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+    os.replace(tmp, path)
+
+
+def read_network(path) -> RoadNetwork:
+    """A RoadNetwork written by `write_network` (ValueError or KeyError if the file is not one)."""
+    with np.load(path, allow_pickle=False) as data:
+        meta = json.loads(bytes(data["__meta__"]).decode())
+        arrays = {k: data[k] for k in data.files if k != "__meta__"}
+    meta["utm_origin"] = tuple(meta["utm_origin"])
+    return RoadNetwork(**meta, **arrays)
 
 
 def _all_pairs(n_nodes, edge_from, edge_to, weight, out_edges):
@@ -326,7 +380,8 @@ def _canonical_tags(graph: nx.MultiDiGraph) -> nx.MultiDiGraph:
     return graph
 
 
-def network_from_graph(name: str, graph: nx.MultiDiGraph, signals: SignalConfig = SignalConfig()) -> RoadNetwork:
+def network_from_graph(name: str, graph: nx.MultiDiGraph, signals: SignalConfig = SignalConfig(), *, lefthand: bool = False, m_out: int = 0,
+                       max_table_gib: float = 4.0) -> RoadNetwork:
     """Convert a projected osmnx graph (from `sim.osm.load_osm_graph`) to a RoadNetwork.
 
     Speeds: the way's `maxspeed` where tagged, else DEFAULT_SPEED_KPH by highway type.
@@ -354,5 +409,5 @@ def network_from_graph(name: str, graph: nx.MultiDiGraph, signals: SignalConfig 
         arterial.append(highway in ARTERIAL_HIGHWAYS)
     return build_network(
         name, node_xy, edges, arterial=arterial, node_osmid=osmids, signal_tagged=tagged, signals=signals,
-        crs=str(graph.graph.get("crs")),
+        crs=str(graph.graph.get("crs")), lefthand=lefthand, m_out=m_out, max_table_gib=max_table_gib,
     )

@@ -2,7 +2,7 @@
 
 This is the first stage of the data flow (OSM -> network arrays -> env params):
 it only uses osmnx/networkx and knows nothing about JAX. Offline `.osm` and
-`.osm.bz2` files are the default; `graph_from_place` is an optional online path
+`.osm.bz2` files are the default; `graph_from_query` is an optional online path
 (cached on disk) for users with internet, never used by tests or defaults.
 """
 
@@ -123,15 +123,36 @@ def drivable_graph(
     return ox.project_graph(graph)
 
 
-def graph_from_place(query: str, cache_dir: str | Path = "cache/osm") -> nx.MultiDiGraph:
-    """Optional online path: download a place's drive network with osmnx (needs internet).
-
-    The raw response is cached under `cache_dir` (osmnx's HTTP cache), so a second
-    call works offline. Never used by tests or defaults.
+def graph_from_query(
+    place: str = "",
+    bbox: tuple[float, float, float, float] | None = None,
+    point: tuple[float, float] | None = None,
+    radius_m: float = 1000.0,
+    cache_dir: str | Path = "cache/osmnx",
+    crop: tuple[float, float, float, float] | None = None,
+) -> nx.MultiDiGraph:
+    """Optional online path: a drive network from an osmnx query (a place name, a bounding box, or a point and
+    radius), for users with internet. osmnx caches the raw responses under `cache_dir`, so the same query
+    then works offline. Never used by tests or defaults; without internet it is a NetworkError that says so.
     """
     import osmnx as ox
+    import requests
 
     ox.settings.use_cache = True
     ox.settings.cache_folder = str(cache_dir)
-    graph = ox.graph_from_place(query, network_type="drive", simplify=False, retain_all=True)
-    return drivable_graph(graph, bbox=None, source=f"place {query!r}")
+    what = f"place {place!r}" if place else (f"bbox {list(bbox)}" if bbox else f"point {list(point)} within {radius_m:g} m")
+    try:
+        if place:
+            graph = ox.graph_from_place(place, network_type="drive", simplify=False, retain_all=True)
+        elif bbox:
+            graph = ox.graph_from_bbox(tuple(bbox), network_type="drive", simplify=False, retain_all=True)
+        else:
+            graph = ox.graph_from_point(tuple(point), dist=radius_m, network_type="drive", simplify=False, retain_all=True)
+    except requests.exceptions.RequestException as err:
+        raise NetworkError(
+            f"the online query for {what} needs internet, and it failed ({type(err).__name__}). Download an OSM extract of the area "
+            "(e.g. from the OSM website's Export or a Geofabrik extract cut with osmium) and pass it with --osm FILE or osm = \"FILE\" in the scenario"
+        ) from None
+    except (ValueError, TypeError) as err:  # osmnx: geocoding found nothing, or the query area is empty
+        raise NetworkError(f"the online query for {what} returned no usable road network ({err}); check the place name or area") from None
+    return drivable_graph(graph, bbox=crop, source=what)

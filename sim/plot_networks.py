@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
 
-from sim.scenarios import SCENARIOS, load_network  # noqa: E402
+from sim.scenarios import builtin_scenarios, load_network  # noqa: E402
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -53,7 +53,7 @@ def plot_network(name: str, out: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS))
+    parser.add_argument("--scenarios", nargs="+", default=builtin_scenarios())
     parser.add_argument("--out-dir", type=Path, default=DOCS)
     args = parser.parse_args()
     for name in args.scenarios:

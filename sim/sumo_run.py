@@ -93,7 +93,6 @@ class SumoRouteChoice:
         params: EnvParams,
         sumo_dir: Path,
         *,
-        lefthand: bool,
         lookahead_m: float = 75.0,
     ):
         try:
@@ -103,7 +102,7 @@ class SumoRouteChoice:
         self.sumo = libsumo
         self.network, self.env, self.params = network, env, params
         self.lookahead_m = lookahead_m
-        paths = export_network(network, env, params, Path(sumo_dir), network.name, lefthand=lefthand)
+        paths = export_network(network, env, params, Path(sumo_dir), network.name)
         self.net_file, self.signal_file = paths["net"], paths["signals"]
         p = jax.device_get(params)
         self.edge_to, self.out_edges = np.asarray(p.edge_to), np.asarray(p.out_edges)

@@ -18,7 +18,7 @@ from sim.sumo_run import SumoRouteChoice, shortest_time_numpy  # noqa: E402
 @pytest.fixture(scope="module")
 def oakland(tmp_path_factory):
     network, env, params = load_scenario("oakland", "moderate", n_agents=4)
-    runner = SumoRouteChoice(network, env, params, tmp_path_factory.mktemp("sumo"), lefthand=False)
+    runner = SumoRouteChoice(network, env, params, tmp_path_factory.mktemp("sumo"))
     return network, env, params, runner
 
 
