@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: train test install bench demos plots fig4 table4 table4-va fig8 agreement report mutation clean
+.PHONY: train test install bench demos plots fig4 table4 table4-va fig8 agreement fig6 animation report mutation clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,19 @@ fig8: $(STAMP)
 agreement: $(STAMP)  # after fig4/table4: how closely each method's agents follow the expert
 	$(BIN)/python -m benchmarks.expert_agreement --budget $(BUDGET) --seeds $(SEEDS) --scenario hongkong --regime moderate
 	$(BIN)/python -m benchmarks.expert_agreement --budget $(BUDGET) --seeds $(SEEDS) --scenario grid --regime moderate
+
+# Fig. 6 (expert and agents' traffic flow on the map) and one episode's animation, from make train's run
+# (trained first where it is not there yet; --resume finishes or re-reports it).
+TRAIN_RUN := runs/hongkong-moderate-reled-s0
+$(TRAIN_RUN)/checkpoint.npz: | $(STAMP)
+	$(BIN)/python -m reled_jax.train --resume --test-episodes 0
+
+fig6: $(TRAIN_RUN)/checkpoint.npz
+	$(BIN)/python -m benchmarks.flow_map --checkpoint $(TRAIN_RUN)/checkpoint.npz
+
+animation: $(TRAIN_RUN)/checkpoint.npz
+	$(BIN)/python -m sim.render --checkpoint $(TRAIN_RUN)/checkpoint.npz --out benchmarks/results/episode_hongkong-moderate_reled.gif
+	$(BIN)/python -m sim.render --scenario hongkong --regime moderate --policy shortest --out benchmarks/results/episode_hongkong-moderate_shortest.gif
 
 report: $(STAMP)
 	$(BIN)/python -m benchmarks.report

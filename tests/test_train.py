@@ -166,7 +166,7 @@ def test_bad_configuration_is_a_clear_error(monkeypatch):
 
     monkeypatch.delenv("RELED_LLM_BASE_URL", raising=False)
     no_url = dataclasses.replace(TrainConfig(), expert=ExpertConfig(backend="llm"))
-    for bad, match in [(dict(scenario="atlantis"), "unknown --scenario 'atlantis'"), (dict(method="sac"), "unknown method"), (dict(m=20), "m <= n_agents"),
+    for bad, match in [(dict(scenario="atlantis"), "unknown scenario 'atlantis': give a built-in name"), (dict(method="sac"), "unknown method"), (dict(m=20), "m <= n_agents"),
                        (dict(progress="often"), "unknown --progress"), (dict(n_envs=0), "--n-envs 0: counts must be at least 1"),
                        (dict(n_demo_envs=0, rollout_steps=0), "--rollout-steps 0, --n-demo-envs 0: counts"), (dict(lr=0.0), "--lr must be positive"),
                        (dict(**{"qmix.target_every": 0}), "--qmix.target-every 0: counts")]:
@@ -325,7 +325,7 @@ def test_evaluate_reads_the_environment_from_the_checkpoint_and_refuses_flags_th
     run = {"scenario": "grid", "regime": "congested", "n_agents": 5}
     assert EvalConfig().environment(run) == ("grid", "congested", 5)
     assert EvalConfig(scenario="grid").environment(run) == ("grid", "congested", 5)
-    assert EvalConfig().environment() == ("hongkong", "moderate", 10) and EvalConfig(n_agents=3).environment()[2] == 3
+    assert EvalConfig().environment() == ("hongkong", "moderate", None) and EvalConfig(n_agents=3).environment()[2] == 3  # None: the scenario's
     with pytest.raises(SystemExit, match=r"--scenario hongkong \(the checkpoint has grid\), --n-agents 10 \(the checkpoint has 5\): a checkpoint is evaluated"):
         EvalConfig(scenario="hongkong", n_agents=10).environment(run)
     with pytest.raises(SystemExit, match="--episodes and --max-steps must be at least 1"):
