@@ -30,6 +30,7 @@ from reled_jax.checkpoint import read_checkpoint
 from reled_jax.evaluate import TEST_SEED
 from reled_jax.networks import MLP, observe
 from reled_jax.reled import policy_apply
+from sim.render import road_segments
 from sim.scenarios import load_scenario
 
 
@@ -79,9 +80,11 @@ def flows(env, env_params, plans, policy_params, keys, steps: int, expert: bool,
 
 
 def agreement(a: np.ndarray, b: np.ndarray) -> dict:
-    """How alike two per-road flows are: cosine similarity, and the roads each uses and both use."""
+    """How alike the expert's flow `a` and the agents' `b` are: cosine similarity, the roads each uses and both use,
+    and the share of the expert's flow that runs on roads the agents use too (its corridors, replicated)."""
     cosine = float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
-    return {"cosine": round(cosine, 4), "roads_expert": int((a > 0).sum()), "roads_agents": int((b > 0).sum()), "roads_both": int(((a > 0) & (b > 0)).sum())}
+    return {"cosine": round(cosine, 4), "roads_expert": int((a > 0).sum()), "roads_agents": int((b > 0).sum()), "roads_both": int(((a > 0) & (b > 0)).sum()),
+            "expert_flow_on_agent_roads": round(float(a[b > 0].sum() / max(a.sum(), 1e-12)), 4)}
 
 
 def plot(network, env_params, flow_expert: np.ndarray, flow_agents: np.ndarray, titles: tuple[str, str], suptitle: str, path: Path) -> None:
@@ -93,11 +96,7 @@ def plot(network, env_params, flow_expert: np.ndarray, flow_agents: np.ndarray, 
     from matplotlib.collections import LineCollection
 
     xy = network.node_xy
-    head, tail = xy[network.edge_from], xy[network.edge_to]
-    direction = tail - head
-    normal = np.stack([direction[:, 1], -direction[:, 0]], 1) / np.maximum(np.linalg.norm(direction, axis=1, keepdims=True), 1e-6)
-    side = (-1.0 if network.lefthand else 1.0) * 0.004 * float(np.ptp(xy, axis=0).max())
-    segments = np.stack([head + side * normal, tail + side * normal], 1)
+    segments = road_segments(network)
     top = np.log1p(max(flow_expert.max(), flow_agents.max(), 1e-9))
     cmap = colormaps["inferno_r"]
     origin, dest = np.asarray(env_params.agent_origin), np.asarray(env_params.agent_dest)

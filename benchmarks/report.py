@@ -501,6 +501,30 @@ def section_superseded(folder: Path, sweeps: dict) -> list[str]:
     return lines
 
 
+def section_flow_maps(folder: Path) -> tuple[list[str], list[str]]:
+    """Fig. 6 (benchmarks.flow_map) and the episode animations (sim.render) found in `folder`."""
+    maps = {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("fig6_*.json"))}
+    gifs = sorted(folder.glob("episode_*.gif"))
+    if not maps and not gifs:
+        return [], []
+    lines, claims = ["### Fig. 6: traffic flow of expert demonstrations and trained agents", ""], []
+    for stem, m in maps.items():
+        a = m["agreement"]
+        lines += [f"`{m['command']}` ({m['method']}, epoch {m['epoch']}, agents {m['agents']}, expert {m['expert']}, {m['episodes']} episodes each):", "",
+                  f"![{stem}]({stem}.png)", "",
+                  f"Flow agreement (cosine) {a['cosine']:.2f}; roads used: expert {a['roads_expert']}, agents {a['roads_agents']}, both {a['roads_both']}; "
+                  f"{a['expert_flow_on_agent_roads']:.0%} of the expert's flow runs on roads the agents use too.", ""]
+        verdict = "holds" if a["expert_flow_on_agent_roads"] >= 0.9 else "partly" if a["expert_flow_on_agent_roads"] >= 0.6 else "does not hold"
+        claims.append(f"| Fig. 6: agents replicate the expert's main corridors — {MAP_NAMES.get(m['scenario'], m['scenario'])} – {m['regime']} ({m['method']}, "
+                      f"epoch {m['epoch']}; holds: ≥ 90 % of the expert's flow on roads the agents use) | {verdict} | "
+                      f"{a['expert_flow_on_agent_roads']:.0%} of the expert's flow, cosine {a['cosine']:.2f} |")
+    if gifs:
+        lines += ["One episode, animated (`make animation`: `python -m sim.render`): roads shaded by occupancy, signals, agents and the routes they drove.", "",
+                  "| " + " | ".join(g.stem.replace("episode_", "") for g in gifs) + " |", "|" + "---|" * len(gifs),
+                  "| " + " | ".join(f"![{g.stem}]({g.name})" for g in gifs) + " |", ""]
+    return lines, claims
+
+
 def setting(sweeps: dict) -> list[str]:
     """What the numbers are and are not, computed from the budgets that were run."""
     lines = ["## Setting and caveats", ""]
@@ -611,6 +635,9 @@ def write_report(cfg: ReportConfig) -> Path:
             for n in sorted({c["n_agents"] for c in result["cells"]}):
                 v, detail = verdict_best([c for c in result["cells"] if c["n_agents"] == n])
                 claims.append(f"| Fig. 8: RELED has the highest reward with {n} agents{method_form(result)} | {v} | {detail} |")
+    flow_lines, flow_claims = section_flow_maps(results_dir)
+    lines += flow_lines
+    claims += flow_claims
     agreements = {p.stem: json.loads(p.read_text()) for p in sorted(results_dir.glob("expert_agreement_*.json"))}
     agreement_lines, agreement_claims = section_agreement(agreements)
     lines += agreement_lines + section_alpha_readings(results_dir / "alpha_schedule") + section_superseded(results_dir / "pre_issue17", sweeps)

@@ -77,6 +77,17 @@ def record_episode(env: RouteChoiceEnv, params: EnvParams, policy: Callable, key
     return Episode(**jax.device_get(run(k_reset, k_run)))
 
 
+def road_segments(network: RoadNetwork) -> np.ndarray:
+    """[E, 2, 2] each directed road as a line from its tail to its head, moved a little to its driving side, so the
+    two directions of a two-way road show apart (left of the centre line where traffic drives on the left)."""
+    xy = network.node_xy
+    head, tail = xy[network.edge_from], xy[network.edge_to]
+    direction = tail - head
+    normal = np.stack([direction[:, 1], -direction[:, 0]], 1) / np.maximum(np.linalg.norm(direction, axis=1, keepdims=True), 1e-6)
+    side = (-1.0 if network.lefthand else 1.0) * 0.004 * float(np.ptp(xy, axis=0).max())
+    return np.stack([head + side * normal, tail + side * normal], 1)
+
+
 def signal_green(network: RoadNetwork, t: int) -> np.ndarray:
     """[E] bool: the approach's light is green at second t (unsignalised approaches always are)."""
     phase = (t + network.signal_offset) % network.signal_cycle
@@ -101,12 +112,7 @@ def animate(network: RoadNetwork, params: EnvParams, episode: Episode, out: str 
     last = max(episode.seconds - 1, 0)
     frames = sorted({*range(0, last + 1, every), last})
     xy = network.node_xy
-    head, tail = xy[network.edge_from], xy[network.edge_to]
-    # Two-way roads: draw each direction slightly to its side of the centre line, so both occupancies show.
-    direction = tail - head
-    normal = np.stack([direction[:, 1], -direction[:, 0]], 1) / np.maximum(np.linalg.norm(direction, axis=1, keepdims=True), 1e-6)
-    side = (-1.0 if network.lefthand else 1.0) * 0.004 * float(np.ptp(xy, axis=0).max())
-    segments = np.stack([head + side * normal, tail + side * normal], 1)
+    segments = road_segments(network)
     origin, dest = np.asarray(params.agent_origin), np.asarray(params.agent_dest)
     n_agents = origin.shape[0]
     colours = [AGENT_COLOURS[i % len(AGENT_COLOURS)] for i in range(n_agents)]
@@ -203,7 +209,8 @@ def main(args: RenderArgs) -> Path:
         reference = REFERENCE_POLICIES[args.policy]
         policy = lambda key, obs: reference(key, obs, params)  # noqa: E731
         out = Path(args.out or f"runs/render_{network.name}-{choice.regime}.gif")
-        title = f"{args.policy} agents on {network.name}/{choice.regime}"
+        label = "shortest-time" if args.policy == "shortest" else args.policy
+        title = f"{label} agents on {network.name}/{choice.regime}"
     episode = record_episode(env, params, policy, jax.random.PRNGKey(args.key), args.seconds or None)
     frames = animate(network, params, episode, out, title=title, every=args.every, fps=args.fps)
     arrived = int(episode.agent_arrived[episode.seconds - 1].sum()) if episode.seconds else 0

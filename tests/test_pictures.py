@@ -51,4 +51,6 @@ def test_each_agents_flow_is_a_route_from_its_origin_to_its_destination():
         want[origin[a]], want[dest[a]] = 1, -1
         np.testing.assert_array_equal(net, want)
     total = flow.sum(0)
-    assert agreement(total, total)["cosine"] == 1.0 and agreement(total, np.roll(total, 1))["cosine"] < 1.0
+    same, shifted = agreement(total, total), agreement(total, np.roll(total, 1))
+    assert same["cosine"] == 1.0 and same["expert_flow_on_agent_roads"] == 1.0 and same["roads_both"] == (total > 0).sum()
+    assert shifted["cosine"] < 1.0 and shifted["expert_flow_on_agent_roads"] < 1.0
