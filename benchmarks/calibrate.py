@@ -50,6 +50,8 @@ class Args:
     min_speed_frac: tuple[float, ...] = (0.05,)
     teleport_s: tuple[int, ...] = (120, 180)
     speed_factor: tuple[float, ...] = (1.0,)
+    turn_delay_s: tuple[float, ...] = (0.0,)  # seconds a turn at a junction costs the turning vehicle (issue 21)
+    startup_loss_s: tuple[float, ...] = (0.0,)  # seconds a start from a stop costs the starting vehicle (issue 21)
     out: str = str(RESULTS / "calibration.json")
 
 
@@ -81,25 +83,28 @@ def jax_travel_time(scenario: str, regime: str, traffic: TrafficModel, args: Arg
 
 
 def plot(rows: list[dict], args: Args, path: Path) -> None:
+    """Heat map of the objective over the first two parameters the grid varies (the best over the others in each cell)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(args.min_speed_frac), figsize=(5.5 * len(args.min_speed_frac), 4.2), squeeze=False)
-    for ax, msf in zip(axes[0], args.min_speed_frac):
-        grid = np.array([[min(r["objective"] for r in rows if (r["traffic"]["saturation_flow"], r["traffic"]["critical_occupancy"], r["traffic"]["min_speed_frac"]) == (sf, co, msf))
-                          for sf in args.saturation_flow] for co in args.critical_occupancy])
-        image = ax.imshow(grid * 100, origin="lower", cmap="viridis_r", aspect="auto")
-        for (i, j), v in np.ndenumerate(grid):
-            ax.text(j, i, f"{v:.1%}", ha="center", va="center", color="white" if v > grid.mean() else "black")
-        ax.set_xticks(range(len(args.saturation_flow)), [f"{v:g}" for v in args.saturation_flow])
-        ax.set_yticks(range(len(args.critical_occupancy)), [f"{v:g}" for v in args.critical_occupancy])
-        ax.set_xlabel("saturation flow (veh/s/lane)")
-        ax.set_ylabel("critical occupancy")
-        ax.set_title(f"min speed {msf:g} x free speed")
-        fig.colorbar(image, ax=ax, label="mean |travel time error| vs SUMO (%)")
-    fig.suptitle("Calibration of the JAX simulator against SUMO (shortest-time policy)")
+    axes = [("turn_delay_s", args.turn_delay_s, "turn delay (s)"), ("startup_loss_s", args.startup_loss_s, "start-up loss (s)"),
+            ("teleport_s", args.teleport_s, "gridlock release teleport_s (s)"), ("saturation_flow", args.saturation_flow, "saturation flow (veh/s/lane)"),
+            ("critical_occupancy", args.critical_occupancy, "critical occupancy"), ("min_speed_frac", args.min_speed_frac, "jam speed / free speed")]
+    varied = [a for a in axes if len(a[1]) > 1] + [a for a in axes if len(a[1]) == 1]
+    (xk, xs, xl), (yk, ys, yl) = varied[0], varied[1]
+    grid = np.array([[min(r["objective"] for r in rows if (r["traffic"][xk], r["traffic"][yk]) == (x, y)) for x in xs] for y in ys])
+    fig, ax = plt.subplots(figsize=(1.2 * len(xs) + 3.5, 0.9 * len(ys) + 2.8))
+    image = ax.imshow(grid * 100, origin="lower", cmap="viridis_r", aspect="auto")
+    for (i, j), v in np.ndenumerate(grid):
+        ax.text(j, i, f"{v:.1%}", ha="center", va="center", color="white" if v > grid.mean() else "black")
+    ax.set_xticks(range(len(xs)), [f"{v:g}" for v in xs])
+    ax.set_yticks(range(len(ys)), [f"{v:g}" for v in ys])
+    ax.set_xlabel(xl)
+    ax.set_ylabel(yl)
+    fig.colorbar(image, ax=ax, label="mean |travel time error| vs SUMO (%)")
+    ax.set_title("Calibration of the JAX simulator against SUMO (shortest-time policy)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -110,9 +115,10 @@ def main(args: Args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         reference = sumo_reference(args, Path(tmp))
     rows = []
-    grid = list(itertools.product(args.saturation_flow, args.critical_occupancy, args.min_speed_frac, args.teleport_s, args.speed_factor))
-    for n, (sf, co, msf, tp, spf) in enumerate(grid):
-        traffic = TrafficModel(saturation_flow=sf, critical_occupancy=co, min_speed_frac=msf, teleport_s=tp, speed_factor=spf)
+    grid = list(itertools.product(args.saturation_flow, args.critical_occupancy, args.min_speed_frac, args.teleport_s, args.speed_factor,
+                                  args.turn_delay_s, args.startup_loss_s))
+    for n, (sf, co, msf, tp, spf, td, sl) in enumerate(grid):
+        traffic = TrafficModel(saturation_flow=sf, critical_occupancy=co, min_speed_frac=msf, teleport_s=tp, speed_factor=spf, turn_delay_s=td, startup_loss_s=sl)
         ours = {cell: jax_travel_time(*cell.split("/"), traffic, args) for cell in reference}
         errors = {cell: (ours[cell] - reference[cell]) / reference[cell] for cell in reference}
         objective = float(np.mean(np.abs(list(errors.values()))))

@@ -11,6 +11,7 @@ from sim.policies import random_policy, shortest_time_policy
 from sim.scenarios import load_scenario
 
 T_MAX = 2400
+NO_JUNCTION_DELAY = TrafficModel(turn_delay_s=0.0)  # exact edge-by-edge times; junction delays are tested on their own
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def oakland():
 def test_free_flow_time_and_exact_eq32_rewards(line_network):
     net = line_network
     env = make_env(net, n_agents=1, n_background=0)
-    params = make_params(net, [0], [3], [0], [3])
+    params = make_params(net, [0], [3], [0], [3], traffic=NO_JUNCTION_DELAY)
     obs, state = env.reset(jax.random.PRNGKey(0), params)
     assert bool(obs.awaiting[0]) and obs.features[0, 0] == 0 and obs.features[0, 1] == 3
     xy = net.node_xy
@@ -363,7 +364,7 @@ def test_eq32_counts_a_queue_wait_and_omega_d(line_network):
     net = line_network
     env = make_env(net, n_agents=1, n_background=5)
     # critical_occupancy near 1 keeps the B -> C edge at free speed, so only the queue delays the agent.
-    traffic = TrafficModel(saturation_flow=0.1, critical_occupancy=0.99, teleport_s=0)
+    traffic = TrafficModel(saturation_flow=0.1, critical_occupancy=0.99, teleport_s=0, turn_delay_s=0.0)  # junction delays: tested on their own
     params = make_params(net, [0], [3], [3], [0], t_max=T_MAX_SHORT, omega_d=OMEGA_D, traffic=traffic)  # background: D -> A (away)
     b_to_c = int(np.flatnonzero((net.edge_from == 1) & (net.edge_to == 2))[0])
     state = _placed(env, params, [b_to_c] * 5, [150.0] * 5, [3] * 5)
@@ -484,3 +485,36 @@ def test_lockstep_batches_of_several_seeds_reset_as_each_would_alone(oakland):
         alone = alone_run(seeds[i], keys[i])
         for a, b in zip(together, alone):
             np.testing.assert_array_equal(np.asarray(a)[i], np.asarray(b))
+
+
+def test_junction_delays_cost_the_crossing_vehicle_alone(line_network):
+    """A -> B is east, B -> C north (a left turn), C -> D east (a right turn): each turn costs turn_delay_s on the
+    new edge, a start from the depot startup_loss_s; the straight free-flow trip is 30 s."""
+    env = make_env(line_network, n_agents=1, n_background=0)
+    travel = {}
+    for name, traffic in {"none": TrafficModel(turn_delay_s=0.0), "turns": TrafficModel(turn_delay_s=4.0),
+                          "turns and start": TrafficModel(turn_delay_s=4.0, startup_loss_s=3.0)}.items():
+        params = make_params(line_network, [0], [3], [0], [3], traffic=traffic)
+        obs, state = env.reset(jax.random.PRNGKey(0), params)
+        step = jax.jit(env.step_env)
+        for _ in range(5):
+            obs, state, _, _, info = step(jax.random.PRNGKey(1), state, shortest_time_policy(None, obs, params), params)
+        travel[name] = float(info["travel_time"][0])
+    assert travel == {"none": 30.0, "turns": 30.0 + 2 * 4.0, "turns and start": 30.0 + 2 * 4.0 + 3.0}
+
+
+def test_a_start_up_loss_is_paid_by_the_head_of_a_released_queue_alone(line_network):
+    """Eight vehicles stood at the line (the bucket full: the line was idle): with a start-up loss the first away
+    starts 5 s behind, the others leave and drive exactly as without it, one every 1 / saturation flow seconds."""
+    env = make_env(line_network, n_agents=1, n_background=8)
+    first = int(np.flatnonzero((line_network.edge_from == 0) & (line_network.edge_to == 1))[0])
+    final = {}
+    for loss in (0.0, 5.0):
+        params = make_params(line_network, [0], [3], [0], [3], agent_depart=[10_000], traffic=TrafficModel(saturation_flow=0.5, startup_loss_s=loss))
+        state = _placed(env, params, [first] * 8, [101.0] * 8, [3] * 8)  # past the line: they stood there last tick
+        state = state.replace(discharge_credit=jnp.full(env.n_edges, 1.5, jnp.float32))
+        final[loss], _ = jax.jit(_run_ticks, static_argnums=(0, 3))(env, params, state, 6)
+    edges = {k: np.asarray(v.veh_edge)[1:] for k, v in final.items()}
+    gap = np.asarray(final[0.0].veh_pos)[1:] - np.asarray(final[5.0].veh_pos)[1:]
+    assert (edges[0.0] == edges[5.0]).all() and int((edges[0.0] != first).sum()) == 4  # the full bucket lets two go, then one every 2 s
+    assert sorted(np.round(gap[edges[0.0] != first], 3)) == [0.0] * 3 + [75.0]  # the head alone: 5 s at 15 m/s

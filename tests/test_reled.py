@@ -16,7 +16,7 @@ from reled_jax.reled import (
     trajectory_points, update_capacities, agent_weight,
 )
 from reled_jax.config import TrainConfig
-from sim.env import make_env, make_params
+from sim.env import TrafficModel, make_env, make_params
 from sim.network import SignalConfig, build_network
 from sim.scenarios import load_scenario
 
@@ -455,7 +455,8 @@ def test_the_three_update_forms_update_alike_when_they_update_on_the_same_rows()
     agent's decisions fit and all rows when one agent's do not (no decision is dropped); gradient
     accumulation over blocks of 8 decision rows (update_block) covers only the busiest agent's decisions
     rounded up to a block. On both inputs the two programs give the same networks and loss terms."""
-    _, env, params = load_scenario("oakland", "moderate", n_agents=3, seed=0, n_background=20)
+    # The traffic model before issue 21's junction delays: this rollout's decisions fit the 24 rows (need 22).
+    _, env, params = load_scenario("oakland", "moderate", n_agents=3, seed=0, n_background=20, traffic=TrafficModel(turn_delay_s=0.0, teleport_s=120))
     agents, policy, value = init_env_agents(jax.random.PRNGKey(0), env)
     base = HybridPPOConfig(method="reled", epochs=2, n_envs=2, rollout_steps=24, n_minibatches=1, update_epochs=2)
     state = init_state(jax.random.PRNGKey(1), agents, base)
