@@ -35,6 +35,7 @@ from benchmarks.common import RESULTS, machine, write_json
 from reled_jax.checkpoint import read_checkpoint
 from reled_jax.export_policy import checkpoint_arrays
 from reled_jax.validate_sumo import compare, reference_pairs, trained_pair
+from sim.env import TrafficModel
 from sim.scenarios import load_scenario
 
 GOALS = {"free_flow_error": 0.05, "mean_travel_time_error": 0.20, "spearman": 0.8}
@@ -48,6 +49,7 @@ class Args:
     seed: int = 12345
     n_agents: int = 10
     checkpoints: tuple[str, ...] = ()  # trained policies; each joins the cell of its own scenario and regime
+    traffic: TrafficModel = TrafficModel()  # the simulator's model (e.g. --traffic.turn-delay-s 0 --traffic.teleport-s 120: before issue 21)
     out: str = str(RESULTS / "fidelity.json")
 
 
@@ -117,14 +119,16 @@ def plot(report: dict, path: Path) -> None:
 
 def markdown(report: dict) -> str:
     lines = [
-        "| scenario | regime | policy | JAX travel time (s) | SUMO travel time (s) | error | Spearman ρ, agents' means | ρ, single trips |",
-        "|---|---|---|---|---|---|---|---|",
+        "| scenario | regime | policy | JAX travel time (s) | SUMO travel time (s) | error | Spearman ρ, agents' means [95 % CI] | ρ, single trips | split-half ρ: JAX / SUMO |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for scenario, cell in report["cells"].items():
         rows = [("free flow", cell["free_flow"]["results"])] + [(r, c["results"]) for r, c in cell["regimes"].items()]
         for regime, results in rows:
             for name, r in results.items():
-                rho = "— | —" if name == "random" else f"{r['agent_mean_spearman']:.2f} | {r['travel_time_spearman']:.2f}"
+                ci, half = r.get("agent_mean_spearman_ci95", [float("nan")] * 2), r.get("split_half_spearman", {})
+                rho = "— | — | —" if name == "random" else (f"{r['agent_mean_spearman']:.2f} [{ci[0]:.2f}, {ci[1]:.2f}] | {r['travel_time_spearman']:.2f} | "
+                                                             f"{half.get('jax', float('nan')):.2f} / {half.get('sumo', float('nan')):.2f}")
                 lines.append(
                     f"| {scenario} | {regime} | {name} | {r['jax']['travel_time_s'][0]:.0f} ± {r['jax']['travel_time_s'][1]:.0f} "
                     f"| {r['sumo']['travel_time_s'][0]:.0f} ± {r['sumo']['travel_time_s'][1]:.0f} | {r['travel_time_rel_error']:+.1%} | {rho} |"
@@ -137,7 +141,7 @@ def main(args: Args) -> dict:
     cells = {}
     with tempfile.TemporaryDirectory() as tmp:
         for scenario in args.scenarios:
-            network, env, params = load_scenario(scenario, "moderate", n_agents=args.n_agents, n_background=0)
+            network, env, params = load_scenario(scenario, "moderate", n_agents=args.n_agents, n_background=0, traffic=args.traffic)
             print(f"{scenario}: free flow")
             free = compare(network, env, params, reference_pairs(["shortest"], params), episodes=args.episodes, seed=args.seed,
                            sumo_dir=Path(tmp) / f"{network.name}-free", progress=lambda _: None)
@@ -145,7 +149,7 @@ def main(args: Args) -> dict:
             cells[scenario] = {"free_flow": {"results": free, "error": error, "meets_goal": abs(error) <= GOALS["free_flow_error"]},
                                "regimes": {}}
             for regime in args.regimes:
-                network, env, params = load_scenario(scenario, regime, n_agents=args.n_agents)
+                network, env, params = load_scenario(scenario, regime, n_agents=args.n_agents, traffic=args.traffic)
                 policies = checkpoint_policies(args.checkpoints, scenario, regime, env.n_nodes, env.m_out)
                 policies |= reference_pairs(["shortest", "random"], params)
                 print(f"{scenario}/{regime}: {', '.join(policies)}")

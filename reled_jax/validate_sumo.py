@@ -120,6 +120,10 @@ def compare(
             "travel_time_spearman": rank_correlation(ours["travel_time_s"], sumo["travel_time_s"]),
             # Each agent's travel time averaged over the episodes first: signal-phase luck averages out.
             "agent_mean_spearman": rank_correlation(ours["travel_time_s"].mean(0), sumo["travel_time_s"].mean(0)),
+            "agent_mean_spearman_ci95": bootstrap_agent_mean_spearman(ours["travel_time_s"], sumo["travel_time_s"]),
+            # How well each simulator ranks the agents against itself (two halves of the episodes, Spearman-Brown
+            # corrected to all of them): the ceiling that signal and demand noise put on the cross-simulator rho.
+            "split_half_spearman": {"jax": split_half_reliability(ours["travel_time_s"]), "sumo": split_half_reliability(sumo["travel_time_s"])},
         }
     return results
 
@@ -138,6 +142,25 @@ def summarise(per_agent: dict) -> dict:
 def relative_error(ours: float, sumo: float) -> float:
     """(ours - SUMO) / SUMO: positive where our simulator is slower."""
     return float((ours - sumo) / sumo)
+
+
+def bootstrap_agent_mean_spearman(ours: np.ndarray, sumo: np.ndarray, n_boot: int = 1000, seed: int = 0) -> list[float]:
+    """95 % percentile interval of the agents'-means Spearman rho over episodes resampled with replacement (the
+    same episodes in both simulators: they are paired)."""
+    rng = np.random.default_rng(seed)
+    n = ours.shape[0]
+    rhos = [rank_correlation(ours[idx].mean(0), sumo[idx].mean(0)) for idx in rng.integers(0, n, size=(n_boot, n))]
+    rhos = np.asarray([r for r in rhos if np.isfinite(r)])
+    return [float(np.quantile(rhos, 0.025)), float(np.quantile(rhos, 0.975))] if rhos.size else [float("nan")] * 2
+
+
+def split_half_reliability(travel: np.ndarray) -> float:
+    """Spearman rho between the agents' mean travel times over the even and the odd episodes, Spearman-Brown
+    corrected to the whole set (2 r / (1 + r)): how reproducible the agents' ranking is within one simulator."""
+    if travel.shape[0] < 2:
+        return float("nan")
+    r = rank_correlation(travel[0::2].mean(0), travel[1::2].mean(0))
+    return float(2 * r / (1 + r)) if np.isfinite(r) and r > -1 else r
 
 
 def rank_correlation(ours: np.ndarray, sumo: np.ndarray) -> float:

@@ -81,3 +81,19 @@ def test_validate_cli_rejects_missing_checkpoint(tmp_path):
 
     with pytest.raises(SystemExit, match="not found"):
         main(ValidateConfig(checkpoint=str(tmp_path / "nope.pkl")))
+
+
+def test_the_rank_agreement_comes_with_its_interval_and_each_simulators_own_reproducibility():
+    """The fidelity goal's rho (agents' mean travel times, JAX against SUMO) with a bootstrap interval over the
+    paired episodes, and each simulator's split-half reliability: what noise alone would leave of the ranking."""
+    from reled_jax.validate_sumo import bootstrap_agent_mean_spearman, rank_correlation, split_half_reliability
+
+    rng = np.random.default_rng(0)
+    agents = np.arange(40) * 20.0  # forty agents whose trips differ by 20 s steps
+    steady = agents + rng.normal(0, 2, (20, 40))  # 20 episodes of little noise
+    noisy = agents + rng.normal(0, 5000, (20, 40))  # noise far larger than the differences between agents
+    low, high = bootstrap_agent_mean_spearman(steady, steady + rng.normal(0, 2, (20, 40)))
+    assert 0.9 < low <= high <= 1.0
+    low, high = bootstrap_agent_mean_spearman(steady, noisy)
+    assert low < rank_correlation(steady.mean(0), noisy.mean(0)) < high and high - low > 0.2 and low < 0
+    assert split_half_reliability(steady) > 0.95 and split_half_reliability(noisy) < 0.5
