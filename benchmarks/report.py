@@ -571,8 +571,8 @@ def write_report(cfg: ReportConfig) -> Path:
              "The paper (`../shared/paper/reled_paper.txt`, Section V) trains 500 epochs × 1,000 interaction steps with 3 runs in SUMO on Orlando and Hong Kong; "
              "we train in our JAX simulator (calibrated against SUMO, see `fidelity.json`) on Hong Kong (Sha Tin) and a 131-junction grid that stands in for Orlando, "
              "with the offline planner expert in place of GPT-3.5 (no LLM is reachable from the machines these ran on). "
-             "The sweeps below ran on the traffic model before issue 21's junction delays (`calibration.json`: 1.5 s per turn, gridlock released after 60 s), "
-             "which brought free-flow trips within 3 % of SUMO's; Fig. 6 and the animations are from a run on the current model.", ""]
+             "The small-budget sweeps below ran on the traffic model before issue 21's junction delays (`calibration.json`: 1.5 s per turn, gridlock released after 60 s), "
+             "which brought free-flow trips within 3 % of SUMO's; the paper-budget sweep (its first cells), Fig. 6 and the animations ran on the current model.", ""]
     claims: list[str] = []
     for name, result in sweeps.items():
         stem = name.replace("sweep_", "")
