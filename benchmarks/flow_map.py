@@ -62,21 +62,21 @@ def agent_edge_flows(rollout: DemoRollout, out_edges: jax.Array, n_edges: int) -
     return one_hot.sum(0)
 
 
-def flows(env, env_params, plans, policy_params, keys, steps: int, expert: bool, greedy: bool) -> np.ndarray:
-    """[episodes, A, E] road entries per agent and episode: all agents on the expert's plans, or on the policy."""
+def make_flows(env, env_params, plans, policy_params, steps: int, greedy: bool):
+    """A jitted `flows(keys, expert_mask) -> [episodes, A, E]` road entries per agent and episode: the agents in
+    `expert_mask` on the expert's plans, the others on the policy. One program serves both panels."""
     demo = make_demo_rollout(env, steps)
     net = MLP(env.m_out, one_hot_nodes=env.n_nodes)
-    mask = jnp.full(env.n_agents, expert)
 
     def logits(_key, obs):
         raw = policy_apply(net, policy_params, observe(obs.features, env.m_out), obs.action_mask)
         return raw * 1e4 if greedy else raw  # sharpened to its argmax: the rollout samples from these
 
     @jax.jit
-    def run(keys):
+    def run(keys, mask):
         return jax.vmap(lambda k: agent_edge_flows(demo(k, env_params, plans, mask, logits), env_params.out_edges, env.n_edges))(keys)
 
-    return np.asarray(run(keys))
+    return lambda keys, mask: np.asarray(run(keys, mask))
 
 
 def agreement(a: np.ndarray, b: np.ndarray) -> dict:
@@ -139,8 +139,8 @@ def main(args: FlowArgs) -> dict:
     policy_params = jax.tree.map(lambda z: jnp.asarray(z[0]), ck["policy"])
     keys = jax.random.split(jax.random.PRNGKey(args.seed), args.episodes)
     plans = expert_plans(network, env_params, backend, run["seed"])
-    per_expert = flows(env, env_params, plans, policy_params, keys, args.steps, expert=True, greedy=args.greedy)
-    per_agents = flows(env, env_params, plans, policy_params, keys, args.steps, expert=False, greedy=args.greedy)
+    flows = make_flows(env, env_params, plans, policy_params, args.steps, args.greedy)
+    per_expert, per_agents = flows(keys, jnp.ones(env.n_agents, bool)), flows(keys, jnp.zeros(env.n_agents, bool))
     flow_expert, flow_agents = per_expert.sum(1).mean(0), per_agents.sum(1).mean(0)
     mode = "greedy" if args.greedy else "sampled"
     name = f"{network.name}-{run['regime']}"
