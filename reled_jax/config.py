@@ -270,11 +270,14 @@ CONFIG_FILE = "config.json"  # in every run directory: `python -m reled_jax.trai
 def saved_config(cfg: TrainConfig) -> dict:
     """The resolved configuration as a run directory and its checkpoint keep it: the nested tree as tables,
     never an API key (a resumed or rerun LLM run takes it from the flags or the environment again)."""
-    data = dataclasses.asdict(cfg)
+    data = dataclasses.asdict(without_api_key(cfg))
     data.pop("explicit", None)
-    if data["expert"]["llm"]["api_key"]:
-        data["expert"]["llm"]["api_key"] = ""
     return data
+
+
+def without_api_key(cfg: TrainConfig) -> TrainConfig:
+    """The configuration with its LLM API key blanked: the one form in which a configuration is kept or compared."""
+    return _replace_path(cfg, FLAG_PATHS["expert.llm.api_key"], "")
 
 
 def write_config(path: Path, cfg: TrainConfig) -> None:
@@ -346,6 +349,4 @@ def comparable(config: dict | TrainConfig) -> dict:
 
 def saved_flags(cfg: TrainConfig) -> dict[str, Any]:
     """`cfg.flags()` as JSON keeps them (tuples as lists), API key blanked."""
-    flags = json.loads(json.dumps(cfg.flags()))
-    flags["expert.llm.api_key"] = ""
-    return flags
+    return json.loads(json.dumps(without_api_key(cfg).flags()))
