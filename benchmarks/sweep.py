@@ -174,11 +174,13 @@ def cell_key(c: dict) -> str:
 def sweep(cfg: SweepConfig) -> dict:
     grid = cfg.grid()
     out = cfg.out_path
-    budget = cfg.train_config(*grid[0]).resolved()
+    budget_cfg = cfg.train_config(*grid[0]).resolved()
     # The method's form is part of the budget key: cells of another form are not reused (sweeps from before
     # issue 17 have neither field, and were made with eq30 and centred expert advantages).
-    budget = {k: budget.get(k) for k in ("epochs", "n_envs", "rollout_steps", "q", "m", "n_demo_envs", "demo_steps", "lr", "preset",
+    budget = {k: budget_cfg.get(k) for k in ("epochs", "n_envs", "rollout_steps", "q", "m", "n_demo_envs", "demo_steps", "lr", "preset",
                                      "alpha_schedule", "center_expert_advantages")}
+    if budget_cfg.get("stagger_steps"):  # keyed only when set, so sweeps from before the option keep their cells
+        budget["stagger_steps"] = budget_cfg.get("stagger_steps")
     result = {
         "benchmark": "sweep", "experiment": cfg.experiment, "budget": cfg.budget, "budget_config": budget, "seeds": cfg.seeds,
         "episodes": cfg.episodes, "machine": machine(), "command": "python -m benchmarks.sweep " + _cli_args(cfg), "cells": [], "references": {},

@@ -166,6 +166,8 @@ class TrainConfig:
         ppo, sed = cfg.ppo, cfg.sed
         if spec.trainer == "qmix" and (ppo.lockstep or ppo.carry_envs):
             raise SystemExit("--lockstep and --carry-envs are PPO-family options; QMIX rolls out with vmap(step) and fresh resets")
+        if ppo.stagger_steps and not ppo.carry_envs:
+            raise SystemExit(f"--stagger-steps {ppo.stagger_steps} needs --carry-envs (without it every epoch starts all environments from fresh resets)")
         if cfg.run.test_episodes < 0:
             raise SystemExit(f"--test-episodes must be >= 0 (0: no closing test), got {cfg.run.test_episodes}")
         if cfg.run.progress not in ("auto", "epoch", "chunk"):

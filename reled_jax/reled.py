@@ -126,10 +126,20 @@ class HybridPPOConfig:
     # episode, so many environments can share one epoch's interaction budget. False: every
     # epoch starts from fresh resets (episodes longer than the rollout are cut at its end).
     carry_envs: bool = False
+    # Carried environments start `stagger_steps` env steps apart (0: all from one reset). Lockstep
+    # environments reset together and tick together; while some agent of every episode runs to
+    # T_max, every episode lasts exactly T_max and they stay in phase, so an epoch's batch is 64
+    # copies of one moment of the episode (the departures once every ~37 epochs, the stragglers
+    # in between). Environment e is reset at step e * stagger_steps / E of a random-policy warm-up,
+    # so the phases spread over the warm-up. Off in the paper preset: on one seed it changed
+    # RELED's test return within the seed-to-seed spread (benchmarks/results/paper_preset.json).
+    stagger_steps: int = 0
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {tuple(METHODS)}")
+        if self.stagger_steps < 0:
+            raise ValueError(f"stagger_steps must be >= 0 (0: environments start together), got {self.stagger_steps}")
         if self.update_block < 0:
             raise ValueError(f"update_block must be >= 0 (0: no gradient accumulation), got {self.update_block}")
         if not 0.0 <= self.decision_share <= 1.0:
@@ -411,6 +421,37 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: M
         zeros = jnp.zeros((cfg.n_envs, n_agents), jnp.int32)
         return EnvCarry(obs, state, jnp.zeros((cfg.n_envs, n_agents, cfg.max_trajectory), jnp.int32), zeros, zeros.astype(jnp.float32))
 
+    def carried_envs(key, axis_name: str | None = None) -> EnvCarry:
+        """The environments a carry_envs run starts from: `initial_envs`, then `cfg.stagger_steps` steps of
+        the random policy in which environment e is reset once more, at step e * stagger_steps // E (its
+        episode in progress ends there, for the bookkeeping). The episodes in progress (paths, reward
+        sums) carry over, so the first episode of each environment began under the random policy."""
+        if not cfg.stagger_steps:
+            return initial_envs(key)
+        k_init, k_run = jax.random.split(key)
+        start = initial_envs(k_init)
+        offset = (jnp.arange(cfg.n_envs) * cfg.stagger_steps) // cfg.n_envs
+
+        def one(carry, inp):
+            obs, state = carry
+            t, step_key = inp
+            k_act, k_env, k_reset = jax.random.split(step_key, 3)
+            action = jax.vmap(random_policy, in_axes=(0, 0, None))(jax.random.split(k_act, cfg.n_envs), obs, env_params)
+            obs2, state2, reward, done, info = batch_step(jax.random.split(k_env, cfg.n_envs), state, action, axis_name)
+            forced = offset == t  # [E]: this environment's episode is cut here and restarts
+            obs_re, state_re = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_reset, cfg.n_envs), env_params)
+            pick = lambda a, b: jnp.where(forced.reshape(forced.shape + (1,) * (a.ndim - 1)), a, b)  # noqa: E731
+            obs2, state2 = jax.tree.map(pick, obs_re, obs2), jax.tree.map(pick, state_re, state2)
+            ended = info["episode_done"] | forced
+            rec = dict(node=state.veh_node[:, :n_agents], decided=info["decided"], done=done | forced[:, None], reward=reward, ended=ended)
+            return (obs2, state2), rec
+
+        steps = jnp.arange(cfg.stagger_steps)
+        (obs, state), traj = jax.lax.scan(one, (start.obs, start.state), (steps, jax.random.split(k_run, cfg.stagger_steps)))
+        path = episode_in_progress(traj["node"], traj["decided"], traj["done"], (start.path_nodes, start.path_len), cfg.max_trajectory)
+        reward_sum = _episode_sums(traj["reward"], traj["ended"], start.reward_sum)[-1]
+        return EnvCarry(obs, state, *path, jnp.where(traj["ended"][-1][:, None], 0.0, reward_sum))
+
     def rollout(params: AgentParams, key, start: EnvCarry, axis_name: str | None = None):
         """tau^a of one seed: `cfg.rollout_steps` env steps of every environment. `axis_name`: the
         seeds' vmap axis, when there is one (`RouteChoiceEnv.step_batch`)."""
@@ -676,7 +717,7 @@ def make_epoch(env: RouteChoiceEnv, env_params: EnvParams, policy: MLP, value: M
         return jax.vmap(single)(params, opt_state, mb_a, mb_e, alpha)
 
     epoch.batched = batched_epoch  # every seed at once (the trainer's chunks)
-    epoch.initial_envs = initial_envs  # TrainState.envs of a carry_envs run
+    epoch.initial_envs = carried_envs  # TrainState.envs of a carry_envs run (vmapped over seeds: pass axis_name=SEED_AXIS)
     # Timed alone by benchmarks; under jax.vmap(..., axis_name=SEED_AXIS) pass axis_name=SEED_AXIS.
     epoch.rollout = lambda state, axis_name=None: rollout(state.params, state.key, state.envs if cfg.carry_envs else initial_envs(state.key), axis_name)
     epoch.agents_update = agents_update  # exposed for tests

@@ -41,7 +41,7 @@ from reled_jax.evaluate import MAX_TEST_STEPS, evaluate_policies, evaluate_seeds
 from reled_jax.networks import init_env_agents, input_dim as observation_dim
 from reled_jax.mappo import global_state_dim
 from reled_jax.records import closing_table, fmt_mean, jsonable, plot_run, run_summary, write_metrics
-from reled_jax.reled import empty_expert, init_state, make_epoch, measure_decision_share
+from reled_jax.reled import SEED_AXIS, empty_expert, init_state, make_epoch, measure_decision_share
 from reled_jax.sed import SED
 from sim.cli import usage_errors  # noqa: F401 (re-exported: every CLI's one-line refusals)
 from sim.scenarios import load_scenario
@@ -81,7 +81,8 @@ def train(cfg: TrainConfig) -> dict:
     state = jax.tree.map(lambda *z: jnp.stack(z), *states)
     epoch_fn = qmix.make_epoch(env, env_params, q_net, mixer, cfg.qmix_config()) if cfg.spec.trainer == "qmix" else make_epoch(env, env_params, policy, value, hpo)
     if hpo.carry_envs:  # every seed's environments, reset once; epochs continue their episodes
-        state = state.replace(envs=jax.jit(jax.vmap(epoch_fn.initial_envs))(jnp.stack([jax.random.PRNGKey(20_000 + s) for s in seeds])))
+        start_envs = jax.vmap(lambda k: epoch_fn.initial_envs(k, SEED_AXIS), axis_name=SEED_AXIS)
+        state = state.replace(envs=jax.jit(start_envs)(jnp.stack([jax.random.PRNGKey(20_000 + s) for s in seeds])))
 
     seds = []
     if uses_expert:

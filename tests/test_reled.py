@@ -18,6 +18,7 @@ from reled_jax.reled import (
 from reled_jax.config import TrainConfig
 from sim.env import TrafficModel, make_env, make_params
 from sim.network import SignalConfig, build_network
+from sim.policies import random_policy
 from sim.scenarios import load_scenario
 
 
@@ -524,3 +525,36 @@ def test_carried_environments_go_on_from_epoch_to_epoch():
     # Without carry_envs the state holds no environments: every epoch resets its own.
     plain = init_state(jax.random.PRNGKey(1), agents, dataclasses.replace(cfg, carry_envs=False))
     assert plain.envs is None
+
+
+def test_staggered_environments_start_at_spread_phases_with_their_bookkeeping():
+    _, env, params = load_scenario("oakland", "moderate", n_agents=3, seed=0, n_background=20)
+    _, policy, value = init_env_agents(jax.random.PRNGKey(0), env)
+    cfg = HybridPPOConfig(method="ippo", n_envs=4, rollout_steps=3, lockstep=True, carry_envs=True)
+    together = make_epoch(env, params, policy, value, cfg).initial_envs(jax.random.PRNGKey(2))
+    assert np.all(np.asarray(together.state.t) == 0)
+    staggered = make_epoch(env, params, policy, value, dataclasses.replace(cfg, stagger_steps=40)).initial_envs(jax.random.PRNGKey(2))
+    # Environment e restarted at warm-up step 10 e: the later the restart, the earlier its clock.
+    clock = np.asarray(staggered.state.t)
+    assert np.all(np.diff(clock) < 0) and clock[-1] > 0, clock
+    # Each path in progress holds the decisions since that restart.
+    sim = staggered.state
+    np.testing.assert_array_equal(staggered.path_len, np.where(sim.agent_arrived, 0, sim.agent_decisions))
+    # Reward sums: the warm-up replayed step by step, a sum cut at every episode end and at the restart.
+    k_init, k_run = jax.random.split(jax.random.PRNGKey(2))
+    obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_init, 4), params)
+    step = jax.jit(lambda k, s, a: env.step_batch(k, s, a, params))
+    reset = jax.jit(jax.vmap(env.reset, in_axes=(0, None)))
+    sums = np.zeros((4, env.n_agents))
+    for t, step_key in enumerate(jax.random.split(k_run, 40)):
+        k_act, k_env, k_reset = jax.random.split(step_key, 3)
+        action = jax.vmap(random_policy, in_axes=(0, 0, None))(jax.random.split(k_act, 4), obs, params)
+        obs, state, reward, _, info = step(jax.random.split(k_env, 4), state, action)
+        restart = np.arange(4) * 10 == t
+        fresh = reset(jax.random.split(k_reset, 4), params)
+        obs, state = jax.tree.map(lambda a, b: jnp.where(restart.reshape((4,) + (1,) * (a.ndim - 1)), a, b), fresh, (obs, state))
+        sums += np.asarray(reward)
+        sums[np.asarray(info["episode_done"]) | restart] = 0.0
+    assert np.any(sums != 0)
+    np.testing.assert_allclose(staggered.reward_sum, sums, rtol=1e-5, atol=1e-3)
+    np.testing.assert_array_equal(staggered.state.t, state.t)
