@@ -4,15 +4,21 @@ at 0, 25 and 50 refinements, with and without the navigation interfaces (IFs) an
     python -m benchmarks.llm_demos                         # offline planner (default)
     python -m benchmarks.llm_demos --backend logit
     python -m benchmarks.llm_demos --backend llm --llm-url http://127.0.0.1:8080/v1 --llm-model NAME
+    python -m benchmarks.llm_demos --checkpoint runs/grid-moderate-reled-s0/checkpoint.npz   # feedback from a trained policy
 
 Protocol (paper V-C1, on the grid scenario that stands in for Orlando): for each
 setting, `repeats` independent expert services ("prompts") each plan all agents
 and are refined `refinements` times. Every refinement partitions the agents at
 random into m subsets; each subset follows its compiled plans for one episode
-while the other agents follow a fixed stand-in for the learned policy (a logit
-choice over free-flow cost-to-go at each junction, temperature `policy_theta`),
-and the R^j / K^j feedback of that episode is sent with the next request. No
-network is trained here, so the feedback reflects this fixed policy.
+while the other agents follow the policy (sampled), and the R^j / K^j feedback
+of that episode, with its RVI and PDI (Theorem 1), is sent with the next
+request. The policy is a trained one with `--checkpoint` (one seed's networks;
+the checkpoint sets the scenario, regime and agent count): RVI then measures
+the trained agents' reward volatility and PDI (Eq. 22) the divergence between
+the expert's actions and the trained policy, as RELED sees them late in
+training. Without a checkpoint it is a fixed stand-in for a learned policy (a
+logit choice over free-flow cost-to-go at each junction, temperature
+`policy_theta`).
 
 Reported per setting and checkpoint (mean +- SD over repeats): Exec. (% of agent
 plans that ran to a valid instruction sequence), Reward (episode return of
@@ -42,7 +48,11 @@ from llm.client import LLMConfig
 from llm.demos import make_demo_rollout
 from llm.feedback import agent_routes, build_feedback, merge_feedback, volatility_threshold
 from llm.service import ExpertConfig, ExpertService
+from reled_jax.checkpoint import read_checkpoint
 from reled_jax.dtw import dtw_reference
+from reled_jax.evaluate import checkpoint_policies
+from reled_jax.networks import MLP, observe
+from reled_jax.reled import policy_apply
 from sim.policies import shortest_time_policy
 from sim.scenarios import load_scenario
 
@@ -62,6 +72,8 @@ class Args:
     m: int = 2  # subsets per refinement
     n_steps: int = 512  # interaction steps per demonstration episode
     policy_theta: float = 5.0
+    checkpoint: str = ""  # a training run's checkpoint.npz: its policy (seed `checkpoint_seed`) drives the other agents
+    checkpoint_seed: int = 0  # which of the checkpoint's seeds (0: its first)
     seed: int = 0
     llm_url: str = ""
     llm_model: str = ""
@@ -90,12 +102,32 @@ def stand_in_policy(params, shortest_time: jax.Array, theta: float):
     return logits
 
 
+def trained_logits(ck: dict, env, seed_index: int):
+    """Logits `(key, obs) -> [A, M]` of one seed's trained policy networks in a loaded checkpoint."""
+    n_seeds = ck["policy"]["params"]["Dense_0"]["kernel"].shape[0]
+    if not 0 <= seed_index < n_seeds:
+        raise SystemExit(f"--checkpoint-seed {seed_index} is outside the checkpoint's {n_seeds} seed(s); give 0 ... {n_seeds - 1}")
+    policy = list(checkpoint_policies(ck, env).values())[seed_index]
+
+    def logits(key, obs):
+        del key
+        return policy_apply(MLP(policy.m_out, one_hot_nodes=policy.n_nodes), policy.params, observe(obs.features, policy.m_out), obs.action_mask)
+
+    return logits
+
+
 def main(args: Args) -> dict:
+    ck = None
+    if args.checkpoint:
+        ck = read_checkpoint(args.checkpoint)  # a one-line exit when it is missing or malformed
+        scenario, regime, n_agents = ck["run"]["scenario"], ck["run"]["regime"], ck["run"]["n_agents"]
+        args = dataclasses.replace(args, scenario=scenario, regime=regime, n_agents=n_agents)
     network, env, params = load_scenario(args.scenario, args.regime, n_agents=args.n_agents, seed=args.seed)
     shortest_time = jnp.asarray(np.where(np.isfinite(network.shortest_time), network.shortest_time, 1e6), jnp.float32)
     origin, dest = np.asarray(params.agent_origin), np.asarray(params.agent_dest)
     rollout = jax.jit(make_demo_rollout(env, args.n_steps), static_argnums=4)
-    policy = stand_in_policy(params, shortest_time, args.policy_theta)
+    policy = stand_in_policy(params, shortest_time, args.policy_theta) if ck is None else trained_logits(ck, env, args.checkpoint_seed)
+    policy_name = "stand_in_policy" if ck is None else "trained_policy"
     shortest = lambda key, obs: jnp.where(jnp.arange(env.m_out)[None] == shortest_time_policy(key, obs, params)[:, None], 0.0, -1e9)  # noqa: E731
     none = jnp.zeros(args.n_agents, bool)
 
@@ -109,7 +141,7 @@ def main(args: Args) -> dict:
     )
 
     reference = {}
-    for name, pol in [("shortest_time", shortest), ("stand_in_policy", policy)]:
+    for name, pol in [("shortest_time", shortest), (policy_name, policy)]:
         returns = []
         for r in range(args.repeats):
             demo = rollout(jax.random.PRNGKey(10_000 + r), params, _dummy_plans(env, params), none, pol)
@@ -117,13 +149,15 @@ def main(args: Args) -> dict:
         reference[name] = _stat(returns)
 
     coords = network.node_xy
-    results = {"args": dataclasses.asdict(args), "reference_reward": reference, "settings": {}}
+    results = {"args": dataclasses.asdict(args), "policy": policy_name, "reference_reward": reference, "settings": {}}
+    if ck is not None:
+        results["checkpoint"] = {"path": args.checkpoint, "epoch": ck["epoch"], **ck["run"]}
     start = time.perf_counter()
     settings = [SETTINGS[i] for i in args.settings]
     total = len(settings) * args.repeats * (args.refinements + 1)
     with tqdm(total=total, desc=f"Table III [{args.backend}]", unit="refinement") as bar:
         for name, interfaces, refine in settings:
-            curves = {k: [] for k in ("exec", "reward", "time", "dtw", "baseline_reward")}
+            curves = {k: [] for k in ("exec", "reward", "time", "dtw", "baseline_reward", "rvi", "pdi")}
             expert_stats = []
             for r in range(args.repeats):
                 rng = np.random.default_rng([args.seed, r])
@@ -135,7 +169,7 @@ def main(args: Args) -> dict:
                 base = {f.name: np.asarray(getattr(base, f.name)) for f in dataclasses.fields(base)}
                 feedback_by_agent: dict = {}
                 first_route: dict[int, list] = {}
-                exec_c, reward_c, time_c, dtw_c, base_c = [], [], [], [], []
+                exec_c, reward_c, time_c, dtw_c, base_c, rvi_c, pdi_c = [], [], [], [], [], [], []
                 for k in range(args.refinements + 1):
                     subsets = np.array_split(rng.permutation(args.n_agents), args.m)
                     executed_before = service.stats.plans_executed
@@ -143,7 +177,7 @@ def main(args: Args) -> dict:
                     outs = service.plan(subsets, fbs)
                     exec_c.append((service.stats.plans_executed - executed_before) / args.n_agents)
                     time_c.append(float(np.mean([o.latency_s for o in outs])))
-                    rewards, dtws, base_rewards = [], [], []
+                    rewards, dtws, base_rewards, rvis, pdis = [], [], [], [], []
                     for j, out in enumerate(outs):
                         mask = np.zeros(args.n_agents, bool)
                         mask[list(out.subset)] = True
@@ -157,6 +191,8 @@ def main(args: Args) -> dict:
                         fb = build_feedback(demo, out.subset, out.compiled, network, threshold, params.terminal_bonus)
                         for a in out.subset:
                             feedback_by_agent[a] = fb
+                        rvis.append(fb.rvi)
+                        pdis.append(fb.pdi)
                         routes = agent_routes(demo, network)
                         returns = np.asarray(demo.reward).sum(0)
                         for a in out.subset:
@@ -166,9 +202,11 @@ def main(args: Args) -> dict:
                     reward_c.append(float(np.mean(rewards)))
                     base_c.append(float(np.mean(base_rewards)))
                     dtw_c.append(float(np.mean(dtws)))
+                    rvi_c.append(float(np.mean(rvis)))
+                    pdi_c.append(float(np.mean(pdis)))
                     bar.update(1)
                     bar.set_postfix(setting=name, exec=f"{exec_c[-1]:.0%}", reward=f"{reward_c[-1]:.0f}")
-                for key, curve in zip(("exec", "reward", "time", "dtw", "baseline_reward"), (exec_c, reward_c, time_c, dtw_c, base_c)):
+                for key, curve in zip(("exec", "reward", "time", "dtw", "baseline_reward", "rvi", "pdi"), (exec_c, reward_c, time_c, dtw_c, base_c, rvi_c, pdi_c)):
                     curves[key].append(curve)
                 expert_stats.append({**service.stats.as_dict(), "last_errors": service.stats.last_errors[-5:]})
                 service.close()
@@ -182,13 +220,16 @@ def main(args: Args) -> dict:
                     "shortest_time_reward": _stat([x[c] for x in curves["baseline_reward"]]),
                     "time_s": _stat([x[c] for x in curves["time"]]),
                     "dtw_diff": _stat([x[c] for x in curves["dtw"]]) if c > 0 else None,
+                    # Theorem 1's indices of that refinement's episodes, per subset (the feedback the next request carries)
+                    "rvi": _stat([x[c] for x in curves["rvi"]]),
+                    "pdi": _stat([x[c] for x in curves["pdi"]]),
                 }
             results["settings"][name] = {
                 "interfaces": interfaces, "refine": refine, "table": table, "curves": curves, "expert_stats": expert_stats
             }
     results["wall_s"] = time.perf_counter() - start
     results["machine"] = machine()
-    out = Path(args.out) if args.out else RESULTS / f"llm_demos_{args.backend}.json"
+    out = Path(args.out) if args.out else RESULTS / f"llm_demos_{args.backend}{'_trained' if ck is not None else ''}.json"
     write_json(out, results)
     _plot(results, out.with_suffix(".png"))
     _print_table(results)
@@ -210,14 +251,16 @@ def _stat(values) -> dict:
 
 def _print_table(results: dict) -> None:
     ref = results["reference_reward"]
-    print(f"reference returns: shortest-time {ref['shortest_time']['mean']:.1f}, stand-in policy {ref['stand_in_policy']['mean']:.1f}")
-    print(f"{'setting':24s} {'refn':>4s} {'Exec %':>14s} {'Reward':>16s} {'(shortest)':>10s} {'Time s':>14s} {'DTW diff':>16s}")
+    policy = results.get("policy", "stand_in_policy")
+    print(f"reference returns: shortest-time {ref['shortest_time']['mean']:.1f}, {policy.replace('_', ' ')} {ref[policy]['mean']:.1f}")
+    print(f"{'setting':24s} {'refn':>4s} {'Exec %':>14s} {'Reward':>16s} {'(shortest)':>10s} {'Time s':>14s} {'DTW diff':>16s} {'RVI':>8s} {'PDI':>8s}")
     for name, s in results["settings"].items():
         for c, row in s["table"].items():
             dtw = "-" if row["dtw_diff"] is None else f"{row['dtw_diff']['mean']:.0f} ± {row['dtw_diff']['sd']:.0f}"
             print(
                 f"{name:24s} {c:>4s} {row['exec_pct']['mean']:6.1f} ± {row['exec_pct']['sd']:5.1f} "
                 f"{row['reward']['mean']:7.1f} ± {row['reward']['sd']:6.1f} {row['shortest_time_reward']['mean']:10.1f} {row['time_s']['mean']:6.3f} ± {row['time_s']['sd']:5.3f} {dtw:>16s}"
+                + (f" {row['rvi']['mean']:8.1f} {row['pdi']['mean']:8.3f}" if "rvi" in row else "")
             )
 
 
