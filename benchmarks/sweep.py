@@ -86,6 +86,9 @@ class SweepConfig:
     out: str = ""  # default benchmarks/results/sweep_<experiment>_<budget>[_<tag>].json
     cluster: ClusterConfig = ClusterConfig()  # several hosts train each cell together; process 0 writes
     alpha_schedule: str = HybridPPOConfig.alpha_schedule  # which reading of Eq. 30; give others their own --runs-dir and --tag
+    # Re-read the training curves of finished cells from their run directories (where they still exist), e.g.
+    # after CURVE_KEYS gained a metric; tests and everything else in a cell stay as they were.
+    refresh_curves: bool = False
 
     def grid(self) -> list[tuple[str, str, int, str]]:
         if self.experiment not in EXPERIMENTS:
@@ -121,7 +124,7 @@ class SweepConfig:
                                                   alpha_schedule=self.alpha_schedule, **BUDGETS[self.budget]), cluster=self.cluster)
 
 
-CURVE_KEYS = ("interaction_steps", "wall_s", "episode_reward", "travel_time", "arrival_rate", "dtw_m", "alpha", "expert_reward", "execution_rate")
+CURVE_KEYS = ("interaction_steps", "wall_s", "episode_reward", "travel_time", "arrival_rate", "dtw_m", "alpha", "expert_reward", "execution_rate", "entropy", "expert_share")
 
 
 def curves(run_dir: Path, seeds: int) -> dict[str, list[list[float]]]:
@@ -190,6 +193,10 @@ def sweep(cfg: SweepConfig) -> dict:
         if old.get("budget_config") == budget and old.get("seeds") == cfg.seeds and old.get("episodes") == cfg.episodes:
             result["cells"], result["references"] = old["cells"], old["references"]
             result["command"] = old["command"] if result["command"] in old["command"] else f"{old['command']}; {result['command']}"
+    if cfg.refresh_curves:
+        for c in result["cells"]:
+            if (Path(c["run_dir"]) / "metrics.jsonl").exists():
+                c["curves"] = curves(Path(c["run_dir"]), c["seeds"])
     done = {cell_key(c) for c in result["cells"]}
     writer = jax.process_index() == 0  # other processes of a cluster only train their share of each cell's seeds
     t_start = time.perf_counter()

@@ -1,5 +1,6 @@
 """The experiment sweep and its report: cells, seed-vmapped evaluation, reuse of finished runs, CI verdicts."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -45,6 +46,14 @@ def test_sweep_evaluates_every_seed_like_evaluate_and_reuses_finished_runs(tmp_p
     again = sweep(cfg)
     assert ck.stat().st_mtime_ns == mtime
     assert json.dumps(again["cells"]) == json.dumps(result["cells"])
+    # --refresh-curves re-reads a finished cell's curves from its run directory, and nothing else.
+    assert np.isfinite(np.array(ippo["curves"]["entropy"])).all()
+    stale = json.loads((tmp_path / "sweep.json").read_text())
+    stale["cells"][0]["curves"] = {"episode_reward": [[0.0]]}
+    (tmp_path / "sweep.json").write_text(json.dumps(stale))
+    assert sweep(cfg)["cells"][0]["curves"] == {"episode_reward": [[0.0]]}
+    refreshed = sweep(dataclasses.replace(cfg, refresh_curves=True))
+    assert json.dumps(refreshed["cells"]) == json.dumps(result["cells"]) and ck.stat().st_mtime_ns == mtime
 
     # Expert agreement on the same runs: its test rewards are the sweep's (same keys), and the report tables it.
     agree = agreement(AgreementConfig(budget="smoke", scenario="oakland", n_agents=4, seeds=2, methods=("ippo", "reled"), episodes=2, demo_steps=300,
