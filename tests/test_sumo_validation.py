@@ -97,3 +97,24 @@ def test_the_rank_agreement_comes_with_its_interval_and_each_simulators_own_repr
     low, high = bootstrap_agent_mean_spearman(steady, noisy)
     assert low < rank_correlation(steady.mean(0), noisy.mean(0)) < high and high - low > 0.2 and low < 0
     assert split_half_reliability(steady) > 0.95 and split_half_reliability(noisy) < 0.5
+
+
+def test_fidelity_names_every_missed_goal_and_whether_more_episodes_would_help():
+    from benchmarks.fidelity import GOALS, shortfalls
+
+    def result(rho, half_jax, half_sumo):
+        return {"agent_mean_spearman_ci95": [rho - 0.1, rho + 0.1], "split_half_spearman": {"jax": half_jax, "sumo": half_sumo}}
+
+    cells = {
+        "good": {"free_flow": {"error": 0.01, "meets_goal": True},
+                 "regimes": {"moderate": {"spearman": {"a": 0.9}, "mean_travel_time_error": {"a": 0.02}, "results": {"a": result(0.9, 0.95, 0.95)}}}},
+        "bad": {"free_flow": {"error": 0.0502, "meets_goal": False},
+                "regimes": {"moderate": {"spearman": {"model": 0.43, "noisy": 0.6}, "mean_travel_time_error": {"model": 0.3, "noisy": -0.01},
+                                         "results": {"model": result(0.43, 1.0, 0.98), "noisy": result(0.6, 0.95, 0.5)}}}},
+    }
+    lines = shortfalls(cells)
+    assert len(lines) == 4 and not any(line.startswith("good") for line in lines)
+    assert lines[0] == f"bad free flow: travel time +5.02% against SUMO (goal within {GOALS['free_flow_error']:.0%})"
+    assert "rho 0.43 [0.33, 0.53]" in lines[1] and "model error, not noise" in lines[1] and "JAX 1.00, SUMO 0.98" in lines[1]
+    assert "rho 0.60" in lines[2] and "noise as much as model" in lines[2] and "0.50" in lines[2]
+    assert lines[3] == f"bad/moderate, model: mean travel time +30.0% against SUMO (goal within {GOALS['mean_travel_time_error']:.0%})"
