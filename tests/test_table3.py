@@ -8,19 +8,22 @@ import numpy as np
 import pytest
 
 from benchmarks.llm_demos import Args, main, trained_logits
-from reled_jax.checkpoint import read_checkpoint
-from reled_jax.config import TrainConfig
-from reled_jax.networks import MLP, observe
+from reled_jax.checkpoint import read_checkpoint, write
+from reled_jax.config import TrainConfig, saved_config
+from reled_jax.networks import MLP, init_env_agents, observe
 from reled_jax.reled import policy_apply
-from reled_jax.train import train
 from sim.scenarios import load_scenario
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    out = tmp_path_factory.mktemp("trained")
-    train(TrainConfig.of(scenario="oakland", regime="moderate", n_agents=3, method="ippo", preset="smoke", epochs=2, seeds=2, test_episodes=0, out=str(out)))
-    return out / "checkpoint.npz"
+    """A two-seed checkpoint as the trainer writes it (its saved configuration and policy networks), without training."""
+    _, env, _ = load_scenario("oakland", "moderate", n_agents=3)
+    policy = jax.tree.map(lambda *z: np.stack(z), *[init_env_agents(jax.random.PRNGKey(s), env)[0].policy for s in (0, 1)])
+    config = saved_config(TrainConfig.of(scenario="oakland", regime="moderate", n_agents=3, method="ippo", seeds=2).resolved())
+    path = tmp_path_factory.mktemp("trained") / "checkpoint.npz"
+    write(path, {"config": config, "epoch": 3}, {"state": {"params": {"policy": policy}}})
+    return path
 
 
 def test_trained_logits_are_the_chosen_seeds_networks(checkpoint):
