@@ -213,3 +213,30 @@ def test_sweep_and_agreement_refuse_counts_below_one_before_anything_runs(tmp_pa
     with pytest.raises(SystemExit, match="--seeds 0, --test-episodes 0: counts must be at least 1"):
         agreement(AgreementConfig(budget="smoke", seeds=0, test_episodes=0, runs_dir=str(tmp_path / "runs")))
     assert not (tmp_path / "runs").exists()
+
+
+def test_what_we_learned_sets_the_paper_budget_beside_the_small_one_and_each_reading(tmp_path):
+    base = {"experiment": "fig4", "seeds": 3, "episodes": 1, "command": "python -m benchmarks.sweep", "references": {},
+            "machine": {"device": "cpu: cpu", "n_devices": 1, "cpu_count": 2, "jax": "x"}}
+    form = {"epochs": 2, "n_envs": 1, "rollout_steps": 8, "alpha_schedule": "text", "center_expert_advantages": False}
+
+    def cell(method, reward, entropy):
+        c = _fig4_cell(method, reward, scenario="hongkong")
+        c["curves"].update(interaction_steps=[[40_000, 90_000]] * 3, entropy=[entropy] * 3, alpha=[[0.2, 0.6]] * 3)
+        return c
+
+    (tmp_path / "sweep_fig4_small.json").write_text(json.dumps({**base, "budget": "small", "budget_config": form,
+                                                                "cells": [cell("reled", 100.0, [0.5, 0.4]), cell("ippo", 200.0, [0.5, 0.4])]}))
+    (tmp_path / "sweep_fig4_paper.json").write_text(json.dumps({**base, "budget": "paper", "budget_config": form,
+                                                                "cells": [cell("reled", -500.0, [0.3, 0.1]), cell("ippo", 700.0, [0.45, 0.2])]}))
+    (tmp_path / "sweep_fig4_paper_eq30.json").write_text(json.dumps({**base, "budget": "paper", "budget_config": {**form, "alpha_schedule": "eq30"},
+                                                                     "cells": [cell("reled", 1000.0, [0.5, 0.3])]}))
+    text = report.write_report(report.ReportConfig(results=str(tmp_path))).read_text()
+    learned = text[text.index("## What we learned"):text.index("## Setting")]
+    # Entropy is read where the interaction steps first reach 50 k and 100 k (the second epoch, and past the end: the last).
+    assert "| Hong Kong – moderate | RELED (full) | 100 ± 12 | -500 ± 12 |" in learned and "| 0.10 / 0.10 |" in learned
+    assert "| Hong Kong – moderate | IPPO | 200 ± 12 | 700 ± 12 |" in learned
+    assert "| Hong Kong – moderate | RELED (full) (Eq. 30 read eq30) | – | 1,000 ± 12 |" in learned  # no small-budget cell of that reading
+    assert "RELED tests at -500 and IPPO at 700** (small budget: 100 and 200)" in learned and "does not hold here at 500 epochs" in learned
+    assert "α averages 0.40, so the expert's loss carries weight 0.60" in learned  # both epochs lie below 100 k steps
+    assert "RELED tests at 1,000 ± 12 on Hong Kong – moderate, above IPPO's (700 ± 12)" in learned
