@@ -230,6 +230,8 @@ def _cli_args(cfg: SweepConfig) -> str:
         args.append(f"--alpha-schedule {cfg.alpha_schedule}")
     if cfg.runs_dir != SweepConfig.runs_dir:
         args.append(f"--runs-dir {cfg.runs_dir}")
+    if cfg.refresh_curves:
+        args.append("--refresh-curves")
     return " ".join(args)
 
 
