@@ -791,6 +791,9 @@ def write_report(cfg: ReportConfig) -> Path:
         "    python -m benchmarks.sweep --experiment fig4 --budget paper --seeds 5 --tag gpu",
         "    python -m benchmarks.sweep --experiment table4 --budget paper --seeds 5 --tag gpu",
         "    python -m benchmarks.sweep --experiment fig8 --budget paper --seeds 5 --tag gpu", "",
+        "Measured at the paper's budget on this CPU so far (resumable; each cell of 5 seeds is 25–50 minutes here):", "",
+        *(f"    {c}" for s in sweeps.values() if s["budget"] == "paper" for c in s["command"].split("; ")),
+        *(["    python -m benchmarks.paper_preset"] if probe is not None else []), "",
     ]
     out = Path(cfg.out) if cfg.out else results_dir / "REPORT.md"
     out.write_text("\n".join(lines) + "\n")
