@@ -239,4 +239,4 @@ def test_what_we_learned_sets_the_paper_budget_beside_the_small_one_and_each_rea
     assert "| Hong Kong – moderate | RELED (full) (Eq. 30 read eq30) | – | 1,000 ± 12 |" in learned  # no small-budget cell of that reading
     assert "RELED tests at -500 and IPPO at 700** (small budget: 100 and 200)" in learned and "does not hold here at 500 epochs" in learned
     assert "α averages 0.40, so the expert's loss carries weight 0.60" in learned  # both epochs lie below 100 k steps
-    assert "RELED tests at 1,000 ± 12 on Hong Kong – moderate, above IPPO's (700 ± 12)" in learned
+    assert "RELED tests at 1,000 ± 12 on Hong Kong – moderate against the text reading's -500, above IPPO's (700 ± 12)" in learned
