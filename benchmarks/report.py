@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -140,7 +141,7 @@ def plot_curves(result: dict, path: Path, x: str, keys: tuple[str, ...], title: 
             ax.set_ylabel(ylabels[key])
             ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7, loc="lower right")
-    fig.suptitle(title, fontsize=11)
+    fig.suptitle(textwrap.fill(title, width=max(40, 45 * len(envs))), fontsize=11)  # one map: a narrow figure
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
