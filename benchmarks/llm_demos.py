@@ -51,8 +51,6 @@ from llm.service import ExpertConfig, ExpertService
 from reled_jax.checkpoint import read_checkpoint
 from reled_jax.dtw import dtw_reference
 from reled_jax.evaluate import checkpoint_policies
-from reled_jax.networks import MLP, observe
-from reled_jax.reled import policy_apply
 from sim.policies import shortest_time_policy
 from sim.scenarios import load_scenario
 
@@ -108,12 +106,7 @@ def trained_logits(ck: dict, env, seed_index: int):
     if not 0 <= seed_index < n_seeds:
         raise SystemExit(f"--checkpoint-seed {seed_index} is outside the checkpoint's {n_seeds} seed(s); give 0 ... {n_seeds - 1}")
     policy = list(checkpoint_policies(ck, env).values())[seed_index]
-
-    def logits(key, obs):
-        del key
-        return policy_apply(MLP(policy.m_out, one_hot_nodes=policy.n_nodes), policy.params, observe(obs.features, policy.m_out), obs.action_mask)
-
-    return logits
+    return lambda key, obs: policy.logits(obs)
 
 
 def main(args: Args) -> dict:

@@ -161,8 +161,12 @@ class NetworkPolicy:
     m_out: int
     stochastic: bool  # or a traced boolean (one program for both modes)
 
+    def logits(self, obs):
+        """[A, M] masked logits of every agent's network on its observation."""
+        return policy_apply(MLP(self.m_out, one_hot_nodes=self.n_nodes), self.params, observe(obs.features, self.m_out), obs.action_mask)
+
     def __call__(self, key, obs):
-        logits = policy_apply(MLP(self.m_out, one_hot_nodes=self.n_nodes), self.params, observe(obs.features, self.m_out), obs.action_mask)
+        logits = self.logits(obs)
         return jnp.where(self.stochastic, jax.random.categorical(key, logits), jnp.argmax(logits, axis=-1))
 
 
