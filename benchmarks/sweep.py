@@ -24,6 +24,7 @@ rate, network sizes and evaluation (paper IV-A2).
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import time
 from pathlib import Path
@@ -213,9 +214,31 @@ def sweep(cfg: SweepConfig) -> dict:
                 result["cells"].append(evaluate_cell(cfg, tcfg, summary, t0))
             done.add(key)
         if writer:
-            write_json(out, result)
+            result = write_merged(out, result, budget)
     if writer:
         print(f"wrote {out} ({len(result['cells'])} cells); plots and report: python -m benchmarks.report")
+    return result
+
+
+def write_merged(out: Path, result: dict, budget: dict) -> dict:
+    """Write the results file, keeping the cells another sweep has written to it since this one started.
+
+    Two sweeps may fill one file at once (one per core, or one per machine, each with its own --methods or
+    --scenarios): each re-reads the file under a lock before writing, so neither drops the other's cells.
+    A file of another budget, seed count or episode count is replaced, as at the start of a sweep."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if out.exists():
+            disk = json.loads(out.read_text())
+            if disk.get("budget_config") == budget and disk.get("seeds") == result["seeds"] and disk.get("episodes") == result["episodes"]:
+                ours = {cell_key(c) for c in result["cells"]}
+                result = result | {
+                    "cells": result["cells"] + [c for c in disk["cells"] if cell_key(c) not in ours],
+                    "references": disk["references"] | result["references"],
+                    "command": "; ".join(dict.fromkeys(disk["command"].split("; ") + result["command"].split("; "))),
+                }
+        write_json(out, result)
     return result
 
 

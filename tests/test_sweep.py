@@ -240,3 +240,27 @@ def test_what_we_learned_sets_the_paper_budget_beside_the_small_one_and_each_rea
     assert "RELED tests at -500 and IPPO at 700** (small budget: 100 and 200)" in learned and "does not hold here at 500 epochs" in learned
     assert "α averages 0.40, so the expert's loss carries weight 0.60" in learned  # both epochs lie below 100 k steps
     assert "RELED tests at 1,000 ± 12 on Hong Kong – moderate against the text reading's -500, above IPPO's (700 ± 12)" in learned
+
+
+def test_two_sweeps_writing_one_file_keep_each_others_cells(tmp_path):
+    from benchmarks.sweep import write_merged
+
+    out, budget = tmp_path / "sweep.json", {"epochs": 3}
+
+    def results(command, methods, budget=budget):
+        cells = [{"scenario": "grid", "regime": "moderate", "n_agents": 2, "method": m, "test": [{"reward": float(len(m))}]} for m in methods]
+        return {"budget_config": budget, "seeds": 2, "episodes": 1, "command": command, "cells": cells, "references": {f"ref-{command}": {}}}
+
+    write_merged(out, results("sweep A", ["reled"]), budget)
+    # B started before A wrote, so it does not hold A's cell; its write must keep it, and its own cell wins for a shared key.
+    merged = write_merged(out, results("sweep B", ["ippo", "reled"]), budget)
+    on_disk = json.loads(out.read_text())
+    assert on_disk == merged
+    assert sorted(c["method"] for c in on_disk["cells"]) == ["ippo", "reled"]
+    assert on_disk["command"] == "sweep A; sweep B" and set(on_disk["references"]) == {"ref-sweep A", "ref-sweep B"}
+    write_merged(out, results("sweep A", ["mappo"]), budget)  # A writes again: B's cells survive, commands are not repeated
+    on_disk = json.loads(out.read_text())
+    assert sorted(c["method"] for c in on_disk["cells"]) == ["ippo", "mappo", "reled"] and on_disk["command"] == "sweep A; sweep B"
+    # A file of another budget is replaced, as a fresh sweep replaces it.
+    write_merged(out, results("sweep C", ["qmix"], budget={"epochs": 500}), {"epochs": 500})
+    assert [c["method"] for c in json.loads(out.read_text())["cells"]] == ["qmix"]
