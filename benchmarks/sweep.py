@@ -14,7 +14,9 @@ shortest-time and random reference policies on the same test keys.
 A cell's run directory is its cache: rerunning a sweep resumes unfinished runs
 and reuses finished ones (an ablation shares its RELED and IPPO runs with
 Fig. 4). After every cell the results JSON is rewritten, so a long sweep shows
-its progress and keeps what it finished. `python -m benchmarks.report` turns
+its progress and keeps what it finished; two sweeps may fill one file at once (one
+per core, with different --methods), each keeping the other's cells.
+`python -m benchmarks.report` turns
 the JSON files into plots and REPORT.md.
 
 Nothing is tuned per method: every method gets the same budget, learning
