@@ -36,7 +36,8 @@ DEFAULT_LANES = {"motorway": 2, "trunk": 2, "primary": 2, "secondary": 1}
 ARTERIAL_HIGHWAYS = frozenset(
     {"motorway", "motorway_link", "trunk", "trunk_link", "primary", "primary_link", "secondary", "secondary_link"}
 )
-JAM_SPACING_M = 7.5  # metres of lane per stopped vehicle (SUMO: 5 m car + 2.5 m gap)
+CAR_LENGTH_M, MIN_GAP_M = 5.0, 2.5  # SUMO's default car: 5 m long, stops 2.5 m behind the one ahead
+JAM_SPACING_M = CAR_LENGTH_M + MIN_GAP_M  # metres of lane per stopped vehicle
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,7 +196,11 @@ def build_network(
     edge_speed = np.array([best[k][1] for k in keys], dtype=np.float32)
     edge_lanes = np.array([best[k][2] for k in keys], dtype=np.int32)
     edge_arterial = np.array([best[k][3] for k in keys], dtype=bool)
-    edge_storage = np.maximum(1, np.floor(edge_lanes * edge_length / JAM_SPACING_M)).astype(np.int32)
+    # Vehicles a lane holds when jammed, counted as SUMO counts them: n cars and the n - 1 gaps between them
+    # fit when n * 5 m + (n - 1) * 2.5 m <= length (issue 21: length / 7.5 m left a 14 m link between the two
+    # halves of a divided junction one car, where SUMO fits two, and the second car waited a whole cycle).
+    per_lane = np.floor((edge_length + MIN_GAP_M) / JAM_SPACING_M)
+    edge_storage = np.maximum(1, edge_lanes * per_lane).astype(np.int32)
 
     out_lists: list[list[int]] = [[] for _ in range(n_nodes)]
     for e, u in enumerate(edge_from):

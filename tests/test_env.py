@@ -11,7 +11,7 @@ from sim.policies import random_policy, shortest_time_policy
 from sim.scenarios import load_scenario
 
 T_MAX = 2400
-NO_JUNCTION_DELAY = TrafficModel(turn_delay_s=0.0)  # exact edge-by-edge times; junction delays are tested on their own
+NO_JUNCTION_DELAY = TrafficModel(turn_delay_s=0.0, startup_loss_s=0.0)  # exact edge-by-edge times; junction delays are tested on their own
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +202,7 @@ def test_reference_policies_shortest_beats_random():
 
 def test_auto_reset_starts_a_new_episode(line_network):
     env = make_env(line_network, n_agents=1, n_background=0)
-    params = make_params(line_network, [0], [1], [0], [1], t_max=100)
+    params = make_params(line_network, [0], [1], [0], [1], t_max=100, traffic=NO_JUNCTION_DELAY)
     obs, state = env.reset(jax.random.PRNGKey(0), params)
     obs, state, reward, done, info = env.step(jax.random.PRNGKey(1), state, jnp.array([0]), params)
     assert bool(info["episode_done"]) and bool(done[0])
@@ -252,7 +252,7 @@ def test_gridlock_is_released_after_teleport_time():
     edge_of = {(int(u), int(v)): k for k, (u, v) in enumerate(zip(ring.edge_from, ring.edge_to))}
     edges = [edge_of[(0, 1)], edge_of[(1, 2)], edge_of[(2, 0)]]
     for teleport_s, released in ((0, False), (20, True)):
-        params = make_params(ring, [0], [2], [0, 1, 2], [2, 0, 1], agent_depart=[10_000], traffic=TrafficModel(teleport_s=teleport_s))
+        params = make_params(ring, [0], [2], [0, 1, 2], [2, 0, 1], agent_depart=[10_000], traffic=TrafficModel(teleport_s=teleport_s, startup_loss_s=0.0))
         state = _placed(env, params, edges, [7.5, 7.5, 7.5], [2, 0, 1])  # each at its stop line, two edges from home
         final, history = jax.jit(_run_ticks, static_argnums=(0, 3))(env, params, state, 60)
         trips = np.asarray(history.veh_trips)[:, 1:].sum(1)
@@ -319,7 +319,7 @@ def test_truncation_cuts_the_decision_of_every_agent_still_driving_and_only_thei
     decision (taken at B, t = 10), agent 1 on its first (taken at A, t = 8), agent 2 has not left: it gets 0."""
     net = line_network
     env = make_env(net, n_agents=3, n_background=0)
-    params = make_params(net, [0, 0, 0], [3, 3, 3], [0], [3], agent_depart=[0, 8, 20], t_max=15, omega_d=OMEGA_D)
+    params = make_params(net, [0, 0, 0], [3, 3, 3], [0], [3], agent_depart=[0, 8, 20], t_max=15, omega_d=OMEGA_D, traffic=NO_JUNCTION_DELAY)
     obs, state = env.reset(jax.random.PRNGKey(0), params)
     step = jax.jit(env.step_env)
     for k in range(50):
@@ -344,7 +344,7 @@ def test_eq32_counts_a_red_light_wait_in_the_decision_that_led_to_it(cross_netwo
     depart = next(d for d in range(cycle) if not green(d + 20) and not green(d + 21))  # at the line on red, for 2 s at least
     t_green = next(t for t in range(depart + 20, depart + 20 + cycle) if green(t))
     env = make_env(net, n_agents=1, n_background=0)
-    params = make_params(net, [origin], [dest], [origin], [dest], agent_depart=[depart], t_max=T_MAX_SHORT, omega_d=OMEGA_D)
+    params = make_params(net, [origin], [dest], [origin], [dest], agent_depart=[depart], t_max=T_MAX_SHORT, omega_d=OMEGA_D, traffic=NO_JUNCTION_DELAY)
     obs, state = env.reset(jax.random.PRNGKey(0), params)
     steps, info = _decisions(env, params, state, obs)
     # Two decisions, at the origin and at 0, and no other (the wait for the departure decides nothing).
@@ -364,7 +364,7 @@ def test_eq32_counts_a_queue_wait_and_omega_d(line_network):
     net = line_network
     env = make_env(net, n_agents=1, n_background=5)
     # critical_occupancy near 1 keeps the B -> C edge at free speed, so only the queue delays the agent.
-    traffic = TrafficModel(saturation_flow=0.1, critical_occupancy=0.99, teleport_s=0, turn_delay_s=0.0)  # junction delays: tested on their own
+    traffic = TrafficModel(saturation_flow=0.1, critical_occupancy=0.99, teleport_s=0, turn_delay_s=0.0, startup_loss_s=0.0)  # junction delays: tested on their own
     params = make_params(net, [0], [3], [3], [0], t_max=T_MAX_SHORT, omega_d=OMEGA_D, traffic=traffic)  # background: D -> A (away)
     b_to_c = int(np.flatnonzero((net.edge_from == 1) & (net.edge_to == 2))[0])
     state = _placed(env, params, [b_to_c] * 5, [150.0] * 5, [3] * 5)
@@ -381,7 +381,7 @@ def test_eq32_at_truncation_credits_the_unfinished_decision_without_bonus(line_n
     """T_max = 15: decisions at A (t = 0) and B (t = 10); the episode ends at t = 15 on B -> C."""
     net = line_network
     env = make_env(net, n_agents=1, n_background=0)
-    params = make_params(net, [0], [3], [0], [3], t_max=15, omega_d=OMEGA_D)
+    params = make_params(net, [0], [3], [0], [3], t_max=15, omega_d=OMEGA_D, traffic=NO_JUNCTION_DELAY)
     obs, state = env.reset(jax.random.PRNGKey(0), params)
     steps, info = _decisions(env, params, state, obs)
     d = [_dist(net, n, 3) for n in range(4)]
@@ -492,7 +492,7 @@ def test_junction_delays_cost_the_crossing_vehicle_alone(line_network):
     new edge, a start from the depot startup_loss_s; the straight free-flow trip is 30 s."""
     env = make_env(line_network, n_agents=1, n_background=0)
     travel = {}
-    for name, traffic in {"none": TrafficModel(turn_delay_s=0.0), "turns": TrafficModel(turn_delay_s=4.0),
+    for name, traffic in {"none": TrafficModel(turn_delay_s=0.0, startup_loss_s=0.0), "turns": TrafficModel(turn_delay_s=4.0, startup_loss_s=0.0),
                           "turns and start": TrafficModel(turn_delay_s=4.0, startup_loss_s=3.0)}.items():
         params = make_params(line_network, [0], [3], [0], [3], traffic=traffic)
         obs, state = env.reset(jax.random.PRNGKey(0), params)

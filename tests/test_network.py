@@ -23,10 +23,21 @@ def test_line_network_arrays(line_network):
     assert net.edge_to[net.out_edges[0, net.next_slot_time[0, 3]]] == 1
     assert net.edge_to[net.out_edges[3, net.next_slot_dist[3, 0]]] == 2
     assert net.next_slot_time[2, 2] == -1
-    # Storage: lanes * length / 7.5 m.
+    # Storage: lanes * floor((length + 2.5 m) / 7.5 m): 100 m holds 13 cars.
     e = int(np.flatnonzero((net.edge_from == 0) & (net.edge_to == 1))[0])
     assert net.edge_storage[e] == 13
     assert not net.node_signalized.any()
+
+
+def test_storage_counts_cars_and_the_gaps_between_them_per_lane_as_sumo_does():
+    """n cars of 5 m with 2.5 m between them fit in 7.5 n - 2.5 m of each lane; never fewer than one car."""
+    lengths_lanes = [(4.0, 1), (12.4, 1), (12.5, 1), (14.0, 1), (14.0, 2), (20.0, 1), (20.0, 3), (100.0, 1)]
+    xy = np.array([[0.0, 0.0], [10.0, 0.0]] + [[10.0 * k, 50.0] for k in range(len(lengths_lanes))])
+    edges = [(0, 2 + k, length, 10.0, lanes) for k, (length, lanes) in enumerate(lengths_lanes)]
+    net = build_network("storage", xy, edges, signals=SignalConfig(enabled=False))
+    storage = {(round(float(net.edge_length[e]), 2), int(net.edge_lanes[e])): int(net.edge_storage[e]) for e in range(net.n_edges)}
+    # A 14 m link (the two halves of a divided junction) holds two cars, as in SUMO; length / 7.5 m gave one.
+    assert storage == {(4.0, 1): 1, (12.4, 1): 1, (12.5, 1): 2, (14.0, 1): 2, (14.0, 2): 4, (20.0, 1): 3, (20.0, 3): 9, (100.0, 1): 13}
 
 
 def test_shortest_time_prefers_fast_detour():

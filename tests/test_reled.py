@@ -457,7 +457,7 @@ def test_the_three_update_forms_update_alike_when_they_update_on_the_same_rows()
     accumulation over blocks of 8 decision rows (update_block) covers only the busiest agent's decisions
     rounded up to a block. On both inputs the two programs give the same networks and loss terms."""
     # The traffic model before issue 21's junction delays: this rollout's decisions fit the 24 rows (need 22).
-    _, env, params = load_scenario("oakland", "moderate", n_agents=3, seed=0, n_background=20, traffic=TrafficModel(turn_delay_s=0.0, teleport_s=120))
+    _, env, params = load_scenario("oakland", "moderate", n_agents=3, seed=0, n_background=20, traffic=TrafficModel(turn_delay_s=0.0, startup_loss_s=0.0, teleport_s=120, critical_occupancy=0.4))
     agents, policy, value = init_env_agents(jax.random.PRNGKey(0), env)
     base = HybridPPOConfig(method="reled", epochs=2, n_envs=2, rollout_steps=24, n_minibatches=1, update_epochs=2)
     state = init_state(jax.random.PRNGKey(1), agents, base)
