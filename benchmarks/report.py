@@ -682,7 +682,7 @@ def setting(sweeps: dict) -> list[str]:
         "- Test returns are reported for greedy and for sampled actions on the same keys; the random reference samples, so it "
         "compares with sampled returns, and the untrained networks (greedy / sampled) show where every run starts.",
         "- Reward and travel time are per agent, from test episodes of our simulator (Eq. 32 reward; 2,400 s cap for "
-        "agents that never arrive), not SUMO time steps; `fidelity.json` puts our travel times within 5 % of SUMO's.",
+        "agents that never arrive), not SUMO time steps; `fidelity.json` puts the shortest-time policy's travel times within 5 % of SUMO's in every cell.",
         "- Wall-clock curves (Fig. 5) include compilation and the expert service. The committed CPU sweeps ran on a 2-core "
         "development machine that also ran other work part of the time, and since issue 17 as two sweep processes side by side "
         "(one per map, each using about one core), so their times are indicative and comparable within a map, not across maps; "
@@ -703,7 +703,7 @@ def write_report(cfg: ReportConfig) -> Path:
              "The small-budget sweeps below ran on the traffic model before issue 21's junction delays; the paper-budget cells, Fig. 6 and the animations "
              "on its first junction-delay model (1.5 s per turn, gridlock released after 60 s: `calibration_before_storage.json`). "
              "The current model came after all of them: short links hold as many cars as in SUMO, recalibrated (`calibration.json`), "
-             "which brought the grid's per-agent ranking in line with SUMO's (`fidelity.json`).", ""]
+             "which brought free-flow trips on both maps within 5 % of SUMO's; how alike the two rank the agents under load still misses its goal (`fidelity.json`, docs/sumo.md).", ""]
     claims: list[str] = []
     for name, result in sweeps.items():
         stem = name.replace("sweep_", "")
