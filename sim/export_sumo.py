@@ -45,7 +45,7 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 import tyro
 
-from sim.network import RoadNetwork
+from sim.network import CAR_LENGTH_M, MIN_GAP_M, RoadNetwork
 from sim.osm import NetworkError
 from sim.scenarios import ScenarioChoice, load_scenario
 
@@ -167,7 +167,8 @@ def write_demand(network: RoadNetwork, params, out: Path, name: str, od_weight: 
     od_o, od_d = np.asarray(params.od_origin), np.asarray(params.od_dest)
     trip_time = network.shortest_time[od_o, od_d]
     rate = n_background * od_weight / np.sum(od_weight * trip_time)
-    lines = ['<routes>', '  <vType id="car" length="5" minGap="2.5" maxSpeed="50"/>']
+    # The car edge storage is counted in (sim.network): the two simulators must hold the same queues.
+    lines = ['<routes>', f'  <vType id="car" length="{CAR_LENGTH_M:g}" minGap="{MIN_GAP_M:g}" maxSpeed="50"/>']
     for i in np.argsort(depart, kind="stable"):
         lines.append(f'  <trip id="agent{i}" type="car" depart="{int(depart[i])}" fromJunction="{junction_id(int(origin[i]))}" toJunction="{junction_id(int(dest[i]))}"/>')
     for k in range(len(od_o)):

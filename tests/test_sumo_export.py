@@ -2,11 +2,13 @@
 
 import builtins
 import json
+import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
 
 from sim.export_sumo import SumoNotInstalled, export, sumo_binary
+from sim.network import JAM_SPACING_M
 from sim.scenarios import load_scenario
 
 
@@ -35,6 +37,20 @@ def test_network_and_id_map_round_trip(exported):
         np.testing.assert_allclose(net.getNode(sid).getCoord(), network.node_xy[i], atol=0.01)
     lights = {tl.getID() for tl in net.getTrafficLights()}
     assert lights == {ids["junctions"][i] for i in np.nonzero(network.node_signalized)[0]}
+
+
+def test_sumo_cars_fill_edges_as_our_storage_counts(exported):
+    # Edge storage (sim.network) counts SUMO's jammed cars: n cars and n - 1 gaps per lane. A car of
+    # another length or gap in the export would make the two simulators hold different queues.
+    out, paths = exported
+    network, _, _ = load_scenario("oakland", "moderate", n_agents=4)
+    (car,) = ET.parse(paths["routes"]).getroot().iter("vType")
+    length, gap = float(car.get("length")), float(car.get("minGap"))
+    assert length + gap == JAM_SPACING_M
+    per_lane = network.edge_storage // network.edge_lanes
+    fits = per_lane * length + (per_lane - 1) * gap <= network.edge_length + 1e-3
+    assert np.all(fits | (per_lane == 1))  # at least one car, even on a link shorter than a car
+    assert np.all((per_lane + 1) * length + per_lane * gap > network.edge_length)  # and no more than fit
 
 
 def test_sumo_runs_the_exported_scenario(exported):
