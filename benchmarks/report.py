@@ -29,6 +29,7 @@ import tyro  # noqa: E402
 from benchmarks.common import RESULTS, ci95  # noqa: E402
 from reled_jax.methods import METHODS, VA_RELED  # noqa: E402
 from reled_jax.reled import HybridPPOConfig  # noqa: E402
+from sim.env import describe_model  # noqa: E402
 
 COLOURS = {name: m.colour for name, m in METHODS.items()}
 LABELS = {name: m.label for name, m in METHODS.items()}
@@ -667,7 +668,8 @@ def setting(sweeps: dict) -> list[str]:
         lines.append(f"- `{name}`: {b['epochs']} epochs × {b['n_envs']} envs × {b['rollout_steps']} env steps = {agent_steps:,} env steps per seed "
                      f"({steps}), {result['seeds']} seeds, on {machine_line(result)}. "
                      f"RELED variants also roll out {demo_steps:,} demonstration env steps per seed ({demo_steps / agent_steps:.0%} extra), "
-                     "which the interaction-step axes, like the paper's, do not count.")
+                     "which the interaction-step axes, like the paper's, do not count. "
+                     f"Simulator model: {describe_model(result.get('simulator'))}.")
     lines += [
         "- At a budget far below the paper's, 'converged' (Table IV) means 'after the budget': most runs are still improving, "
         "so these numbers test early sample efficiency, not converged performance.",

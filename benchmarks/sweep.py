@@ -43,6 +43,7 @@ from reled_jax.reled import HybridPPOConfig
 from reled_jax.cluster import ClusterConfig, join_cluster
 from reled_jax.config import TrainConfig
 from reled_jax.train import train, usage_errors
+from sim.env import describe_model, simulator_model
 from sim.scenarios import ScenarioChoice, load_scenario
 
 ABLATIONS = (*PAPER_RELED, "ippo")
@@ -189,13 +190,11 @@ def sweep(cfg: SweepConfig) -> dict:
         budget["stagger_steps"] = budget_cfg.get("stagger_steps")
     result = {
         "benchmark": "sweep", "experiment": cfg.experiment, "budget": cfg.budget, "budget_config": budget, "seeds": cfg.seeds,
-        "episodes": cfg.episodes, "machine": machine(), "command": "python -m benchmarks.sweep " + _cli_args(cfg), "cells": [], "references": {},
+        "episodes": cfg.episodes, "simulator": simulator_model(), "machine": machine(), "command": "python -m benchmarks.sweep " + _cli_args(cfg),
+        "cells": [], "references": {},
     }
     if out.exists():  # keep finished cells of an earlier, interrupted sweep with the same settings
-        old = json.loads(out.read_text())
-        if old.get("budget_config") == budget and old.get("seeds") == cfg.seeds and old.get("episodes") == cfg.episodes:
-            result["cells"], result["references"] = old["cells"], old["references"]
-            result["command"] = old["command"] if result["command"] in old["command"] else f"{old['command']}; {result['command']}"
+        result = merged(json.loads(out.read_text()), result, out)
     if cfg.refresh_curves:
         for c in result["cells"]:
             if (Path(c["run_dir"]) / "metrics.jsonl").exists():
@@ -216,30 +215,42 @@ def sweep(cfg: SweepConfig) -> dict:
                 result["cells"].append(evaluate_cell(cfg, tcfg, summary, t0))
             done.add(key)
         if writer:
-            result = write_merged(out, result, budget)
+            result = write_merged(out, result)
     if writer:
         print(f"wrote {out} ({len(result['cells'])} cells); plots and report: python -m benchmarks.report")
     return result
 
 
-def write_merged(out: Path, result: dict, budget: dict) -> dict:
+def merged(disk: dict, result: dict, out: Path) -> dict:
+    """`result` with the cells, references and commands of the results file `disk` that it lacks (its own win).
+
+    A file of another budget, seed count or episode count is not merged: the sweep replaces it. A file made
+    under another simulator model (sim.env.simulator_model) is refused instead, before anything is trained:
+    its cells are results too, and tabling them beside this model's would compare unlike with like."""
+    if (disk.get("budget_config"), disk.get("seeds"), disk.get("episodes")) != (result["budget_config"], result["seeds"], result["episodes"]):
+        return result
+    if disk.get("simulator") != result["simulator"]:
+        raise SystemExit(f"{out} holds cells made under another simulator model ({describe_model(disk.get('simulator'))}); this code's is "
+                         f"{describe_model(result['simulator'])}. Write this sweep elsewhere: --tag NAME (or --out FILE) and --runs-dir DIR")
+    ours = {cell_key(c) for c in result["cells"]}
+    return result | {
+        "cells": result["cells"] + [c for c in disk["cells"] if cell_key(c) not in ours],
+        "references": disk["references"] | result["references"],
+        "command": "; ".join(dict.fromkeys(disk["command"].split("; ") + result["command"].split("; "))),
+    }
+
+
+def write_merged(out: Path, result: dict) -> dict:
     """Write the results file, keeping the cells another sweep has written to it since this one started.
 
     Two sweeps may fill one file at once (one per core, or one per machine, each with its own --methods or
-    --scenarios): each re-reads the file under a lock before writing, so neither drops the other's cells.
-    A file of another budget, seed count or episode count is replaced, as at the start of a sweep."""
+    --scenarios): each re-reads the file under a lock and merges it (`merged`) before writing, so neither
+    drops the other's cells."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if out.exists():
-            disk = json.loads(out.read_text())
-            if disk.get("budget_config") == budget and disk.get("seeds") == result["seeds"] and disk.get("episodes") == result["episodes"]:
-                ours = {cell_key(c) for c in result["cells"]}
-                result = result | {
-                    "cells": result["cells"] + [c for c in disk["cells"] if cell_key(c) not in ours],
-                    "references": disk["references"] | result["references"],
-                    "command": "; ".join(dict.fromkeys(disk["command"].split("; ") + result["command"].split("; "))),
-                }
+            result = merged(json.loads(out.read_text()), result, out)
         write_json(out, result)
     return result
 

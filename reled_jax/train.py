@@ -44,6 +44,7 @@ from reled_jax.records import closing_table, fmt_mean, jsonable, plot_run, run_s
 from reled_jax.reled import SEED_AXIS, empty_expert, init_state, make_epoch, measure_decision_share
 from reled_jax.sed import SED
 from sim.cli import usage_errors  # noqa: F401 (re-exported: every CLI's one-line refusals)
+from sim.env import describe_model, simulator_model
 from sim.scenarios import load_scenario
 
 def train(cfg: TrainConfig) -> dict:
@@ -129,6 +130,9 @@ def train(cfg: TrainConfig) -> dict:
         ck, arrays = checkpoint.read(ckpt_path)
         if comparable(ck["config"]) != comparable(cfg):
             raise SystemExit(f"{ckpt_path} was written by a different configuration; use another --out or drop --resume")
+        if ck.get("simulator") != simulator_model():  # the same configuration trained under other dynamics
+            raise SystemExit(f"{ckpt_path} was trained on another simulator model ({describe_model(ck.get('simulator'))}); "
+                             f"this code's is {describe_model(simulator_model())}. Train it again under another --out")
         with_buffer = resumable(ck, cfg, ckpt_path)
         # The template is this run's fresh state: the checkpoint must fill every leaf with the same shape.
         template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), (saved_state(state, with_buffer), expert, expert_nodes))
@@ -198,7 +202,7 @@ def train(cfg: TrainConfig) -> dict:
         if writer:
             write_metrics(out, rows)
             checkpoint.write(ckpt_path, {
-                "config": saved_config(cfg), "epoch": epoch, "wall": wall, "replay_buffer": keep_buffer, "steps": steps_done, "rows": rows, "sed_log": sed_log,
+                "config": saved_config(cfg), "simulator": simulator_model(), "epoch": epoch, "wall": wall, "replay_buffer": keep_buffer, "steps": steps_done, "rows": rows, "sed_log": sed_log,
                 "seds": [{"service": sed.service.state_dict(), "feedback": sed.feedback, "history": sed.history} for sed in seds],
             }, arrays)
         timing["checkpoint_s"] += time.perf_counter() - t3

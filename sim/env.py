@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from sim.network import RoadNetwork
+from sim.network import STORAGE_RULE, RoadNetwork
 from sim.osm import NetworkError
 
 OD_TABLE_SIZE = 1024  # resolution of weighted OD sampling
@@ -90,6 +90,24 @@ class TrafficModel:
     # SUMO's storage 0.75 s is part of the best point (1 s: loaded cells up to +12 %, 0.5 s: down to -16 %; the
     # search rounds are in docs/sumo.md).
     startup_loss_s: float = 0.75
+
+
+def simulator_model(traffic: TrafficModel = TrafficModel()) -> dict:
+    """The dynamics a result was made with beyond its scenario and training configuration: the traffic model's
+    parameters and how edge storage is counted. Every checkpoint and sweep results file records it, so a run
+    trained under one model is never resumed, reused or tabled beside one of another (a file or checkpoint
+    without it was made before issue 21's storage fix: `UNRECORDED_MODEL`)."""
+    return {"traffic": dataclasses.asdict(traffic), "storage": STORAGE_RULE}
+
+
+UNRECORDED_MODEL = "unrecorded: made before issue 21's storage fix (edge storage floor(lanes x length / 7.5 m), earlier TrafficModel defaults)"
+
+
+def describe_model(model: dict | None) -> str:
+    """One line naming a recorded simulator model, for refusals and reports."""
+    if model is None:
+        return UNRECORDED_MODEL
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in model["traffic"].items()) + f"; storage {model['storage']}"
 
 
 @struct.dataclass

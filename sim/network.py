@@ -38,6 +38,8 @@ ARTERIAL_HIGHWAYS = frozenset(
 )
 CAR_LENGTH_M, MIN_GAP_M = 5.0, 2.5  # SUMO's default car: 5 m long, stops 2.5 m behind the one ahead
 JAM_SPACING_M = CAR_LENGTH_M + MIN_GAP_M  # metres of lane per stopped vehicle
+# How edge storage is counted (build_network), as recorded with every result (sim.env.simulator_model).
+STORAGE_RULE = f"lanes * floor((length + {MIN_GAP_M:g} m) / {JAM_SPACING_M:g} m), at least 1"
 
 
 @dataclasses.dataclass(frozen=True)

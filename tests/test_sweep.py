@@ -14,7 +14,7 @@ from reled_jax.evaluate import main as evaluate
 
 
 @pytest.mark.slow
-def test_sweep_evaluates_every_seed_like_evaluate_and_reuses_finished_runs(tmp_path):
+def test_sweep_evaluates_every_seed_like_evaluate_and_reuses_finished_runs(tmp_path, monkeypatch):
     cfg = SweepConfig(experiment="fig4", budget="smoke", seeds=2, methods=("ippo",), scenarios=("oakland",), regimes=("moderate",), n_agents=(4,),
                       episodes=3, max_steps=300, runs_dir=str(tmp_path / "runs"), out=str(tmp_path / "sweep.json"))
     result = sweep(cfg)
@@ -54,6 +54,17 @@ def test_sweep_evaluates_every_seed_like_evaluate_and_reuses_finished_runs(tmp_p
     assert sweep(cfg)["cells"][0]["curves"] == {"episode_reward": [[0.0]]}
     refreshed = sweep(dataclasses.replace(cfg, refresh_curves=True))
     assert json.dumps(refreshed["cells"]) == json.dumps(result["cells"]) and ck.stat().st_mtime_ns == mtime
+
+    # Runs trained under another simulator model are not reused, even into a new results file: the run
+    # directory's checkpoint records the model, and resuming it under other dynamics is refused.
+    import reled_jax.train
+
+    other = reled_jax.train.simulator_model() | {"storage": "one car per edge"}
+    monkeypatch.setattr(reled_jax.train, "simulator_model", lambda: other)
+    with pytest.raises(SystemExit, match="trained on another simulator model.*another --out"):
+        sweep(dataclasses.replace(cfg, out=str(tmp_path / "other.json")))
+    assert ck.stat().st_mtime_ns == mtime and not (tmp_path / "other.json").exists()
+    monkeypatch.undo()
 
     # Expert agreement on the same runs: its test rewards are the sweep's (same keys), and the report tables it.
     agree = agreement(AgreementConfig(budget="smoke", scenario="oakland", n_agents=4, seeds=2, methods=("ippo", "reled"), episodes=2, demo_steps=300,
@@ -113,6 +124,8 @@ def test_report_tables_every_cell_and_draws_the_figures(tmp_path):
                   "machine": {"device": "cpu: cpu", "n_devices": 1, "cpu_count": 2, "jax": "x"}, "cells": cells, "references": refs}
     (tmp_path / "sweep_fig4_smoke.json").write_text(json.dumps(sweep_json))
     text = report.write_report(report.ReportConfig(results=str(tmp_path))).read_text()
+    # Each sweep says which simulator model it ran on; this one predates the record.
+    assert "`sweep_fig4_smoke`: 3 epochs" in text and "Simulator model: unrecorded: made before issue 21's storage fix" in text
     for regime in ("moderate", "congested"):
         assert f"| Fig. 4: RELED converges to the highest reward — Grid (Orlando's stand-in) – {regime} (smoke budget) | holds |" in text
         assert f"| Fig. 4, sampled actions: RELED converges to the highest reward — Grid (Orlando's stand-in) – {regime} (smoke budget) | does not hold |" in text
@@ -244,23 +257,36 @@ def test_what_we_learned_sets_the_paper_budget_beside_the_small_one_and_each_rea
 
 def test_two_sweeps_writing_one_file_keep_each_others_cells(tmp_path):
     from benchmarks.sweep import write_merged
+    from sim.env import simulator_model
 
     out, budget = tmp_path / "sweep.json", {"epochs": 3}
 
-    def results(command, methods, budget=budget):
+    def results(command, methods, budget=budget, simulator=simulator_model()):
         cells = [{"scenario": "grid", "regime": "moderate", "n_agents": 2, "method": m, "test": [{"reward": float(len(m))}]} for m in methods]
-        return {"budget_config": budget, "seeds": 2, "episodes": 1, "command": command, "cells": cells, "references": {f"ref-{command}": {}}}
+        return {"budget_config": budget, "seeds": 2, "episodes": 1, "simulator": simulator, "command": command, "cells": cells, "references": {f"ref-{command}": {}}}
 
-    write_merged(out, results("sweep A", ["reled"]), budget)
+    write_merged(out, results("sweep A", ["reled"]))
     # B started before A wrote, so it does not hold A's cell; its write must keep it, and its own cell wins for a shared key.
-    merged = write_merged(out, results("sweep B", ["ippo", "reled"]), budget)
+    merged = write_merged(out, results("sweep B", ["ippo", "reled"]))
     on_disk = json.loads(out.read_text())
     assert on_disk == merged
     assert sorted(c["method"] for c in on_disk["cells"]) == ["ippo", "reled"]
     assert on_disk["command"] == "sweep A; sweep B" and set(on_disk["references"]) == {"ref-sweep A", "ref-sweep B"}
-    write_merged(out, results("sweep A", ["mappo"]), budget)  # A writes again: B's cells survive, commands are not repeated
+    write_merged(out, results("sweep A", ["mappo"]))  # A writes again: B's cells survive, commands are not repeated
     on_disk = json.loads(out.read_text())
     assert sorted(c["method"] for c in on_disk["cells"]) == ["ippo", "mappo", "reled"] and on_disk["command"] == "sweep A; sweep B"
+    # A sweep under another simulator model (or a file from before models were recorded) is refused and
+    # writes nothing: its cells would sit beside cells of other dynamics.
+    before = out.read_text()
+    other = simulator_model() | {"storage": "one car per edge"}
+    with pytest.raises(SystemExit, match="another simulator model.*--tag"):
+        write_merged(out, results("sweep D", ["qmix"], simulator=other))
+    assert out.read_text() == before
+    unrecorded = {k: v for k, v in json.loads(before).items() if k != "simulator"}  # a file from before models were recorded
+    out.write_text(json.dumps(unrecorded))
+    with pytest.raises(SystemExit, match="unrecorded: made before"):
+        write_merged(out, results("sweep D", ["qmix"]))
+    assert json.loads(out.read_text()) == unrecorded
     # A file of another budget is replaced, as a fresh sweep replaces it.
-    write_merged(out, results("sweep C", ["qmix"], budget={"epochs": 500}), {"epochs": 500})
+    write_merged(out, results("sweep C", ["qmix"], budget={"epochs": 500}))
     assert [c["method"] for c in json.loads(out.read_text())["cells"]] == ["qmix"]
