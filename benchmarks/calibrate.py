@@ -8,7 +8,10 @@ that policy ignores the observation, so SUMO's travel times do not depend on our
 parameters and are measured once. Our simulator then runs the same episodes for
 every point of the grid, and each point is scored by the mean absolute relative
 error of the mean travel time over the (scenario, regime) cells, free flow (no
-background traffic) included. The parameters
+background traffic) included, plus `--rho-weight` times the mean shortfall of the
+per-agent Spearman rho (agents' mean travel times ranked in both simulators, as
+benchmarks/fidelity.py ranks them) below 1. Every point records each cell's rho,
+so the trade-off between mean times and ranking is read from the JSON. The parameters
 are TrafficModel's: saturation flow, critical occupancy, jam speed and the
 gridlock release time `teleport_s` and free-speed factor (SUMO's own is 300 s, but SUMO also untangles
 queues by using its lanes, which ours cannot; releasing earlier stands in for that). The keys differ
@@ -31,6 +34,7 @@ import tyro
 
 from benchmarks.common import RESULTS, machine, write_json
 from reled_jax.evaluate import evaluate_policies
+from reled_jax.validate_sumo import rank_correlation
 from sim.env import TrafficModel
 from sim.policies import shortest_time_policy
 from sim.scenarios import load_scenario
@@ -52,6 +56,7 @@ class Args:
     speed_factor: tuple[float, ...] = (1.0,)
     turn_delay_s: tuple[float, ...] = (0.0,)  # seconds a turn at a junction costs the turning vehicle (issue 21)
     startup_loss_s: tuple[float, ...] = (0.0,)  # seconds a start from a stop costs the starting vehicle (issue 21)
+    rho_weight: float = 0.0  # weight of the per-agent ranking in the objective: 0 = mean travel times alone
     out: str = str(RESULTS / "calibration.json")
 
 
@@ -63,27 +68,40 @@ def load(scenario: str, regime: str, n_agents: int, traffic: TrafficModel = Traf
 
 
 def sumo_reference(args: Args, workdir: Path) -> dict:
-    """SUMO's mean travel time of the shortest-time policy per cell (and its per-agent array)."""
+    """SUMO's travel times of the shortest-time policy per cell: the mean, and each agent's mean over the episodes."""
     reference = {}
     keys = jax.random.split(jax.random.PRNGKey(args.seed), args.episodes)
     for scenario, regime in itertools.product(args.scenarios, args.regimes):
         network, env, params = load(scenario, regime, args.n_agents)
         runner = SumoRouteChoice(network, env, params, workdir / f"{network.name}-{regime}")
         travel = np.stack([runner.run_episode(shortest_time_numpy(params), k, sumo_seed=e).travel_time for e, k in enumerate(keys)])
-        reference[f"{scenario}/{regime}"] = float(travel.mean())
+        reference[f"{scenario}/{regime}"] = {"mean": float(travel.mean()), "agents": travel.mean(0).tolist()}
         print(f"SUMO {scenario}/{regime}: shortest-time policy, mean travel time {travel.mean():.1f} s")
     return reference
 
 
-def jax_travel_time(scenario: str, regime: str, traffic: TrafficModel, args: Args) -> float:
+def jax_travel_time(scenario: str, regime: str, traffic: TrafficModel, args: Args) -> dict:
+    """Ours on the same keys, as `sumo_reference` has it."""
     _, env, params = load(scenario, regime, args.n_agents, traffic)
     policy = {"shortest": lambda k, o: shortest_time_policy(k, o, params)}
-    result = evaluate_policies(env, params, policy, args.episodes, args.seed, max_steps=3000)
-    return result["shortest"]["travel_time_s"][0]
+    result = evaluate_policies(env, params, policy, args.episodes, args.seed, max_steps=3000)["shortest"]
+    return {"mean": result["travel_time_s"][0], "agents": np.mean(result["per_agent"]["travel_time_s"], axis=0).tolist()}
+
+
+def score(ours: dict, reference: dict, rho_weight: float) -> dict:
+    """One grid point's errors against SUMO: per cell, the relative error of the mean travel time and the
+    Spearman rho of the agents' mean times; the objective is the mean |error| plus `rho_weight` times the
+    mean of (1 - rho) over the cells (a cell whose agents all take one time ranks nothing and counts 0)."""
+    errors = {cell: (ours[cell]["mean"] - ref["mean"]) / ref["mean"] for cell, ref in reference.items()}
+    rho = {cell: rank_correlation(np.array(ours[cell]["agents"]), np.array(ref["agents"])) for cell, ref in reference.items()}
+    shortfall = [1.0 - r for r in rho.values() if np.isfinite(r)]
+    objective = float(np.mean(np.abs(list(errors.values())))) + rho_weight * (float(np.mean(shortfall)) if shortfall else 0.0)
+    return {"rel_error": errors, "spearman": rho, "objective": objective}
 
 
 def plot(rows: list[dict], args: Args, path: Path) -> None:
-    """Heat map of the objective over the first two parameters the grid varies (the best over the others in each cell)."""
+    """Heat maps over the first two parameters the grid varies, at the best point over the others in each cell:
+    the objective, and the lowest per-agent rho of the loaded cells at that point (what the mean hides)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -94,17 +112,24 @@ def plot(rows: list[dict], args: Args, path: Path) -> None:
             ("critical_occupancy", args.critical_occupancy, "critical occupancy"), ("min_speed_frac", args.min_speed_frac, "jam speed / free speed")]
     varied = [a for a in axes if len(a[1]) > 1] + [a for a in axes if len(a[1]) == 1]
     (xk, xs, xl), (yk, ys, yl) = varied[0], varied[1]
-    grid = np.array([[min(r["objective"] for r in rows if (r["traffic"][xk], r["traffic"][yk]) == (x, y)) for x in xs] for y in ys])
-    fig, ax = plt.subplots(figsize=(1.2 * len(xs) + 3.5, 0.9 * len(ys) + 2.8))
-    image = ax.imshow(grid * 100, origin="lower", cmap="viridis_r", aspect="auto")
-    for (i, j), v in np.ndenumerate(grid):
-        ax.text(j, i, f"{v:.1%}", ha="center", va="center", color="white" if v > grid.mean() else "black")
-    ax.set_xticks(range(len(xs)), [f"{v:g}" for v in xs])
-    ax.set_yticks(range(len(ys)), [f"{v:g}" for v in ys])
-    ax.set_xlabel(xl)
-    ax.set_ylabel(yl)
-    fig.colorbar(image, ax=ax, label="mean |travel time error| vs SUMO (%)")
-    ax.set_title("Calibration of the JAX simulator against SUMO (shortest-time policy)", fontsize=10)
+    best = [[min((r for r in rows if (r["traffic"][xk], r["traffic"][yk]) == (x, y)), key=lambda r: r["objective"]) for x in xs] for y in ys]
+    objective = np.array([[r["objective"] for r in row] for row in best])
+    loaded_rho = np.array([[min((v for c, v in r["spearman"].items() if not c.endswith("/free")), default=np.nan) for r in row] for row in best])
+    as_share = args.rho_weight == 0
+    panels = [(objective, "viridis_r", "mean |travel time error| vs SUMO" if as_share else f"mean |error| + {args.rho_weight:g} x mean (1 - rho)",
+               (lambda v: f"{v:.1%}") if as_share else (lambda v: f"{v:.3f}")),
+              (loaded_rho, "viridis", "lowest per-agent Spearman rho, loaded cells", lambda v: f"{v:.2f}")]
+    fig, axs = plt.subplots(1, 2, figsize=(2.4 * len(xs) + 6.0, 0.9 * len(ys) + 2.8))
+    for ax, (values, cmap, label, fmt) in zip(axs, panels):
+        image = ax.imshow(values, origin="lower", cmap=cmap, aspect="auto")
+        for (i, j), v in np.ndenumerate(values):
+            ax.text(j, i, fmt(v), ha="center", va="center", color="white" if (v < np.nanmean(values)) == (cmap == "viridis") else "black")
+        ax.set_xticks(range(len(xs)), [f"{v:g}" for v in xs])
+        ax.set_yticks(range(len(ys)), [f"{v:g}" for v in ys])
+        ax.set_xlabel(xl)
+        ax.set_ylabel(yl)
+        fig.colorbar(image, ax=ax, label=label)
+    fig.suptitle("Calibration of the JAX simulator against SUMO (shortest-time policy; best point over the other parameters)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -120,17 +145,19 @@ def main(args: Args) -> dict:
     for n, (sf, co, msf, tp, spf, td, sl) in enumerate(grid):
         traffic = TrafficModel(saturation_flow=sf, critical_occupancy=co, min_speed_frac=msf, teleport_s=tp, speed_factor=spf, turn_delay_s=td, startup_loss_s=sl)
         ours = {cell: jax_travel_time(*cell.split("/"), traffic, args) for cell in reference}
-        errors = {cell: (ours[cell] - reference[cell]) / reference[cell] for cell in reference}
-        objective = float(np.mean(np.abs(list(errors.values()))))
-        rows.append({"traffic": dataclasses.asdict(traffic), "jax_travel_time_s": ours, "rel_error": errors, "objective": objective})
-        print(f"[{n + 1}/{len(grid)}] {traffic}: " + ", ".join(f"{c} {e:+.1%}" for c, e in errors.items()) + f" -> {objective:.1%}")
+        scored = score(ours, reference, args.rho_weight)
+        rows.append({"traffic": dataclasses.asdict(traffic), "jax_travel_time_s": {c: o["mean"] for c, o in ours.items()},
+                     "jax_agent_travel_time_s": {c: o["agents"] for c, o in ours.items()}, **scored})
+        print(f"[{n + 1}/{len(grid)}] {traffic}: " + ", ".join(f"{c} {e:+.1%} (rho {scored['spearman'][c]:.2f})" for c, e in scored["rel_error"].items())
+              + f" -> {scored['objective']:.3f}")
     best = min(rows, key=lambda r: r["objective"])
     out = Path(args.out)
-    report = {"config": dataclasses.asdict(args), "sumo_travel_time_s": reference, "grid": rows, "best": best,
+    report = {"config": dataclasses.asdict(args), "sumo_travel_time_s": {c: r["mean"] for c, r in reference.items()},
+              "sumo_agent_travel_time_s": {c: r["agents"] for c, r in reference.items()}, "grid": rows, "best": best,
               "wall_s": time.perf_counter() - start, "machine": machine()}
     write_json(out, report)
     plot(rows, args, out.with_suffix(".png"))
-    print(f"best {best['traffic']} (mean |error| {best['objective']:.1%}); wrote {out} and {out.with_suffix('.png')}")
+    print(f"best {best['traffic']} (objective {best['objective']:.3f}); wrote {out} and {out.with_suffix('.png')}")
     return report
 
 
