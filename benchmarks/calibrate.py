@@ -56,6 +56,8 @@ class Args:
     speed_factor: tuple[float, ...] = (1.0,)
     turn_delay_s: tuple[float, ...] = (0.0,)  # seconds a turn at a junction costs the turning vehicle (issue 21)
     startup_loss_s: tuple[float, ...] = (0.0,)  # seconds a start from a stop costs the starting vehicle (issue 21)
+    wide_turn_frac: tuple[float, ...] = (1.0,)  # share of the turn delay a wide turn costs (TrafficModel)
+    turn_regain_m: tuple[float, ...] = (0.0,)  # edges shorter than this charge a share of the turn delay (TrafficModel)
     rho_weight: float = 0.0  # weight of the per-agent ranking in the objective: 0 = mean travel times alone
     out: str = str(RESULTS / "calibration.json")
 
@@ -107,7 +109,8 @@ def plot(rows: list[dict], args: Args, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    axes = [("turn_delay_s", args.turn_delay_s, "turn delay (s)"), ("startup_loss_s", args.startup_loss_s, "start-up loss (s)"),
+    axes = [("wide_turn_frac", args.wide_turn_frac, "wide turn / tight turn delay"), ("turn_regain_m", args.turn_regain_m, "turn regain distance (m)"),
+            ("turn_delay_s", args.turn_delay_s, "turn delay (s)"), ("startup_loss_s", args.startup_loss_s, "start-up loss (s)"),
             ("teleport_s", args.teleport_s, "gridlock release teleport_s (s)"), ("saturation_flow", args.saturation_flow, "saturation flow (veh/s/lane)"),
             ("critical_occupancy", args.critical_occupancy, "critical occupancy"), ("min_speed_frac", args.min_speed_frac, "jam speed / free speed")]
     varied = [a for a in axes if len(a[1]) > 1] + [a for a in axes if len(a[1]) == 1]
@@ -116,8 +119,8 @@ def plot(rows: list[dict], args: Args, path: Path) -> None:
     objective = np.array([[r["objective"] for r in row] for row in best])
     loaded_rho = np.array([[min((v for c, v in r["spearman"].items() if not c.endswith("/free")), default=np.nan) for r in row] for row in best])
     as_share = args.rho_weight == 0
-    panels = [(objective, "viridis_r", "mean |travel time error| vs SUMO" if as_share else f"mean |error| + {args.rho_weight:g} x mean (1 - rho)",
-               (lambda v: f"{v:.1%}") if as_share else (lambda v: f"{v:.3f}")),
+    panels = [(objective * 100, "viridis_r", "mean |travel time error| vs SUMO (%)", lambda v: f"{v:.1f}%") if as_share else
+              (objective, "viridis_r", f"mean |error| + {args.rho_weight:g} x mean (1 - rho)", lambda v: f"{v:.3f}"),
               (loaded_rho, "viridis", "lowest per-agent Spearman rho, loaded cells", lambda v: f"{v:.2f}")]
     fig, axs = plt.subplots(1, 2, figsize=(2.4 * len(xs) + 6.0, 0.9 * len(ys) + 2.8))
     for ax, (values, cmap, label, fmt) in zip(axs, panels):
@@ -141,9 +144,10 @@ def main(args: Args) -> dict:
         reference = sumo_reference(args, Path(tmp))
     rows = []
     grid = list(itertools.product(args.saturation_flow, args.critical_occupancy, args.min_speed_frac, args.teleport_s, args.speed_factor,
-                                  args.turn_delay_s, args.startup_loss_s))
-    for n, (sf, co, msf, tp, spf, td, sl) in enumerate(grid):
-        traffic = TrafficModel(saturation_flow=sf, critical_occupancy=co, min_speed_frac=msf, teleport_s=tp, speed_factor=spf, turn_delay_s=td, startup_loss_s=sl)
+                                  args.turn_delay_s, args.startup_loss_s, args.wide_turn_frac, args.turn_regain_m))
+    for n, (sf, co, msf, tp, spf, td, sl, wt, rg) in enumerate(grid):
+        traffic = TrafficModel(saturation_flow=sf, critical_occupancy=co, min_speed_frac=msf, teleport_s=tp, speed_factor=spf, turn_delay_s=td,
+                               startup_loss_s=sl, wide_turn_frac=wt, turn_regain_m=rg)
         ours = {cell: jax_travel_time(*cell.split("/"), traffic, args) for cell in reference}
         scored = score(ours, reference, args.rho_weight)
         rows.append({"traffic": dataclasses.asdict(traffic), "jax_travel_time_s": {c: o["mean"] for c, o in ours.items()},

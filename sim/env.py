@@ -90,6 +90,13 @@ class TrafficModel:
     # SUMO's storage 0.75 s is part of the best point (1 s: loaded cells up to +12 %, 0.5 s: down to -16 %; the
     # search rounds are in docs/sumo.md).
     startup_loss_s: float = 0.75
+    # Turn slow-downs as SUMO's junction geometry has them (issue 21, measured in calibration_turns.json): a wide
+    # turn (left where traffic keeps right, right where it keeps left) sweeps a larger radius at a higher speed than
+    # a tight one, so it costs wide_turn_frac of turn_delay_s (1 = every turn alike). A vehicle on an edge shorter
+    # than turn_regain_m has not regained its speed since the junction behind it, so a turn at the edge's end costs
+    # the share length / turn_regain_m (0 = no edge is that short).
+    wide_turn_frac: float = 1.0
+    turn_regain_m: float = 0.0
 
 
 def simulator_model(traffic: TrafficModel = TrafficModel()) -> dict:
@@ -146,6 +153,9 @@ class EnvParams:
     edge_dir: jax.Array | None = None  # [E, 2] unit direction of each edge (junction delays; None: no junction delays)
     turn_delay_s: float = struct.field(pytree_node=False, default=TrafficModel.turn_delay_s)
     startup_loss_s: float = struct.field(pytree_node=False, default=TrafficModel.startup_loss_s)
+    wide_turn_frac: float = struct.field(pytree_node=False, default=TrafficModel.wide_turn_frac)
+    turn_regain_m: float = struct.field(pytree_node=False, default=TrafficModel.turn_regain_m)
+    lefthand: bool = struct.field(pytree_node=False, default=False)  # which turns are wide (wide_turn_frac)
     # Under vmap a while_loop runs until the slowest environment stops, so one jammed
     # environment would stall the batch: a step returns after at most this many ticks
     # even if no agent is awaiting (then `decided` is all False and nothing is counted).
@@ -511,11 +521,17 @@ class RouteChoiceEnv:
             return jnp.zeros_like(state.veh_pos)
         cos = jnp.sum(params.edge_dir[edge] * params.edge_dir[target], axis=-1)
         turning = (cos <= 0.866) & ~in_depot  # more than 30 degrees off straight
+        turn_cost = jnp.full_like(cos, params.turn_delay_s)
+        if params.wide_turn_frac != 1.0:  # counter-clockwise is a left turn; U-turns (beyond 135 degrees) count as tight
+            ccw = params.edge_dir[edge][..., 0] * params.edge_dir[target][..., 1] - params.edge_dir[edge][..., 1] * params.edge_dir[target][..., 0] > 0
+            turn_cost = jnp.where((ccw != params.lefthand) & (cos > -0.7071), turn_cost * params.wide_turn_frac, turn_cost)
+        if params.turn_regain_m:
+            turn_cost = turn_cost * jnp.minimum(1.0, params.edge_length[edge] / params.turn_regain_m)
         stood = at_line & (state.veh_pos > params.edge_length[edge])  # marked by the last tick: it did not move then
         cruise = jnp.where(stood, 0.0, speed[edge] / params.edge_speed[edge])
         idle_line = state.discharge_credit[edge] >= 1.0 + params.edge_discharge[edge] - 1e-6  # a full bucket: nobody left last tick
         start = in_depot | (stood & idle_line)
-        return jnp.where(turning, params.turn_delay_s * cruise, 0.0) + jnp.where(start, params.startup_loss_s, 0.0)
+        return jnp.where(turning, turn_cost * cruise, 0.0) + jnp.where(start, params.startup_loss_s, 0.0)
 
     def _settle_rewards(self, state: EnvState, params: EnvParams, t_new, arrived_now, node, awaits_now, departs) -> dict:
         """The Eq. 32 bookkeeping of every agent at the end of a tick (second t_new).
@@ -695,6 +711,9 @@ def make_params(
         edge_dir=jnp.asarray(_unit_directions(network), jnp.float32),
         turn_delay_s=float(traffic.turn_delay_s),
         startup_loss_s=float(traffic.startup_loss_s),
+        wide_turn_frac=float(traffic.wide_turn_frac),
+        turn_regain_m=float(traffic.turn_regain_m),
+        lefthand=bool(network.lefthand),
         max_ticks_per_step=int(max_ticks_per_step),
     )
 

@@ -503,6 +503,30 @@ def test_junction_delays_cost_the_crossing_vehicle_alone(line_network):
     assert travel == {"none": 30.0, "turns": 30.0 + 2 * 4.0, "turns and start": 30.0 + 2 * 4.0 + 3.0}
 
 
+def test_wide_turns_and_short_edges_cost_their_share_of_the_turn_delay(line_network):
+    """The left turn at B ends the 100 m edge A -> B, the right turn at C the 150 m edge B -> C. Where traffic keeps
+    right the left turn is the wide one (wide_turn_frac), where it keeps left the right turn is; with turn_regain_m
+    200 m a turn costs length / 200 m of its delay. Each edge takes 10 s plus its delay (8 s a whole turn)."""
+    lefthand = build_network("line-left", line_network.node_xy, [(int(u), int(v), float(length), float(speed), 1) for u, v, length, speed in
+                             zip(line_network.edge_from, line_network.edge_to, line_network.edge_length, line_network.edge_speed)], lefthand=True)
+    cases = {
+        "alike": (line_network, TrafficModel(turn_delay_s=8.0, startup_loss_s=0.0)),
+        "wide left": (line_network, TrafficModel(turn_delay_s=8.0, startup_loss_s=0.0, wide_turn_frac=0.5)),
+        "wide left, short edges": (line_network, TrafficModel(turn_delay_s=8.0, startup_loss_s=0.0, wide_turn_frac=0.5, turn_regain_m=200.0)),
+        "wide right, short edges": (lefthand, TrafficModel(turn_delay_s=8.0, startup_loss_s=0.0, wide_turn_frac=0.5, turn_regain_m=200.0)),
+    }
+    travel = {}
+    for name, (network, traffic) in cases.items():
+        env = make_env(network, n_agents=1, n_background=0)
+        params = make_params(network, [0], [3], [0], [3], traffic=traffic)
+        obs, state = env.reset(jax.random.PRNGKey(0), params)
+        for _ in range(5):
+            obs, state, _, _, info = env.step_env(jax.random.PRNGKey(1), state, shortest_time_policy(None, obs, params), params)
+        travel[name] = float(info["travel_time"][0])
+    assert travel == {"alike": 30.0 + 8 + 8, "wide left": 30.0 + 4 + 8, "wide left, short edges": 30.0 + 8 * 0.5 * 0.5 + 8 * 0.75,
+                      "wide right, short edges": 30.0 + 8 * 0.5 + 8 * 0.5 * 0.75}
+
+
 def test_a_start_up_loss_is_paid_by_the_head_of_a_released_queue_alone(line_network):
     """Eight vehicles stood at the line (the bucket full: the line was idle): with a start-up loss the first away
     starts 5 s behind, the others leave and drive exactly as without it, one every 1 / saturation flow seconds."""
