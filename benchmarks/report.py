@@ -605,8 +605,11 @@ def section_learned(sweeps: dict, probe: dict | None) -> list[str]:
                 ent = [curve_at(c["curves"], "entropy", s) for s in (50_000, 100_000)]
                 name = c["method"] + (form.replace("; α reading ", "@") if uses_form else "")
                 rows.append((scenario, regime, name, m_small, m_paper, test_stat(c, mode="test_sampled"), ref, ent, c["train_wall_s"], c["curves"]))
+    paper_cells = [c for result in paper.values() for c in result["cells"]]
+    steps = [c["interaction_steps_per_seed"] for c in paper_cells]
+    minutes = [c["train_wall_s"] / 60 for c in paper_cells]
     lines += ["Test reward per agent (greedy, mean ± 95 % CI over seeds) at the small budget (~5 × 10⁴ interaction steps) and at the paper's "
-              "(500 epochs, 3–8 × 10⁵ steps), with the policy's entropy early in training and the training wall-clock (expert time included; cells that shared the two cores with other runs took longer):", "",
+              f"(500 epochs, {min(steps) / 1e5:.1f}–{max(steps) / 1e5:.1f} × 10⁵ steps: a policy that loops makes more decisions), with the policy's entropy early in training and the training wall-clock (expert time included; cells that shared the two cores with other runs took longer):", "",
               "| map – regime | method | small budget | paper budget | paper, sampled | shortest-time | entropy at 50 k / 100 k steps | train s (5 seeds) |",
               "|---|---|---|---|---|---|---|---|"]
     for scenario, regime, method_name, m_small, m_paper, m_sampled, ref, ent, wall, _ in rows:
@@ -651,7 +654,7 @@ def section_learned(sweeps: dict, probe: dict | None) -> list[str]:
                      + (f", four times the demonstrations made it worse ({g(v['demos-4']):,.0f})" if "demos-4" in v else "")
                      + (f", and the literal Eq. 30, which starts without imitation, reached {g(v['eq30']):,.0f} on this seed." if "eq30" in v else "."))
     notes.append("- Where the small budget left verdicts unresolved, the paper-budget cells above decide some; the remaining cells of Fig. 4, Table IV and Fig. 8 at the paper's "
-                  "budget are not run yet (25–50 minutes per cell of 5 seeds on this 2-core CPU; the sweep resumes from its JSON).")
+                  f"budget are not run yet ({min(minutes):.0f}–{max(minutes):.0f} minutes of training per cell of 5 seeds so far on this 2-core CPU; the sweep resumes from its JSON).")
     return lines + notes + [""]
 
 
@@ -796,7 +799,7 @@ def write_report(cfg: ReportConfig) -> Path:
         "    python -m benchmarks.sweep --experiment fig4 --budget paper --seeds 5 --tag gpu",
         "    python -m benchmarks.sweep --experiment table4 --budget paper --seeds 5 --tag gpu",
         "    python -m benchmarks.sweep --experiment fig8 --budget paper --seeds 5 --tag gpu", "",
-        "Measured at the paper's budget on this CPU so far (resumable; each cell of 5 seeds is 25–50 minutes here):", "",
+        "Measured at the paper's budget on this CPU so far (resumable; training times per cell are in the table of the paper-budget section):", "",
         *(f"    {c}" for s in sweeps.values() if s["budget"] == "paper" for c in s["command"].split("; ")),
         *(["    python -m benchmarks.paper_preset"] if probe is not None else []), "",
     ]

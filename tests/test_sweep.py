@@ -241,9 +241,10 @@ def test_what_we_learned_sets_the_paper_budget_beside_the_small_one_and_each_rea
     (tmp_path / "sweep_fig4_small.json").write_text(json.dumps({**base, "budget": "small", "budget_config": form,
                                                                 "cells": [cell("reled", 100.0, [0.5, 0.4]), cell("ippo", 200.0, [0.5, 0.4])]}))
     (tmp_path / "sweep_fig4_paper.json").write_text(json.dumps({**base, "budget": "paper", "budget_config": form,
-                                                                "cells": [cell("reled", -500.0, [0.3, 0.1]), cell("ippo", 700.0, [0.45, 0.2])]}))
+                                                                "cells": [cell("reled", -500.0, [0.3, 0.1]) | {"interaction_steps_per_seed": 300_000, "train_wall_s": 1500.0},
+                                                                          cell("ippo", 700.0, [0.45, 0.2]) | {"interaction_steps_per_seed": 900_000, "train_wall_s": 3000.0}]}))
     (tmp_path / "sweep_fig4_paper_eq30.json").write_text(json.dumps({**base, "budget": "paper", "budget_config": {**form, "alpha_schedule": "eq30"},
-                                                                     "cells": [cell("reled", 1000.0, [0.5, 0.3])]}))
+                                                                     "cells": [cell("reled", 1000.0, [0.5, 0.3]) | {"interaction_steps_per_seed": 500_000}]}))
     text = report.write_report(report.ReportConfig(results=str(tmp_path))).read_text()
     learned = text[text.index("## What we learned"):text.index("## Setting")]
     # Entropy is read where the interaction steps first reach 50 k and 100 k (the second epoch, and past the end: the last).
@@ -253,6 +254,8 @@ def test_what_we_learned_sets_the_paper_budget_beside_the_small_one_and_each_rea
     assert "RELED tests at -500 and IPPO at 700** (small budget: 100 and 200)" in learned and "does not hold here at 500 epochs" in learned
     assert "α averages 0.40, so the expert's loss carries weight 0.60" in learned  # both epochs lie below 100 k steps
     assert "RELED tests at 1,000 ± 12 on Hong Kong – moderate against the text reading's -500, above IPPO's (700 ± 12)" in learned
+    # The ranges of interaction steps and training minutes come from the paper-budget cells (both files).
+    assert "(500 epochs, 3.0–9.0 × 10⁵ steps" in learned and "(2–50 minutes of training per cell" in learned
 
 
 def test_two_sweeps_writing_one_file_keep_each_others_cells(tmp_path):
