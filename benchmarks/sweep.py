@@ -181,13 +181,7 @@ def cell_key(c: dict) -> str:
 def sweep(cfg: SweepConfig) -> dict:
     grid = cfg.grid()
     out = cfg.out_path
-    budget_cfg = cfg.train_config(*grid[0]).resolved()
-    # The method's form is part of the budget key: cells of another form are not reused (sweeps from before
-    # issue 17 have neither field, and were made with eq30 and centred expert advantages).
-    budget = {k: budget_cfg.get(k) for k in ("epochs", "n_envs", "rollout_steps", "q", "m", "n_demo_envs", "demo_steps", "lr", "preset",
-                                     "alpha_schedule", "center_expert_advantages")}
-    if budget_cfg.get("stagger_steps"):  # keyed only when set, so sweeps from before the option keep their cells
-        budget["stagger_steps"] = budget_cfg.get("stagger_steps")
+    budget = budget_key(cfg)
     result = {
         "benchmark": "sweep", "experiment": cfg.experiment, "budget": cfg.budget, "budget_config": budget, "seeds": cfg.seeds,
         "episodes": cfg.episodes, "simulator": simulator_model(), "machine": machine(), "command": "python -m benchmarks.sweep " + _cli_args(cfg),
@@ -238,6 +232,20 @@ def merged(disk: dict, result: dict, out: Path) -> dict:
         "references": disk["references"] | result["references"],
         "command": "; ".join(dict.fromkeys(disk["command"].split("; ") + result["command"].split("; "))),
     }
+
+
+def budget_key(cfg: SweepConfig) -> dict:
+    """What a results file is keyed by: the budget as RELED resolves it, whatever the sweep's methods. QMIX resolves
+    the same budget to its own rollout shape (one environment x 864 steps), and a QMIX-only sweep keyed by that
+    replaced the file its other methods had filled. The method's form is part of the key: cells of another form
+    are not reused (sweeps from before issue 17 have neither field, and were made with eq30 and centred A^e)."""
+    scenario, regime, n_agents, _ = cfg.grid()[0]
+    resolved = cfg.train_config(scenario, regime, n_agents, "reled").resolved()
+    budget = {k: resolved.get(k) for k in ("epochs", "n_envs", "rollout_steps", "q", "m", "n_demo_envs", "demo_steps", "lr", "preset",
+                                           "alpha_schedule", "center_expert_advantages")}
+    if resolved.get("stagger_steps"):  # keyed only when set, so sweeps from before the option keep their cells
+        budget["stagger_steps"] = resolved.get("stagger_steps")
+    return budget
 
 
 def write_merged(out: Path, result: dict) -> dict:

@@ -293,3 +293,15 @@ def test_two_sweeps_writing_one_file_keep_each_others_cells(tmp_path):
     # A file of another budget is replaced, as a fresh sweep replaces it.
     write_merged(out, results("sweep C", ["qmix"], budget={"epochs": 500}))
     assert [c["method"] for c in json.loads(out.read_text())["cells"]] == ["qmix"]
+
+
+def test_a_qmix_only_sweep_is_keyed_by_the_same_budget_as_the_others():
+    """QMIX resolves a budget to its own rollout shape; the results file's key must not follow it, or a sweep of
+    QMIX alone replaces the cells the other methods' sweeps wrote to the same file."""
+    from benchmarks.sweep import budget_key
+
+    base = SweepConfig(experiment="fig4", budget="paper", scenarios=("oakland",), regimes=("moderate",), n_agents=(4,))
+    keys = {m: budget_key(dataclasses.replace(base, methods=(m,))) for m in ("qmix", "ippo", "reled", "mappo")}
+    assert keys["qmix"] == keys["ippo"] == keys["reled"] == keys["mappo"]
+    assert keys["qmix"]["n_envs"] == 64 and keys["qmix"]["epochs"] == 500  # the paper preset's PPO shape
+    assert budget_key(dataclasses.replace(base, budget="small", methods=("qmix",))) != keys["qmix"]  # and budgets still differ
