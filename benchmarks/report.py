@@ -350,6 +350,25 @@ def section_dtw(result: dict) -> list[str]:
     return lines
 
 
+def borrow_cells(result: dict, sweeps: dict) -> dict:
+    """An ablation sweep with the cells it lacks of its full method and IPPO taken from a Fig. 4 sweep of the same
+    budget key, seeds, episodes and simulator model (the same training runs: the sweeps share run directories),
+    each marked with the file it came from."""
+    have = {(c["scenario"], c["regime"], c["n_agents"], c["method"]) for c in result["cells"]}
+    same = lambda o: all(o.get(k) == result.get(k) for k in ("budget_config", "seeds", "episodes", "simulator"))  # noqa: E731
+    borrowed = []
+    for name, other in sweeps.items():
+        if other["experiment"] != "fig4" or not same(other):
+            continue
+        for scenario, regime, n in envs_of(result):
+            for c in cells_by(other, scenario=scenario, regime=regime, n_agents=n):
+                key = (scenario, regime, n, c["method"])
+                if c["method"] in (FULL_METHOD[result["experiment"]], "ippo") and key not in have:
+                    borrowed.append(c | {"borrowed_from": name})
+                    have.add(key)
+    return result | {"cells": result["cells"] + borrowed}
+
+
 def section_table4(result: dict, name: str) -> list[str]:
     stem = name.replace("sweep_", "")
     full_m = FULL_METHOD[result["experiment"]]
@@ -357,6 +376,9 @@ def section_table4(result: dict, name: str) -> list[str]:
                                                     "'paper' is the paper's number for the corresponding variant of its RELED")
     lines = [f"### Fig. 9 and Table IV: {title} (`{name}`)", "", f"Command(s): `{result['command']}`  ", f"Hardware: {machine_line(result)}", "",
              f"![Fig. 9]({stem}_fig9.png)", ""]
+    lines += [f"{LABELS.get(c['method'], c['method'])} on {MAP_NAMES.get(c['scenario'], c['scenario'])}: from `{c['borrowed_from']}` (same budget, seeds, test keys and "
+              "simulator model).  " for c in result["cells"] if "borrowed_from" in c]
+    lines += [""] if any("borrowed_from" in c for c in result["cells"]) else []
     lines += ["| variant | " + " | ".join(f"{MAP_NAMES.get(s, s)} reward (drop %) | ours vs paper | {MAP_NAMES.get(s, s)} time s (rise %)" for s, _, _ in envs_of(result)) + " |",
               "|---|" + "---|---|---|" * len(envs_of(result))]
     for m in methods_of(result):
@@ -738,6 +760,7 @@ def write_report(cfg: ReportConfig) -> Path:
     for name, result in sweeps.items():
         stem = name.replace("sweep_", "")
         if result["experiment"] in FULL_METHOD:
+            result = borrow_cells(result, sweeps)
             full_m = FULL_METHOD[result["experiment"]]
             on = "" if full_m == "reled" else " on RELED-Vᵃ"
             plot_curves(result, results_dir / f"{stem}_fig9.png", "interaction_steps", ("episode_reward",), f"Fig. 9: ablations{on} ({result['budget']} budget, {result['seeds']} seeds, mean ± SD)")

@@ -149,6 +149,19 @@ def test_report_tables_every_cell_and_draws_the_figures(tmp_path):
     assert f"{claim} IPPO — Grid (Orlando's stand-in) | not resolved (CIs overlap) |" in text
     assert "| RELED-Vᵃ-α0.5 | 400 ± 10 (-60.0%) | paper -76 (-109.7%); ours: below full |" in text
     assert (tmp_path / "table4-va_smoke_fig9.png").stat().st_size > 10_000
+    # An ablation sweep that lacks RELED's own cell takes it from the Fig. 4 sweep of the same budget key (the
+    # same runs), says so, and measures the drop against it; a Fig. 4 sweep of another key lends nothing.
+    norefine = _cell("reled-norefine", [450.0, 455.0, 445.0]) | {"seeds": 3, "train_wall_s": 100.0, "interaction_steps_per_seed": 3000,
+                                                                 "curves": {"interaction_steps": [[1000, 2000]] * 3, "wall_s": [[10, 20]] * 3, "episode_reward": [[0.0, 1.0]] * 3}}
+    (tmp_path / "sweep_table4_smoke.json").write_text(json.dumps({**sweep_json, "experiment": "table4", "cells": [norefine]}))
+    text = report.write_report(report.ReportConfig(results=str(tmp_path))).read_text()
+    section = text[text.index("(`sweep_table4_smoke`)"):]
+    assert "RELED (full) on Grid (Orlando's stand-in): from `sweep_fig4_smoke`" in section
+    assert "| RELED w/o refn. | 450 ± 5 (-50.0%) |" in section
+    (tmp_path / "sweep_table4_smoke.json").write_text(json.dumps({**sweep_json, "experiment": "table4", "episodes": 2, "cells": [norefine]}))
+    section = report.write_report(report.ReportConfig(results=str(tmp_path))).read_text()
+    section = section[section.index("(`sweep_table4_smoke`)"):]
+    assert "from `sweep_fig4_smoke`" not in section and "| RELED w/o refn. | 450 ± 5 (+nan%) |" in section
 
     # Fig. 8 from two sweeps of one budget (say 5 agents on the CPU, 20 on a GPU): each section fills in the
     # other's agent counts and names the sweep each row comes from; a sweep of another budget is left out.
