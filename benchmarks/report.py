@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 import tyro  # noqa: E402
 
 from benchmarks.common import RESULTS, ci95  # noqa: E402
+from benchmarks.sweep import same_settings  # noqa: E402
 from reled_jax.methods import METHODS, VA_RELED  # noqa: E402
 from reled_jax.reled import HybridPPOConfig  # noqa: E402
 from sim.env import describe_model  # noqa: E402
@@ -355,10 +356,9 @@ def borrow_cells(result: dict, sweeps: dict) -> dict:
     budget key, seeds, episodes and simulator model (the same training runs: the sweeps share run directories),
     each marked with the file it came from."""
     have = {(c["scenario"], c["regime"], c["n_agents"], c["method"]) for c in result["cells"]}
-    same = lambda o: all(o.get(k) == result.get(k) for k in ("budget_config", "seeds", "episodes", "simulator"))  # noqa: E731
     borrowed = []
     for name, other in sweeps.items():
-        if other["experiment"] != "fig4" or not same(other):
+        if other["experiment"] != "fig4" or not same_settings(other, result) or other.get("simulator") != result.get("simulator"):
             continue
         for scenario, regime, n in envs_of(result):
             for c in cells_by(other, scenario=scenario, regime=regime, n_agents=n):
@@ -376,9 +376,9 @@ def section_table4(result: dict, name: str) -> list[str]:
                                                     "'paper' is the paper's number for the corresponding variant of its RELED")
     lines = [f"### Fig. 9 and Table IV: {title} (`{name}`)", "", f"Command(s): `{result['command']}`  ", f"Hardware: {machine_line(result)}", "",
              f"![Fig. 9]({stem}_fig9.png)", ""]
-    lines += [f"{LABELS.get(c['method'], c['method'])} on {MAP_NAMES.get(c['scenario'], c['scenario'])}: from `{c['borrowed_from']}` (same budget, seeds, test keys and "
-              "simulator model).  " for c in result["cells"] if "borrowed_from" in c]
-    lines += [""] if any("borrowed_from" in c for c in result["cells"]) else []
+    borrowed = [f"{LABELS.get(c['method'], c['method'])} on {MAP_NAMES.get(c['scenario'], c['scenario'])}: from `{c['borrowed_from']}` (same budget, seeds, "
+                "test keys and simulator model).  " for c in result["cells"] if "borrowed_from" in c]
+    lines += borrowed + ([""] if borrowed else [])
     lines += ["| variant | " + " | ".join(f"{MAP_NAMES.get(s, s)} reward (drop %) | ours vs paper | {MAP_NAMES.get(s, s)} time s (rise %)" for s, _, _ in envs_of(result)) + " |",
               "|---|" + "---|---|---|" * len(envs_of(result))]
     for m in methods_of(result):

@@ -215,13 +215,18 @@ def sweep(cfg: SweepConfig) -> dict:
     return result
 
 
+def same_settings(a: dict, b: dict) -> bool:
+    """Whether two sweep results files were made with the same budget key, seed count and test episodes."""
+    return all(a.get(k) == b.get(k) for k in ("budget_config", "seeds", "episodes"))
+
+
 def merged(disk: dict, result: dict, out: Path) -> dict:
     """`result` with the cells, references and commands of the results file `disk` that it lacks (its own win).
 
     A file of another budget, seed count or episode count is not merged: the sweep replaces it. A file made
     under another simulator model (sim.env.simulator_model) is refused instead, before anything is trained:
     its cells are results too, and tabling them beside this model's would compare unlike with like."""
-    if (disk.get("budget_config"), disk.get("seeds"), disk.get("episodes")) != (result["budget_config"], result["seeds"], result["episodes"]):
+    if not same_settings(disk, result):
         return result
     if disk.get("simulator") != result["simulator"]:
         raise SystemExit(f"{out} holds cells made under another simulator model ({describe_model(disk.get('simulator'))}); this code's is "

@@ -519,11 +519,12 @@ class RouteChoiceEnv:
         green): the vehicles behind it discharge at the saturation flow, which already holds their start-up."""
         if not (params.turn_delay_s or params.startup_loss_s):
             return jnp.zeros_like(state.veh_pos)
-        cos = jnp.sum(params.edge_dir[edge] * params.edge_dir[target], axis=-1)
+        incoming, outgoing = params.edge_dir[edge], params.edge_dir[target]
+        cos = jnp.sum(incoming * outgoing, axis=-1)
         turning = (cos <= 0.866) & ~in_depot  # more than 30 degrees off straight
         turn_cost = jnp.full_like(cos, params.turn_delay_s)
         if params.wide_turn_frac != 1.0:  # counter-clockwise is a left turn; U-turns (beyond 135 degrees) count as tight
-            ccw = params.edge_dir[edge][..., 0] * params.edge_dir[target][..., 1] - params.edge_dir[edge][..., 1] * params.edge_dir[target][..., 0] > 0
+            ccw = incoming[..., 0] * outgoing[..., 1] - incoming[..., 1] * outgoing[..., 0] > 0
             turn_cost = jnp.where((ccw != params.lefthand) & (cos > -0.7071), turn_cost * params.wide_turn_frac, turn_cost)
         if params.turn_regain_m:
             turn_cost = turn_cost * jnp.minimum(1.0, params.edge_length[edge] / params.turn_regain_m)
