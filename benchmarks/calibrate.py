@@ -58,6 +58,10 @@ class Args:
     startup_loss_s: tuple[float, ...] = (0.0,)  # seconds a start from a stop costs the starting vehicle (issue 21)
     wide_turn_frac: tuple[float, ...] = (1.0,)  # share of the turn delay a wide turn costs (TrafficModel)
     turn_regain_m: tuple[float, ...] = (0.0,)  # edges shorter than this charge a share of the turn delay (TrafficModel)
+    accel_mps2: tuple[float, ...] = (0.0,)  # per-vehicle speed state: acceleration towards the edge's speed, 0 = none (TrafficModel)
+    turn_speed_mps: tuple[float, ...] = (8.0,)  # with a speed state, the most a vehicle leaves a turn with (TrafficModel)
+    queue_exit_speed_mps: tuple[float, ...] = (0.0,)  # with a speed state, the speed a vehicle behind a queue's head leaves at (TrafficModel)
+    reuse_sumo: str | None = None  # a calibration JSON of the same scenarios, regimes, episodes, seed and agents: take SUMO's times from it
     rho_weight: float = 0.0  # weight of the per-agent ranking in the objective: 0 = mean travel times alone
     out: str = str(RESULTS / "calibration.json")
 
@@ -80,6 +84,21 @@ def sumo_reference(args: Args, workdir: Path) -> dict:
         reference[f"{scenario}/{regime}"] = {"mean": float(travel.mean()), "agents": travel.mean(0).tolist()}
         print(f"SUMO {scenario}/{regime}: shortest-time policy, mean travel time {travel.mean():.1f} s")
     return reference
+
+
+def reused_reference(args: Args) -> dict:
+    """SUMO's times from an earlier calibration (`--reuse-sumo`), which must have run the same cells on the same keys.
+    SUMO's side does not depend on our parameters, so this only skips re-running it; a file of other keys is refused."""
+    import json
+
+    earlier = json.loads(Path(args.reuse_sumo).read_text())
+    same = ("scenarios", "regimes", "episodes", "seed", "n_agents")
+    ours = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(args).items()}
+    if any(earlier["config"][k] != ours[k] for k in same):
+        theirs = ", ".join(f"{k}={earlier['config'][k]}" for k in same)
+        raise SystemExit(f"--reuse-sumo {args.reuse_sumo} ran other cells or keys ({theirs}); "
+                         "run without --reuse-sumo, or give it a calibration of the same " + ", ".join(same))
+    return {cell: {"mean": mean, "agents": earlier["sumo_agent_travel_time_s"][cell]} for cell, mean in earlier["sumo_travel_time_s"].items()}
 
 
 def jax_travel_time(scenario: str, regime: str, traffic: TrafficModel, args: Args) -> dict:
@@ -109,7 +128,9 @@ def plot(rows: list[dict], args: Args, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    axes = [("wide_turn_frac", args.wide_turn_frac, "wide turn / tight turn delay"), ("turn_regain_m", args.turn_regain_m, "turn regain distance (m)"),
+    axes = [("accel_mps2", args.accel_mps2, "acceleration (m/s^2, 0 = no speed state)"), ("turn_speed_mps", args.turn_speed_mps, "turn speed (m/s)"),
+            ("queue_exit_speed_mps", args.queue_exit_speed_mps, "queue exit speed (m/s)"),
+            ("wide_turn_frac", args.wide_turn_frac, "wide turn / tight turn delay"), ("turn_regain_m", args.turn_regain_m, "turn regain distance (m)"),
             ("turn_delay_s", args.turn_delay_s, "turn delay (s)"), ("startup_loss_s", args.startup_loss_s, "start-up loss (s)"),
             ("teleport_s", args.teleport_s, "gridlock release teleport_s (s)"), ("saturation_flow", args.saturation_flow, "saturation flow (veh/s/lane)"),
             ("critical_occupancy", args.critical_occupancy, "critical occupancy"), ("min_speed_frac", args.min_speed_frac, "jam speed / free speed")]
@@ -140,14 +161,19 @@ def plot(rows: list[dict], args: Args, path: Path) -> None:
 
 def main(args: Args) -> dict:
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        reference = sumo_reference(args, Path(tmp))
+    if args.reuse_sumo:
+        reference = reused_reference(args)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            reference = sumo_reference(args, Path(tmp))
     rows = []
     grid = list(itertools.product(args.saturation_flow, args.critical_occupancy, args.min_speed_frac, args.teleport_s, args.speed_factor,
-                                  args.turn_delay_s, args.startup_loss_s, args.wide_turn_frac, args.turn_regain_m))
-    for n, (sf, co, msf, tp, spf, td, sl, wt, rg) in enumerate(grid):
+                                  args.turn_delay_s, args.startup_loss_s, args.wide_turn_frac, args.turn_regain_m, args.accel_mps2, args.turn_speed_mps,
+                                  args.queue_exit_speed_mps))
+    for n, (sf, co, msf, tp, spf, td, sl, wt, rg, acc, tsp, qx) in enumerate(grid):
         traffic = TrafficModel(saturation_flow=sf, critical_occupancy=co, min_speed_frac=msf, teleport_s=tp, speed_factor=spf, turn_delay_s=td,
-                               startup_loss_s=sl, wide_turn_frac=wt, turn_regain_m=rg)
+                               startup_loss_s=sl, wide_turn_frac=wt, turn_regain_m=rg, accel_mps2=acc, turn_speed_mps=tsp,
+                               queue_exit_speed_mps=qx)
         ours = {cell: jax_travel_time(*cell.split("/"), traffic, args) for cell in reference}
         scored = score(ours, reference, args.rho_weight)
         rows.append({"traffic": dataclasses.asdict(traffic), "jax_travel_time_s": {c: o["mean"] for c, o in ours.items()},

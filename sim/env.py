@@ -17,6 +17,11 @@ model follows the paper's Section IV-A:
   at the line `teleport_s` beyond its free-flow time enters its next edge even
   if full (SUMO's teleport), so cyclic spillback cannot lock the network.
   The free parameters are calibrated against SUMO (TrafficModel).
+* Optionally (TrafficModel.accel_mps2 > 0) every vehicle carries its own speed,
+  accelerating towards its edge's speed after a standstill or a turn, so time
+  lost at junctions depends on each vehicle's history (issue 21). Off by
+  default: measured against SUMO it did not beat the fixed junction delays
+  (docs/sumo.md).
 * One tick is one simulator second (dt = 1 s). Episodes last at most
   T_max = 2400 ticks and end early when every agent has arrived.
 * Agents decide at junctions: an agent reaching the stop line of an edge whose
@@ -82,7 +87,7 @@ class TrafficModel:
     teleport_s: int = 90
     speed_factor: float = 1.0
     # Junctions (issue 21): crossing one costs the crossing vehicle alone some time on its new edge (it enters
-    # behind the stop line), so the queue it leaves discharges as before (RouteChoiceEnv._junction_delay): a turn
+    # behind the stop line), so the queue it leaves discharges as before (RouteChoiceEnv._junction_crossing): a turn
     # of more than 30 degrees (U-turns included) costs up to turn_delay_s, scaled by the speed the vehicle arrives
     # with; the first start after the line was idle (a queue released by green, a depot) costs startup_loss_s.
     turn_delay_s: float = 3.0
@@ -97,14 +102,31 @@ class TrafficModel:
     # the share length / turn_regain_m (0 = no edge is that short).
     wide_turn_frac: float = 1.0
     turn_regain_m: float = 0.0
+    # A speed per vehicle (issue 21, "per-vehicle speed state"): with accel_mps2 > 0 a vehicle no longer takes its edge's
+    # speed at once but accelerates towards it at this rate (SUMO's passenger car: 2.6 m/s^2), from standstill after
+    # standing at a line or in a depot, and from at most turn_speed_mps after a turn of more than 30 degrees; it
+    # slows to a slower edge's speed at once. So stops, turns and short edges cost each vehicle what its own speed
+    # history costs, where the turn delay and start-up loss charge every vehicle alike. 0 = every vehicle moves at
+    # its edge's speed (the model before this option).
+    accel_mps2: float = 0.0
+    turn_speed_mps: float = 8.0
+    # In a point queue every vehicle stands at the line, but in SUMO only the head of a queue starts there: the vehicles
+    # behind it start further back and cross the line already moving, which the saturation flow already counts. So with
+    # a speed state a vehicle released from a queue that was already discharging leaves at this speed (0 = from
+    # standstill like the head).
+    queue_exit_speed_mps: float = 0.0
 
 
 def simulator_model(traffic: TrafficModel = TrafficModel()) -> dict:
     """The dynamics a result was made with beyond its scenario and training configuration: the traffic model's
     parameters and how edge storage is counted. Every checkpoint and sweep results file records it, so a run
     trained under one model is never resumed, reused or tabled beside one of another (a file or checkpoint
-    without it was made before issue 21's storage fix: `UNRECORDED_MODEL`)."""
-    return {"traffic": dataclasses.asdict(traffic), "storage": STORAGE_RULE}
+    without it was made before issue 21's storage fix: `UNRECORDED_MODEL`). Without a speed state (accel_mps2 0)
+    its two parameters are left out, so results recorded before the option existed still match the same dynamics."""
+    params = dataclasses.asdict(traffic)
+    if not traffic.accel_mps2:
+        del params["accel_mps2"], params["turn_speed_mps"], params["queue_exit_speed_mps"]
+    return {"traffic": params, "storage": STORAGE_RULE}
 
 
 UNRECORDED_MODEL = "unrecorded: made before issue 21's storage fix (edge storage floor(lanes x length / 7.5 m), earlier TrafficModel defaults)"
@@ -156,6 +178,9 @@ class EnvParams:
     wide_turn_frac: float = struct.field(pytree_node=False, default=TrafficModel.wide_turn_frac)
     turn_regain_m: float = struct.field(pytree_node=False, default=TrafficModel.turn_regain_m)
     lefthand: bool = struct.field(pytree_node=False, default=False)  # which turns are wide (wide_turn_frac)
+    accel_mps2: float = struct.field(pytree_node=False, default=TrafficModel.accel_mps2)
+    turn_speed_mps: float = struct.field(pytree_node=False, default=TrafficModel.turn_speed_mps)
+    queue_exit_speed_mps: float = struct.field(pytree_node=False, default=TrafficModel.queue_exit_speed_mps)
     # Under vmap a while_loop runs until the slowest environment stops, so one jammed
     # environment would stall the batch: a step returns after at most this many ticks
     # even if no agent is awaiting (then `decided` is all False and nothing is counted).
@@ -167,6 +192,7 @@ class EnvState:
     t: jax.Array  # [] int32 simulator second
     veh_edge: jax.Array  # [V] current edge, -1 when waiting at an origin (depot) or arrived
     veh_pos: jax.Array  # [V] metres along the edge (negative: still crossing the junction; past the edge's length: stopped at the line)
+    veh_speed: jax.Array  # [V] m/s at the end of the last tick (TrafficModel.accel_mps2; unused without it)
     veh_node: jax.Array  # [V] junction the vehicle is approaching (or waiting at)
     veh_dest: jax.Array  # [V]
     veh_next: jax.Array  # [V] chosen next edge, -1 if none yet
@@ -241,6 +267,7 @@ class RouteChoiceEnv:
             t=jnp.int32(0),
             veh_edge=veh_edge,
             veh_pos=jnp.concatenate([jnp.zeros((n_ag,), jnp.float32), bg_pos]),
+            veh_speed=jnp.concatenate([jnp.zeros((n_ag,), jnp.float32), params.edge_speed[bg_edge]]),
             veh_node=veh_node,
             veh_dest=veh_dest,
             veh_next=veh_next,
@@ -452,18 +479,40 @@ class RouteChoiceEnv:
         new_node = jnp.where(move, params.edge_to[target], state.veh_node)
         route_next = _route_next(params, new_node, state.veh_dest)
         new_next = jnp.where(move, jnp.where(is_agent, -1, route_next), state.veh_next)
-        # The junction delay is spent at the new edge's current speed (a delay at its free speed would stretch by the
-        # congestion factor while the vehicle crawls off behind the line).
         speed = edge_speed(count, params)
-        pos = jnp.where(move, -self._junction_delay(state, params, edge, target, in_depot, at_line, speed) * speed[target], state.veh_pos)
+        # The speed each vehicle reaches its line with: nothing after standing there a tick (marked below, past the line).
+        stood = at_line & (state.veh_pos > length)
+        if params.accel_mps2:
+            idle_line = state.discharge_credit[edge] >= 1.0 + params.edge_discharge[edge] - 1e-6  # a full bucket: nobody left last tick
+            queued = jnp.where(idle_line, 0.0, params.queue_exit_speed_mps)
+            arrive_speed = jnp.where(in_depot, 0.0, jnp.where(stood, queued, state.veh_speed))
+        else:
+            arrive_speed = jnp.where(stood | in_depot, 0.0, speed[edge])
+        delay, entry_speed = self._junction_crossing(state, params, edge, target, in_depot, stood, arrive_speed)
+        if params.accel_mps2:
+            entry_speed = jnp.minimum(entry_speed, speed[target])
+            # The delay is spent at the speed reached after the first tick (from a standstill there is no other).
+            crossing_speed = jnp.minimum(entry_speed + params.accel_mps2, speed[target])
+        else:
+            # At the new edge's current speed: a delay at its free speed would stretch by the congestion factor while the
+            # vehicle crawls off behind the line.
+            crossing_speed = speed[target]
+        pos = jnp.where(move, -delay * crossing_speed, state.veh_pos)
         enter = jnp.where(move, t, state.veh_enter)
 
         # --- 2. advance along edges at the density-dependent speed -----------------
         on_edge = new_edge >= 0
         edge = jnp.maximum(new_edge, 0)
         length = params.edge_length[edge]
-        advanced = jnp.minimum(pos + speed[edge], length)
-        if params.turn_delay_s or params.startup_loss_s:  # a vehicle that stood at its line a whole tick is marked: past the line
+        if params.accel_mps2:  # towards the edge's speed at accel_mps2 (exact distance under constant acceleration)
+            v_from = jnp.where(move, entry_speed, state.veh_speed)
+            v_to = jnp.minimum(v_from + params.accel_mps2, speed[edge])
+            advanced = jnp.minimum(pos + jnp.where(v_to > v_from, 0.5 * (v_from + v_to), v_to), length)
+            veh_speed = jnp.where(on_edge & ~(at_line & ~move), v_to, 0.0)
+        else:
+            advanced = jnp.minimum(pos + speed[edge], length)
+            veh_speed = state.veh_speed
+        if params.turn_delay_s or params.startup_loss_s or params.accel_mps2:  # a vehicle that stood at its line a whole tick is marked: past the line
             advanced = jnp.where(at_line & ~move, length + 1.0, advanced)
         pos = jnp.where(on_edge, advanced, pos)
         t_new = t + 1
@@ -495,6 +544,7 @@ class RouteChoiceEnv:
             t=t_new,
             veh_edge=new_edge,
             veh_pos=pos,
+            veh_speed=veh_speed,
             veh_node=new_node,
             veh_dest=veh_dest,
             veh_next=new_next,
@@ -509,16 +559,18 @@ class RouteChoiceEnv:
 
     # ----------------------------------------------------------------- reward (Eq. 32)
     @staticmethod
-    def _junction_delay(state: EnvState, params: EnvParams, edge, target, in_depot, at_line, speed):
-        """[V] seconds each vehicle moving now loses crossing its junction (TrafficModel's turn and start-up delays;
-        0 without them), spent on its new edge, which it enters this far behind the stop line.
+    def _junction_crossing(state: EnvState, params: EnvParams, edge, target, in_depot, stood, arrive_speed):
+        """What crossing its junction costs each vehicle moving now: ([V] seconds lost, spent on its new edge, which it
+        enters this far behind the stop line; [V] the speed it enters with), from TrafficModel's turn and start-up delays
+        and turn speed. Without any of them: no delay, and the speed it arrived with.
 
-        A turn costs what slowing for it costs at the speed the vehicle arrives with (turn_delay_s at free speed,
-        less in slow traffic, nothing after standing at the line). A start from standstill costs startup_loss_s, but
+        A turn (more than 30 degrees) costs what slowing for it costs at the speed the vehicle arrives with
+        (turn_delay_s at free speed, less in slow traffic, nothing after standing at the line), and with a speed state
+        it leaves the junction at no more than turn_speed_mps. A start from standstill costs startup_loss_s, but
         only to the first vehicle away after the line was idle (a depot start, or the head of a queue released by
         green): the vehicles behind it discharge at the saturation flow, which already holds their start-up."""
-        if not (params.turn_delay_s or params.startup_loss_s):
-            return jnp.zeros_like(state.veh_pos)
+        if not (params.turn_delay_s or params.startup_loss_s or params.accel_mps2):
+            return jnp.zeros_like(state.veh_pos), arrive_speed
         incoming, outgoing = params.edge_dir[edge], params.edge_dir[target]
         cos = jnp.sum(incoming * outgoing, axis=-1)
         turning = (cos <= 0.866) & ~in_depot  # more than 30 degrees off straight
@@ -528,11 +580,11 @@ class RouteChoiceEnv:
             turn_cost = jnp.where((ccw != params.lefthand) & (cos > -0.7071), turn_cost * params.wide_turn_frac, turn_cost)
         if params.turn_regain_m:
             turn_cost = turn_cost * jnp.minimum(1.0, params.edge_length[edge] / params.turn_regain_m)
-        stood = at_line & (state.veh_pos > params.edge_length[edge])  # marked by the last tick: it did not move then
-        cruise = jnp.where(stood, 0.0, speed[edge] / params.edge_speed[edge])
+        cruise = jnp.minimum(arrive_speed / params.edge_speed[edge], 1.0)
         idle_line = state.discharge_credit[edge] >= 1.0 + params.edge_discharge[edge] - 1e-6  # a full bucket: nobody left last tick
         start = in_depot | (stood & idle_line)
-        return jnp.where(turning, turn_cost * cruise, 0.0) + jnp.where(start, params.startup_loss_s, 0.0)
+        delay = jnp.where(turning, turn_cost * cruise, 0.0) + jnp.where(start, params.startup_loss_s, 0.0)
+        return delay, jnp.where(turning, jnp.minimum(arrive_speed, params.turn_speed_mps), arrive_speed)
 
     def _settle_rewards(self, state: EnvState, params: EnvParams, t_new, arrived_now, node, awaits_now, departs) -> dict:
         """The Eq. 32 bookkeeping of every agent at the end of a tick (second t_new).
@@ -714,6 +766,9 @@ def make_params(
         startup_loss_s=float(traffic.startup_loss_s),
         wide_turn_frac=float(traffic.wide_turn_frac),
         turn_regain_m=float(traffic.turn_regain_m),
+        accel_mps2=float(traffic.accel_mps2),
+        turn_speed_mps=float(traffic.turn_speed_mps),
+        queue_exit_speed_mps=float(traffic.queue_exit_speed_mps),
         lefthand=bool(network.lefthand),
         max_ticks_per_step=int(max_ticks_per_step),
     )

@@ -35,3 +35,18 @@ def test_plot_draws_objective_and_loaded_rho(tmp_path):
              "objective": td / 10 + sl, "spearman": {"grid/free": 1.0, "grid/moderate": 0.5 + sl / 2}} for td in (1.5, 3.0) for sl in (0.0, 0.75)]
     plot(rows, args, tmp_path / "calibration.png")
     assert (tmp_path / "calibration.png").stat().st_size > 10_000
+
+
+def test_sumo_times_are_reused_only_from_a_calibration_of_the_same_cells_and_keys(tmp_path):
+    import json
+
+    from benchmarks.calibrate import reused_reference
+
+    earlier = tmp_path / "earlier.json"
+    config = {"scenarios": ["grid"], "regimes": ["free", "moderate"], "episodes": 4, "seed": 777, "n_agents": 10}
+    earlier.write_text(json.dumps({"config": config, "sumo_travel_time_s": {"grid/free": 100.0, "grid/moderate": 200.0},
+                                   "sumo_agent_travel_time_s": {"grid/free": [90.0, 110.0], "grid/moderate": [150.0, 250.0]}}))
+    same = Args(scenarios=("grid",), regimes=("free", "moderate"), reuse_sumo=str(earlier))
+    assert reused_reference(same) == {"grid/free": _cell(100.0, [90.0, 110.0]), "grid/moderate": _cell(200.0, [150.0, 250.0])}
+    with pytest.raises(SystemExit, match="episodes=4"):
+        reused_reference(Args(scenarios=("grid",), regimes=("free", "moderate"), episodes=8, reuse_sumo=str(earlier)))

@@ -542,3 +542,52 @@ def test_a_start_up_loss_is_paid_by_the_head_of_a_released_queue_alone(line_netw
     gap = np.asarray(final[0.0].veh_pos)[1:] - np.asarray(final[5.0].veh_pos)[1:]
     assert (edges[0.0] == edges[5.0]).all() and int((edges[0.0] != first).sum()) == 4  # the full bucket lets two go, then one every 2 s
     assert sorted(np.round(gap[edges[0.0] != first], 3)) == [0.0] * 3 + [75.0]  # the head alone: 5 s at 15 m/s
+
+
+def test_a_speed_state_charges_starts_and_turns_by_each_vehicles_own_speed(line_network):
+    """With accel_mps2 2.5 the agent leaves its depot from standstill: 4 s to reach 10 m/s over 20 m, so A -> B takes
+    12 s. The left turn at B caps its speed at turn_speed_mps: from 5 m/s it needs 4 s and 40 m to reach 15 m/s, then
+    110 m at 15 m/s reach C within 8 s (12 s). The right turn at C leaves at 5 m/s onto an 8 m/s edge: 7.5 then 8 m/s
+    cover 14 m in 2 s, the other 66 m take 9 s (11 s). A turn speed above every edge's speed slows nobody: B -> C
+    from 10 m/s takes 2 s and 25 m to reach 15 m/s, then 9 s (11 s), and C -> D 10 s."""
+    env = make_env(line_network, n_agents=1, n_background=0)
+    travel = {}
+    for turn_speed in (5.0, 20.0):
+        params = make_params(line_network, [0], [3], [0], [3], traffic=TrafficModel(turn_delay_s=0.0, startup_loss_s=0.0, accel_mps2=2.5, turn_speed_mps=turn_speed))
+        obs, state = env.reset(jax.random.PRNGKey(0), params)
+        for _ in range(5):
+            obs, state, _, _, info = env.step_env(jax.random.PRNGKey(1), state, shortest_time_policy(None, obs, params), params)
+        travel[turn_speed] = float(info["travel_time"][0])
+    assert travel == {5.0: 12.0 + 12.0 + 11.0, 20.0: 12.0 + 11.0 + 10.0}
+
+
+def test_a_vehicle_that_stood_at_its_line_restarts_from_standstill_one_that_reached_it_drives_on():
+    """Two background vehicles at the end of 100 m edges that go on straight through unsignalised junctions:
+    the one that stood there a tick (marked past the line) accelerates from 0 at 2.5 m/s^2 and after 10 s is 20 m
+    (v / 2a at 10 m/s) behind the one that just reached it at 10 m/s. Without a speed state both drive 100 m. Behind
+    the head of a queue that is already discharging (the bucket not full) a vehicle leaves at queue_exit_speed_mps:
+    from 5 m/s it is 5 m behind; the head of an idle line (a full bucket) starts from standstill whatever that is."""
+    xy = np.array([[0.0, 0.0], [100.0, 0.0], [200.0, 0.0], [0.0, 100.0], [100.0, 100.0], [200.0, 100.0]])
+    fwd = [(0, 1, 100.0, 10.0, 1), (1, 2, 100.0, 10.0, 1), (3, 4, 100.0, 10.0, 1), (4, 5, 100.0, 10.0, 1)]
+    net = build_network("straight", xy, fwd + [(v, u, length, speed, lanes) for u, v, length, speed, lanes in fwd], signals=SignalConfig(enabled=False))
+    env = make_env(net, n_agents=1, n_background=2)
+    edge_of = {(int(u), int(v)): k for k, (u, v) in enumerate(zip(net.edge_from, net.edge_to))}
+    driven = {}
+    for accel, queue_exit, credit in ((0.0, 0.0, 1.0), (2.5, 0.0, 1.0), (2.5, 5.0, 1.0), (2.5, 5.0, 1.5)):
+        params = make_params(net, [3], [4], [0, 3], [2, 5], agent_depart=[10_000],
+                             traffic=TrafficModel(turn_delay_s=0.0, startup_loss_s=0.0, accel_mps2=accel, queue_exit_speed_mps=queue_exit))
+        state = _placed(env, params, [edge_of[(0, 1)], edge_of[(3, 4)]], [101.0, 100.0], [2, 5])  # stood / just reached
+        state = state.replace(veh_speed=state.veh_speed.at[1:].set(10.0), discharge_credit=jnp.full(env.n_edges, credit, jnp.float32))
+        final, _ = jax.jit(_run_ticks, static_argnums=(0, 3))(env, params, state, 10)
+        driven[accel, queue_exit, credit] = np.asarray(final.veh_pos)[1:].round(3).tolist()
+    assert driven == {(0.0, 0.0, 1.0): [100.0, 100.0], (2.5, 0.0, 1.0): [80.0, 100.0], (2.5, 5.0, 1.0): [95.0, 100.0], (2.5, 5.0, 1.5): [80.0, 100.0]}
+
+
+def test_the_recorded_model_names_the_speed_state_only_when_it_is_on():
+    """Results recorded before the speed state existed match the same dynamics: without it its parameters are left out."""
+    from sim.env import simulator_model
+
+    off = simulator_model(TrafficModel())
+    on = simulator_model(TrafficModel(accel_mps2=2.6))
+    assert not {"accel_mps2", "turn_speed_mps", "queue_exit_speed_mps"} & set(off["traffic"])
+    assert on["traffic"] | {} == off["traffic"] | {"accel_mps2": 2.6, "turn_speed_mps": 8.0, "queue_exit_speed_mps": 0.0}
