@@ -689,7 +689,12 @@ def setting(sweeps: dict) -> list[str]:
         refreshes = -(-b["epochs"] // b.get("q", 10))
         demo_steps = refreshes * b.get("n_demo_envs", 4) * b.get("demo_steps", 1024)
         ten = [c["interaction_steps_per_seed"] for c in result["cells"] if c["n_agents"] == 10]
-        steps = f"≈{np.mean(ten):,.0f} interaction steps with 10 agents, {np.mean(ten) / 5e5:.0%} of the paper's 5×10⁵" if ten else "interaction steps grow with the number of agents"
+        if ten and max(ten) > 1.5 * min(ten):  # maps differ in decisions per env step: a range, not a mean across maps
+            steps = f"{min(ten):,}–{max(ten):,} interaction steps with 10 agents, {min(ten) / 5e5:.0%}–{max(ten) / 5e5:.0%} of the paper's 5×10⁵"
+        elif ten:
+            steps = f"≈{np.mean(ten):,.0f} interaction steps with 10 agents, {np.mean(ten) / 5e5:.0%} of the paper's 5×10⁵"
+        else:
+            steps = "interaction steps grow with the number of agents"
         lines.append(f"- `{name}`: {b['epochs']} epochs × {b['n_envs']} envs × {b['rollout_steps']} env steps = {agent_steps:,} env steps per seed "
                      f"({steps}), {result['seeds']} seeds, on {machine_line(result)}. "
                      f"RELED variants also roll out {demo_steps:,} demonstration env steps per seed ({demo_steps / agent_steps:.0%} extra), "

@@ -318,3 +318,14 @@ def test_a_qmix_only_sweep_is_keyed_by_the_same_budget_as_the_others():
     assert keys["qmix"] == keys["ippo"] == keys["reled"] == keys["mappo"]
     assert keys["qmix"]["n_envs"] == 64 and keys["qmix"]["epochs"] == 500  # the paper preset's PPO shape
     assert budget_key(dataclasses.replace(base, budget="small", methods=("qmix",))) != keys["qmix"]  # and budgets still differ
+
+
+def test_the_setting_gives_a_range_of_interaction_steps_when_maps_differ():
+    """Maps make different numbers of decisions per env step: a sweep over two is described by its range, one map by its mean."""
+    def sweep(steps):
+        return {"budget_config": {"epochs": 500, "n_envs": 64, "rollout_steps": 64}, "seeds": 5, "machine": {"device": "cpu", "n_devices": 1, "cpu_count": 2, "jax": "0"},
+                "cells": [{"n_agents": 10, "interaction_steps_per_seed": s} for s in steps]}
+
+    two_maps, one_map = report.setting({"two_maps": sweep([500_000, 1_400_000]), "one_map": sweep([600_000, 700_000])})[2:4]
+    assert "500,000–1,400,000 interaction steps with 10 agents, 100%–280% of the paper's" in two_maps
+    assert "≈650,000 interaction steps with 10 agents, 130% of the paper's" in one_map
