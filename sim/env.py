@@ -5,9 +5,11 @@ model follows the paper's Section IV-A:
 
 * Every vehicle (agent or background) lives on a directed edge. Edge speed
   follows a fundamental diagram with a free-flow branch and a Greenshields
-  congested branch: v = v_free below the critical occupancy o_c = n_c / n_jam (0.4),
-  then falling linearly to v_min at jam, where n_jam is the edge's storage
-  (lanes * length / 7.5 m). (Pure Greenshields would let a lone car slow itself.)
+  congested branch: v = v_free below the critical occupancy o_c = n_c / n_jam
+  (TrafficModel.critical_occupancy), then falling linearly to v_min at jam, where
+  n_jam is the edge's storage (sim.network.STORAGE_RULE: lanes * floor((length +
+  2.5 m) / 7.5 m), as SUMO fits its cars). (Pure Greenshields would let a lone car
+  slow itself.)
 * A vehicle that reaches the stop line waits there until (a) its approach is
   green, (b) the edge's discharge rate allows another departure (saturation
   flow per lane, at most one vehicle per edge per second), and (c) its next
