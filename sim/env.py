@@ -124,7 +124,7 @@ def simulator_model(traffic: TrafficModel = TrafficModel()) -> dict:
     parameters and how edge storage is counted. Every checkpoint and sweep results file records it, so a run
     trained under one model is never resumed, reused or tabled beside one of another (a file or checkpoint
     without it was made before issue 21's storage fix: `UNRECORDED_MODEL`). Without a speed state (accel_mps2 0)
-    its two parameters are left out, so results recorded before the option existed still match the same dynamics."""
+    its three parameters are left out, so results recorded before the option existed still match the same dynamics."""
     params = dataclasses.asdict(traffic)
     if not traffic.accel_mps2:
         del params["accel_mps2"], params["turn_speed_mps"], params["queue_exit_speed_mps"]
@@ -484,13 +484,13 @@ class RouteChoiceEnv:
         speed = edge_speed(count, params)
         # The speed each vehicle reaches its line with: nothing after standing there a tick (marked below, past the line).
         stood = at_line & (state.veh_pos > length)
+        idle_line = state.discharge_credit[edge] >= 1.0 + params.edge_discharge[edge] - 1e-6  # a full bucket: nobody left last tick
         if params.accel_mps2:
-            idle_line = state.discharge_credit[edge] >= 1.0 + params.edge_discharge[edge] - 1e-6  # a full bucket: nobody left last tick
             queued = jnp.where(idle_line, 0.0, params.queue_exit_speed_mps)
             arrive_speed = jnp.where(in_depot, 0.0, jnp.where(stood, queued, state.veh_speed))
         else:
             arrive_speed = jnp.where(stood | in_depot, 0.0, speed[edge])
-        delay, entry_speed = self._junction_crossing(state, params, edge, target, in_depot, stood, arrive_speed)
+        delay, entry_speed = self._junction_crossing(params, edge, target, in_depot, stood, idle_line, arrive_speed)
         if params.accel_mps2:
             entry_speed = jnp.minimum(entry_speed, speed[target])
             # The delay is spent at the speed reached after the first tick (from a standstill there is no other).
@@ -561,7 +561,7 @@ class RouteChoiceEnv:
 
     # ----------------------------------------------------------------- reward (Eq. 32)
     @staticmethod
-    def _junction_crossing(state: EnvState, params: EnvParams, edge, target, in_depot, stood, arrive_speed):
+    def _junction_crossing(params: EnvParams, edge, target, in_depot, stood, idle_line, arrive_speed):
         """What crossing its junction costs each vehicle moving now: ([V] seconds lost, spent on its new edge, which it
         enters this far behind the stop line; [V] the speed it enters with), from TrafficModel's turn and start-up delays
         and turn speed. Without any of them: no delay, and the speed it arrived with.
@@ -572,7 +572,7 @@ class RouteChoiceEnv:
         only to the first vehicle away after the line was idle (a depot start, or the head of a queue released by
         green): the vehicles behind it discharge at the saturation flow, which already holds their start-up."""
         if not (params.turn_delay_s or params.startup_loss_s or params.accel_mps2):
-            return jnp.zeros_like(state.veh_pos), arrive_speed
+            return jnp.zeros_like(arrive_speed), arrive_speed
         incoming, outgoing = params.edge_dir[edge], params.edge_dir[target]
         cos = jnp.sum(incoming * outgoing, axis=-1)
         turning = (cos <= 0.866) & ~in_depot  # more than 30 degrees off straight
@@ -583,7 +583,6 @@ class RouteChoiceEnv:
         if params.turn_regain_m:
             turn_cost = turn_cost * jnp.minimum(1.0, params.edge_length[edge] / params.turn_regain_m)
         cruise = jnp.minimum(arrive_speed / params.edge_speed[edge], 1.0)
-        idle_line = state.discharge_credit[edge] >= 1.0 + params.edge_discharge[edge] - 1e-6  # a full bucket: nobody left last tick
         start = in_depot | (stood & idle_line)
         delay = jnp.where(turning, turn_cost * cruise, 0.0) + jnp.where(start, params.startup_loss_s, 0.0)
         return delay, jnp.where(turning, jnp.minimum(arrive_speed, params.turn_speed_mps), arrive_speed)
