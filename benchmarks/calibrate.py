@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -89,8 +90,6 @@ def sumo_reference(args: Args, workdir: Path) -> dict:
 def reused_reference(args: Args) -> dict:
     """SUMO's times from an earlier calibration (`--reuse-sumo`), which must have run the same cells on the same keys.
     SUMO's side does not depend on our parameters, so this only skips re-running it; a file of other keys is refused."""
-    import json
-
     earlier = json.loads(Path(args.reuse_sumo).read_text())
     same = ("scenarios", "regimes", "episodes", "seed", "n_agents")
     ours = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(args).items()}
@@ -167,13 +166,11 @@ def main(args: Args) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             reference = sumo_reference(args, Path(tmp))
     rows = []
-    grid = list(itertools.product(args.saturation_flow, args.critical_occupancy, args.min_speed_frac, args.teleport_s, args.speed_factor,
-                                  args.turn_delay_s, args.startup_loss_s, args.wide_turn_frac, args.turn_regain_m, args.accel_mps2, args.turn_speed_mps,
-                                  args.queue_exit_speed_mps))
-    for n, (sf, co, msf, tp, spf, td, sl, wt, rg, acc, tsp, qx) in enumerate(grid):
-        traffic = TrafficModel(saturation_flow=sf, critical_occupancy=co, min_speed_frac=msf, teleport_s=tp, speed_factor=spf, turn_delay_s=td,
-                               startup_loss_s=sl, wide_turn_frac=wt, turn_regain_m=rg, accel_mps2=acc, turn_speed_mps=tsp,
-                               queue_exit_speed_mps=qx)
+    # Every TrafficModel parameter has an Args field of its name holding the values to try, in the model's order.
+    names = [f.name for f in dataclasses.fields(TrafficModel)]
+    grid = list(itertools.product(*(getattr(args, name) for name in names)))
+    for n, values in enumerate(grid):
+        traffic = TrafficModel(**dict(zip(names, values)))
         ours = {cell: jax_travel_time(*cell.split("/"), traffic, args) for cell in reference}
         scored = score(ours, reference, args.rho_weight)
         rows.append({"traffic": dataclasses.asdict(traffic), "jax_travel_time_s": {c: o["mean"] for c, o in ours.items()},
