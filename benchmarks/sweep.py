@@ -37,11 +37,12 @@ import tyro
 
 from benchmarks.common import RESULTS, machine, write_json
 from reled_jax.evaluate import MAX_TEST_STEPS, TEST_EPISODES, TEST_SEED, evaluate_policies, evaluate_seeds_modes, reference_policies, untrained_policies
+from reled_jax import checkpoint
 from reled_jax.checkpoint import read_checkpoint
 from reled_jax.methods import METHODS, PAPER_BASELINES, PAPER_RELED, VA_RELED
 from reled_jax.reled import HybridPPOConfig
 from reled_jax.cluster import ClusterConfig, join_cluster
-from reled_jax.config import TrainConfig
+from reled_jax.config import TrainConfig, comparable
 from reled_jax.train import train, usage_errors
 from sim.env import describe_model, simulator_model
 from sim.scenarios import ScenarioChoice, load_scenario
@@ -93,6 +94,12 @@ class SweepConfig:
     # Re-read the training curves of finished cells from their run directories (where they still exist), e.g.
     # after CURVE_KEYS gained a metric; tests and everything else in a cell stay as they were.
     refresh_curves: bool = False
+    # QMIX checkpoints hold the replay buffer (~150 MB per seed at the default size), so an interrupted QMIX cell
+    # resumes mid-run to the same result; without it a QMIX cell restarts from epoch 0.
+    qmix_keep_buffer: bool = False
+    # Say where the sweep stands and train nothing: each cell tested, trained to some epoch, or not started, with
+    # an estimate of the training left (`plan`).
+    plan: bool = False
 
     def grid(self) -> list[tuple[str, str, int, str]]:
         if self.experiment not in EXPERIMENTS:
@@ -125,7 +132,8 @@ class SweepConfig:
         name = ScenarioChoice(scenario).scenario_name  # a scenario file's or extract's name, not its path
         run = Path(self.runs_dir) / self.budget / f"{name}-{regime}-a{n_agents}-{method}-x{self.seeds}"
         return dataclasses.replace(TrainConfig.of(scenario=scenario, regime=regime, method=method, n_agents=n_agents, seeds=self.seeds, seed=0, out=str(run), resume=True,
-                                                  alpha_schedule=self.alpha_schedule, **BUDGETS[self.budget]), cluster=self.cluster)
+                                                  alpha_schedule=self.alpha_schedule, qmix_keep_buffer=self.qmix_keep_buffer,
+                                                  **BUDGETS[self.budget]), cluster=self.cluster)
 
 
 CURVE_KEYS = ("interaction_steps", "wall_s", "episode_reward", "travel_time", "arrival_rate", "dtw_m", "alpha", "expert_reward", "execution_rate", "entropy", "expert_share")
@@ -268,6 +276,80 @@ def write_merged(out: Path, result: dict) -> dict:
     return result
 
 
+def plan(cfg: SweepConfig) -> dict:
+    """Where a sweep stands, trained nothing: for each cell of its grid, "tested" (in the results file),
+    "partial" (its run directory's checkpoint reached some epoch: the sweep resumes there, or "trained" when it
+    reached the last and only the test episodes are left), "foreign" (a checkpoint of another configuration,
+    which training refuses) or "not started"; and the training time left.
+
+    The estimate is rough: a partial cell's own seconds per epoch so far times the epochs left; a cell not
+    started, the mean training time of the tested cells of the same method in every sweep file of the same
+    settings in the results folder (else of all those cells; else unknown). Cells that shared the cores with other
+    work took longer, and agent counts differ."""
+    grid = cfg.grid()
+    out = cfg.out_path
+    disk = json.loads(out.read_text()) if out.exists() else {}
+    settings = {"budget_config": budget_key(cfg), "seeds": cfg.seeds, "episodes": cfg.episodes}
+    tested = {cell_key(c): c for c in disk.get("cells", [])} if disk and same_settings(disk, settings) else {}
+    runs: dict[str, dict] = {}  # by run directory: a cell two experiments share is counted once
+    for path in sorted(out.parent.glob("sweep_*.json")):  # this budget's other experiments share its pace
+        other = json.loads(path.read_text())
+        runs |= {c["run_dir"]: c for c in other.get("cells", [])} if same_settings(other, settings) else {}
+    walls: dict[str, list[float]] = {}
+    for c in runs.values():
+        walls.setdefault(c["method"], []).append(c["train_wall_s"])
+    every = [w for ws in walls.values() for w in ws]
+    rows = []
+    for scenario, regime, n_agents, method in grid:
+        key = f"{scenario}/{regime}/a{n_agents}/{method}"
+        tcfg = cfg.train_config(scenario, regime, n_agents, method).resolved()
+        row = {"cell": key, "epochs": tcfg.ppo.epochs, "epoch": 0, "left_s": None, "basis": ""}
+        ckpt = tcfg.out_dir / checkpoint.FILENAME
+        if key in tested:
+            row |= {"state": "tested", "epoch": tcfg.ppo.epochs, "left_s": 0.0, "train_wall_s": tested[key]["train_wall_s"]}
+        elif ckpt.exists():
+            meta, _ = checkpoint.read(ckpt, with_arrays=False)
+            theirs, ours = comparable(meta["config"]), comparable(tcfg)
+            if not tcfg.ppo.decision_share:  # measured when training starts (reled_jax.train), so a checkpoint holds the measured share
+                theirs.pop("decision_share", None), ours.pop("decision_share", None)
+            if theirs != ours:
+                row |= {"state": "foreign", "basis": f"{ckpt} was written by another configuration: move it away or use another --runs-dir"}
+            else:
+                epoch, wall = meta["epoch"], meta["wall"]
+                row |= {"state": "trained" if epoch >= tcfg.ppo.epochs else "partial", "epoch": epoch,
+                        "left_s": wall / max(epoch, 1) * (tcfg.ppo.epochs - epoch), "basis": "its own pace"}
+        else:
+            row["state"] = "not started"
+            if method in walls:
+                row |= {"left_s": float(np.mean(walls[method])), "basis": f"mean of {len(walls[method])} tested {method} cell(s) of this budget"}
+            elif every:
+                row |= {"left_s": float(np.mean(every)), "basis": f"mean of all {len(every)} tested cell(s) of this budget"}
+        rows.append(row)
+    known = [r["left_s"] for r in rows if r["left_s"] is not None]
+    return {"out": str(out), "rows": rows, "tested": sum(r["state"] == "tested" for r in rows), "left_s": float(sum(known)),
+            "unknown": sum(r["left_s"] is None for r in rows),
+            "other_model": bool(disk) and disk.get("simulator") != simulator_model(), "file_model": disk.get("simulator")}
+
+
+def print_plan(cfg: SweepConfig, p: dict) -> None:
+    print(f"[sweep {cfg.experiment}/{cfg.budget}] {p['out']}: {p['tested']} of {len(p['rows'])} cells tested")
+    width = max(len(r["cell"]) for r in p["rows"])
+    for r in p["rows"]:
+        state = {"tested": f"tested (trained in {r.get('train_wall_s', 0):,.0f} s)", "partial": f"trained to epoch {r['epoch']} of {r['epochs']}",
+                 "trained": "trained, not tested", "foreign": "another configuration's checkpoint", "not started": "not started"}[r["state"]]
+        left = "" if r["state"] in ("tested", "foreign") else ("unknown" if r["left_s"] is None else f"~{r['left_s']:,.0f} s")
+        basis = f"  ({r['basis']})" if r["basis"] and r["state"] != "foreign" else ""
+        print(f"  {r['cell']:<{width}}  {state:<36} {left}{basis}")
+        if r["state"] == "foreign":
+            print(f"  {'':<{width}}  {r['basis']}")
+    unknown = f", and {p['unknown']} cell(s) with no estimate" if p["unknown"] else ""
+    print(f"training left: ~{p['left_s'] / 3600:.1f} h{unknown} (rough: paces differ with what else shares the machine)")
+    if p["other_model"]:
+        print(f"note: this file's cells were made under another simulator model ({describe_model(p['file_model'])}); this code's is "
+              f"{describe_model(simulator_model())}, so it will not add cells to it: continue it from a checkout of that model, or "
+              "write elsewhere with --tag NAME (or --out FILE) and --runs-dir DIR")
+
+
 def _cli_args(cfg: SweepConfig) -> str:
     args = [f"--experiment {cfg.experiment}", f"--budget {cfg.budget}", f"--seeds {cfg.seeds}"]
     for name in ("methods", "scenarios", "regimes", "n_agents"):
@@ -281,12 +363,17 @@ def _cli_args(cfg: SweepConfig) -> str:
         args.append(f"--runs-dir {cfg.runs_dir}")
     if cfg.refresh_curves:
         args.append("--refresh-curves")
+    if cfg.qmix_keep_buffer:
+        args.append("--qmix-keep-buffer")
     return " ".join(args)
 
 
 def main() -> None:
     with usage_errors():
         cfg = tyro.cli(SweepConfig, description=__doc__)
+        if cfg.plan:
+            print_plan(cfg, plan(cfg))
+            return
         join_cluster(cfg.cluster)
         sweep(cfg)
 

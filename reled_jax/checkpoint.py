@@ -158,8 +158,10 @@ def write(path: Path, meta: dict, trees: dict) -> None:
     os.replace(tmp, path)
 
 
-def read(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
-    """(metadata, arrays by name) of a checkpoint, or a one-line CheckpointError saying what is wrong."""
+def read(path: str | Path, with_arrays: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
+    """(metadata, arrays by name) of a checkpoint, or a one-line CheckpointError saying what is wrong.
+    `with_arrays=False` reads the metadata alone (the arrays dict is empty): a look at a run's epoch need not load
+    its hundreds of megabytes."""
     path = Path(path)
     if path.is_dir():
         path = path / FILENAME
@@ -172,7 +174,7 @@ def read(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
         raise CheckpointError(f"{path} is a pickle; pickles are never loaded (they can run code): pass a checkpoint.npz written by reled_jax.train")
     try:
         with np.load(path, allow_pickle=False) as f:
-            arrays = {name: f[name] for name in f.files}
+            arrays = {name: f[name] for name in f.files if with_arrays or name == META}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: {str(err)[:80]}); it is empty, truncated or another kind of file") from None
     if META not in arrays:

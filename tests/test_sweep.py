@@ -329,3 +329,52 @@ def test_the_setting_gives_a_range_of_interaction_steps_when_maps_differ():
     two_maps, one_map = report.setting({"two_maps": sweep([500_000, 1_400_000]), "one_map": sweep([600_000, 700_000])})[2:4]
     assert "500,000–1,400,000 interaction steps with 10 agents, 100%–280% of the paper's" in two_maps
     assert "≈650,000 interaction steps with 10 agents, 130% of the paper's" in one_map
+
+
+def test_the_plan_says_what_each_cell_has_and_estimates_the_training_left(tmp_path, capsys):
+    """`--plan` trains nothing: tested cells from the results file, partial ones from their checkpoint's epoch and
+    pace, foreign checkpoints named, cells not started priced at the mean of this budget's tested cells of their method."""
+    from benchmarks.sweep import budget_key, plan, print_plan
+    from reled_jax import checkpoint
+    from reled_jax.config import saved_config
+    from sim.env import simulator_model
+
+    results = tmp_path / "results"
+    results.mkdir()
+    cfg = SweepConfig(experiment="table4", budget="small", seeds=2, methods=("reled", "reled-logit", "ippo", "mappo"), scenarios=("oakland",),
+                      regimes=("moderate",), n_agents=(4,), runs_dir=str(tmp_path / "runs"), out=str(results / "sweep_table4_small.json"), qmix_keep_buffer=True)
+    assert cfg.train_config("oakland", "moderate", 4, "qmix").run.qmix_keep_buffer  # an interrupted QMIX cell can resume
+
+    def cell(method, wall, run):
+        return {"scenario": "oakland", "regime": "moderate", "n_agents": 4, "method": method, "train_wall_s": wall, "run_dir": run}
+
+    def sweep_file(name, cells, seeds=2, simulator=simulator_model()):
+        (results / name).write_text(json.dumps({"budget_config": budget_key(cfg), "seeds": seeds, "episodes": cfg.episodes, "simulator": simulator, "cells": cells}))
+
+    sweep_file("sweep_table4_small.json", [cell("reled", 30.0, "r")])
+    # ippo's pace comes from the other files of these settings; a run two files share counts once, another seed count not at all.
+    sweep_file("sweep_fig4_small.json", [cell("ippo", 10.0, "a"), cell("ippo", 20.0, "b")])
+    sweep_file("sweep_fig8_small.json", [cell("ippo", 10.0, "a")])
+    sweep_file("sweep_fig4_small_x3.json", [cell("ippo", 1_000.0, "c")], seeds=3)
+
+    def write_checkpoint(method, epoch, wall, **flags):
+        tcfg = cfg.train_config("oakland", "moderate", 4, method).resolved()
+        saved = tcfg.set(**flags)  # as train() saves it: the measured decision share filled in
+        tcfg.out_dir.mkdir(parents=True)
+        checkpoint.write(tcfg.out_dir / checkpoint.FILENAME, {"config": saved_config(saved), "epoch": epoch, "wall": wall}, {})
+
+    write_checkpoint("reled-logit", 5, 10.0, decision_share=0.3)
+    write_checkpoint("mappo", 5, 10.0, lr=1e-3)
+    p = plan(cfg)
+    rows = {r["cell"].split("/")[-1]: r for r in p["rows"]}
+    assert {m: r["state"] for m, r in rows.items()} == {"reled": "tested", "reled-logit": "partial", "ippo": "not started", "mappo": "foreign"}
+    assert rows["reled-logit"]["epoch"] == 5 and rows["reled-logit"]["left_s"] == pytest.approx(10.0 / 5 * (20 - 5))
+    assert rows["ippo"]["left_s"] == pytest.approx(15.0)
+    assert rows["mappo"]["left_s"] is None and "another configuration" in rows["mappo"]["basis"]
+    assert p["tested"] == 1 and p["unknown"] == 1 and p["left_s"] == pytest.approx(30.0 + 15.0) and not p["other_model"]
+    print_plan(cfg, p)
+    printed = capsys.readouterr().out
+    assert "1 of 4 cells tested" in printed and "trained to epoch 5 of 20" in printed and "1 cell(s) with no estimate" in printed
+    # A file of another simulator model: the plan still reads it, and says this code will not add to it.
+    sweep_file("sweep_table4_small.json", [cell("reled", 30.0, "r")], simulator=simulator_model() | {"storage": "one car per edge"})
+    assert plan(cfg)["other_model"]
