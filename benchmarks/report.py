@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 import tyro  # noqa: E402
 
 from benchmarks.common import RESULTS, ci95  # noqa: E402
-from benchmarks.sweep import same_settings  # noqa: E402
+from benchmarks.sweep import EXPERIMENTS, cell_key, same_settings  # noqa: E402
 from reled_jax.methods import METHODS, VA_RELED  # noqa: E402
 from reled_jax.reled import HybridPPOConfig  # noqa: E402
 from sim.env import describe_model  # noqa: E402
@@ -675,9 +675,22 @@ def section_learned(sweeps: dict, probe: dict | None) -> list[str]:
                      "restarting the lockstep environments apart (`--stagger-steps`), longer rollouts or one minibatch did not close the gap"
                      + (f", four times the demonstrations made it worse ({g(v['demos-4']):,.0f})" if "demos-4" in v else "")
                      + (f", and the literal Eq. 30, which starts without imitation, reached {g(v['eq30']):,.0f} on this seed." if "eq30" in v else "."))
-    notes.append("- Where the small budget left verdicts unresolved, the paper-budget cells above decide some; the remaining cells of Fig. 4, Table IV and Fig. 8 at the paper's "
-                  f"budget are not run yet ({min(minutes):.0f}–{max(minutes):.0f} minutes of training per cell of 5 seeds so far on this 2-core CPU; the sweep resumes from its JSON).")
+    notes.append("- Where the small budget left verdicts unresolved, the paper-budget cells above decide some. Paper-budget cells tested so far (one that another "
+                 f"experiment ran with the same settings counts): {paper_coverage(sweeps)}. The rest are not run yet ({min(minutes):.0f}–{max(minutes):.0f} minutes of "
+                 "training per cell of 5 seeds so far on this 2-core CPU); `python -m benchmarks.sweep --experiment NAME --budget paper --plan` lists them with an "
+                 "estimate of the training left, and the sweep resumes from its JSON and run directories.")
     return lines + notes + [""]
+
+
+def paper_coverage(sweeps: dict) -> str:
+    """How many cells of each experiment's grid (benchmarks.sweep.EXPERIMENTS) a paper-budget file of today's RELED
+    holds: "fig4 9 of 20, table4 10 of 12, ..."."""
+    done = {cell_key(c) for r in sweeps.values() if r["budget"] == "paper" and not method_form(r) for c in r["cells"]}
+    counts = []
+    for name, spec in EXPERIMENTS.items():
+        grid = {f"{s}/{g}/a{n}/{m}" for m in spec["methods"] for s in spec["scenarios"] for g in spec["regimes"] for n in spec["n_agents"]}
+        counts.append(f"{name} {len(grid & done)} of {len(grid)}")
+    return ", ".join(counts)
 
 
 def setting(sweeps: dict) -> list[str]:

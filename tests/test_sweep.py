@@ -269,6 +269,8 @@ def test_what_we_learned_sets_the_paper_budget_beside_the_small_one_and_each_rea
     assert "RELED tests at 1,000 ± 12 on Hong Kong – moderate against the text reading's -500, above IPPO's (700 ± 12)" in learned
     # The ranges of interaction steps and training minutes come from the paper-budget cells (both files).
     assert "(500 epochs, 3.0–9.0 × 10⁵ steps" in learned and "(2–50 minutes of training per cell" in learned
+    # Coverage counts today's RELED's paper-budget cells against each experiment's grid, whichever file holds them (not eq30's).
+    assert "counts): fig4 2 of 20, table4 2 of 12, table4-va 1 of 12, fig8 2 of 28." in learned
 
 
 def test_two_sweeps_writing_one_file_keep_each_others_cells(tmp_path):
