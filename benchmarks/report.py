@@ -405,7 +405,8 @@ def section_table4(result: dict, name: str) -> list[str]:
                 versus = f"paper {paper[0][0]:,.0f}" if paper else "–"
             row += [f"{fmt(r, rsd)} {drop}", versus, f"{fmt(t, tsd)} {rise}"]
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", f"'ours: above/below full': the variant's test reward against {LABELS[full_m]} with non-overlapping 95 % CIs over seeds; "
+    lines += ["", "Rewards and times are mean ± SD over seeds (the paper's Table IV gives mean ± SD over runs). "
+              f"'ours: above/below full': the variant's test reward against {LABELS[full_m]} with non-overlapping 95 % CIs over seeds; "
               f"'CIs overlap': no difference shown. Drop/rise % are relative to {LABELS[full_m]}, as in the paper (negative reward % = lower reward).", ""]
     return lines
 
