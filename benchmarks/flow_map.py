@@ -155,6 +155,8 @@ def main(args: FlowArgs) -> dict:
         "benchmark": "flow_map", "checkpoint": str(args.checkpoint), "scenario": run["scenario"], "regime": run["regime"], "method": run["method"],
         "epoch": ck["epoch"], "expert": backend, "episodes": args.episodes, "agents": mode, "agreement": score,
         "flow_expert": flow_expert.round(4).tolist(), "flow_agents": flow_agents.round(4).tolist(), "machine": machine(),
+        # The dynamics the flows were played on (this code's), and those the policy was trained on (its checkpoint's).
+        "simulator": simulator_model(), "trained_on": ck["meta"].get("simulator"),
         "command": f"python -m benchmarks.flow_map --checkpoint {args.checkpoint} --episodes {args.episodes}" + (" --greedy" if args.greedy else ""),
     }
     write_json(out.with_suffix(".json"), result)

@@ -535,7 +535,10 @@ def section_flow_maps(folder: Path) -> tuple[list[str], list[str]]:
     lines, claims = ["### Fig. 6: traffic flow of expert demonstrations and trained agents", ""], []
     for stem, m in maps.items():
         a = m["agreement"]
-        lines += [f"`{m['command']}` ({m['method']}, epoch {m['epoch']}, agents {m['agents']}, expert {m['expert']}, {m['episodes']} episodes each):", "",
+        model = f"simulator model: {describe_model(m.get('simulator'))}"  # files from before the record: unrecorded
+        if "simulator" in m:
+            model += "; the policy trained on " + ("the same model" if m["trained_on"] == m["simulator"] else describe_model(m["trained_on"]))
+        lines += [f"`{m['command']}` ({m['method']}, epoch {m['epoch']}, agents {m['agents']}, expert {m['expert']}, {m['episodes']} episodes each; {model}):", "",
                   f"![{stem}]({stem}.png)", "",
                   f"Flow agreement (cosine) {a['cosine']:.2f}; roads used: expert {a['roads_expert']}, agents {a['roads_agents']}, both {a['roads_both']}; "
                   f"{a['expert_flow_on_agent_roads']:.0%} of the expert's flow runs on roads the agents use too.", ""]

@@ -380,3 +380,22 @@ def test_the_plan_says_what_each_cell_has_and_estimates_the_training_left(tmp_pa
     # A file of another simulator model: the plan still reads it, and says this code will not add to it.
     sweep_file("sweep_table4_small.json", [cell("reled", 30.0, "r")], simulator=simulator_model() | {"storage": "one car per edge"})
     assert plan(cfg)["other_model"]
+
+
+def test_the_flow_map_section_names_the_model_it_was_played_on_and_the_one_the_policy_trained_on(tmp_path):
+    from sim.env import describe_model, simulator_model
+
+    base = {"command": "python -m benchmarks.flow_map", "method": "reled", "epoch": 40, "agents": "sampled", "expert": "planner", "episodes": 2,
+            "scenario": "hongkong", "regime": "moderate",
+            "agreement": {"cosine": 0.9, "roads_expert": 10, "roads_agents": 9, "roads_both": 8, "expert_flow_on_agent_roads": 0.95}}
+    other = simulator_model() | {"storage": "one car per edge"}
+    for stem, extra in {"fig6_same": {"simulator": simulator_model(), "trained_on": simulator_model()}, "fig6_other": {"simulator": simulator_model(), "trained_on": other},
+                        "fig6_old": {}}.items():
+        (tmp_path / f"{stem}.json").write_text(json.dumps(base | extra))
+    lines, claims = report.section_flow_maps(tmp_path)
+    text = "\n".join(lines)
+    now = describe_model(simulator_model())
+    assert f"simulator model: {now}; the policy trained on the same model)" in text
+    assert f"simulator model: {now}; the policy trained on {describe_model(other)})" in text
+    assert f"simulator model: {describe_model(None)})" in text  # a file from before the record
+    assert len(claims) == 3 and all("| holds |" in c for c in claims)
