@@ -64,8 +64,8 @@ fig6: $(TRAIN_RUN)/checkpoint.npz
 	$(BIN)/python -m benchmarks.flow_map --checkpoint $(TRAIN_RUN)/checkpoint.npz
 
 animation: $(TRAIN_RUN)/checkpoint.npz
-	$(BIN)/python -m sim.render --checkpoint $(TRAIN_RUN)/checkpoint.npz --out benchmarks/results/episode_hongkong-moderate_reled.gif
-	$(BIN)/python -m sim.render --scenario hongkong --regime moderate --policy shortest --out benchmarks/results/episode_hongkong-moderate_shortest.gif
+	$(BIN)/python -m sim.render --checkpoint $(TRAIN_RUN)/checkpoint.npz --out benchmarks/results/episode_hongkong-moderate_reled.gif --every 20
+	$(BIN)/python -m sim.render --scenario hongkong --regime moderate --policy shortest --out benchmarks/results/episode_hongkong-moderate_shortest.gif --every 20
 
 report: $(STAMP)
 	$(BIN)/python -m benchmarks.report

@@ -30,6 +30,7 @@ from reled_jax.checkpoint import read_checkpoint
 from reled_jax.evaluate import TEST_SEED
 from reled_jax.networks import MLP, observe
 from reled_jax.reled import policy_apply
+from sim.env import simulator_model
 from sim.render import road_segments
 from sim.scenarios import load_scenario
 

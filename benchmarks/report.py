@@ -749,10 +749,11 @@ def write_report(cfg: ReportConfig) -> Path:
              "The paper (`../shared/paper/reled_paper.txt`, Section V) trains 500 epochs × 1,000 interaction steps with 3 runs in SUMO on Orlando and Hong Kong; "
              "we train in our JAX simulator (calibrated against SUMO, see `fidelity.json`) on Hong Kong (Sha Tin) and a 131-junction grid that stands in for Orlando, "
              "with the offline planner expert in place of GPT-3.5 (no LLM is reachable from the machines these ran on). "
-             "The small-budget sweeps below ran on the traffic model before issue 21's junction delays; the paper-budget cells, Fig. 6 and the animations "
+             "The small-budget sweeps below ran on the traffic model before issue 21's junction delays; the paper-budget cells "
              "on its first junction-delay model (1.5 s per turn, gridlock released after 60 s: `calibration_before_storage.json`). "
-             "The current model came after all of them: short links hold as many cars as in SUMO, recalibrated (`calibration.json`), "
-             "which brought free-flow trips on both maps within 5 % of SUMO's; how alike the two rank the agents under load still misses its goal (`fidelity.json`, docs/sumo.md).", ""]
+             "The current model came after them: short links hold as many cars as in SUMO, recalibrated (`calibration.json`), "
+             "which brought free-flow trips on both maps within 5 % of SUMO's; how alike the two rank the agents under load still misses its goal (`fidelity.json`, docs/sumo.md). "
+             "Fig. 6 and the animations are on the current model (the Fig. 6 line names it).", ""]
     claims: list[str] = []
     for name, result in sweeps.items():
         stem = name.replace("sweep_", "")
