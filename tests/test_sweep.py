@@ -55,6 +55,16 @@ def test_sweep_evaluates_every_seed_like_evaluate_and_reuses_finished_runs(tmp_p
     refreshed = sweep(dataclasses.replace(cfg, refresh_curves=True))
     assert json.dumps(refreshed["cells"]) == json.dumps(result["cells"]) and ck.stat().st_mtime_ns == mtime
 
+    # Fig. 6 from the trained run: the flows, written with the model they were played on and the one the run trained on.
+    from benchmarks.flow_map import FlowArgs
+    from benchmarks.flow_map import main as flow_map
+    from sim.env import simulator_model
+
+    fig6 = flow_map(FlowArgs(checkpoint=str(ck), episodes=2, steps=300, out=str(tmp_path / "fig6.png")))
+    saved = json.loads((tmp_path / "fig6.json").read_text())
+    assert saved["simulator"] == saved["trained_on"] == simulator_model() and saved["agreement"] == fig6["agreement"]
+    assert sum(saved["flow_expert"]) > 0 and sum(saved["flow_agents"]) > 0 and (tmp_path / "fig6.png").stat().st_size > 0
+
     # Runs trained under another simulator model are not reused, even into a new results file: the run
     # directory's checkpoint records the model, and resuming it under other dynamics is refused.
     import reled_jax.train
