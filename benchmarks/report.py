@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 import tyro  # noqa: E402
 
 from benchmarks.common import RESULTS, ci95  # noqa: E402
-from benchmarks.sweep import EXPERIMENTS, cell_key, same_settings  # noqa: E402
+from benchmarks.sweep import EXPERIMENTS, SweepConfig, cell_key, grid_key, same_settings  # noqa: E402
 from reled_jax.methods import METHODS, VA_RELED  # noqa: E402
 from reled_jax.reled import HybridPPOConfig  # noqa: E402
 from sim.env import describe_model  # noqa: E402
@@ -691,8 +691,8 @@ def paper_coverage(sweeps: dict) -> str:
     holds: "fig4 9 of 20, table4 10 of 12, ..."."""
     done = {cell_key(c) for r in sweeps.values() if r["budget"] == "paper" and not method_form(r) for c in r["cells"]}
     counts = []
-    for name, spec in EXPERIMENTS.items():
-        grid = {f"{s}/{g}/a{n}/{m}" for m in spec["methods"] for s in spec["scenarios"] for g in spec["regimes"] for n in spec["n_agents"]}
+    for name in EXPERIMENTS:
+        grid = {grid_key(*cell) for cell in SweepConfig(experiment=name).grid()}
         counts.append(f"{name} {len(grid & done)} of {len(grid)}")
     return ", ".join(counts)
 

@@ -182,8 +182,13 @@ def references(cfg: SweepConfig, scenario: str, regime: str, n_agents: int) -> d
                    "episode_reward": np.mean(r["per_agent"]["reward"], axis=1).tolist()} for name, r in res.items()}
 
 
+def grid_key(scenario: str, regime: str, n_agents: int, method: str) -> str:
+    """A cell's name in a results file: "grid/moderate/a10/reled"."""
+    return f"{scenario}/{regime}/a{n_agents}/{method}"
+
+
 def cell_key(c: dict) -> str:
-    return f"{c['scenario']}/{c['regime']}/a{c['n_agents']}/{c['method']}"
+    return grid_key(c["scenario"], c["regime"], c["n_agents"], c["method"])
 
 
 def sweep(cfg: SweepConfig) -> dict:
@@ -205,7 +210,7 @@ def sweep(cfg: SweepConfig) -> dict:
     writer = jax.process_index() == 0  # other processes of a cluster only train their share of each cell's seeds
     t_start = time.perf_counter()
     for i, (scenario, regime, n_agents, method) in enumerate(grid):
-        key = f"{scenario}/{regime}/a{n_agents}/{method}"
+        key = grid_key(scenario, regime, n_agents, method)
         env_key = f"{scenario}/{regime}/a{n_agents}"
         print(f"[sweep {cfg.experiment}/{cfg.budget}] cell {i + 1}/{len(grid)}: {key} ({time.perf_counter() - t_start:.0f} s so far)", flush=True)
         if writer and env_key not in result["references"]:
@@ -301,7 +306,7 @@ def plan(cfg: SweepConfig) -> dict:
     every = [w for ws in walls.values() for w in ws]
     rows = []
     for scenario, regime, n_agents, method in grid:
-        key = f"{scenario}/{regime}/a{n_agents}/{method}"
+        key = grid_key(scenario, regime, n_agents, method)
         tcfg = cfg.train_config(scenario, regime, n_agents, method).resolved()
         row = {"cell": key, "epochs": tcfg.ppo.epochs, "epoch": 0, "left_s": None, "basis": ""}
         ckpt = tcfg.out_dir / checkpoint.FILENAME
