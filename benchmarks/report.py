@@ -26,6 +26,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import tyro  # noqa: E402
 
+from scipy import stats  # noqa: E402
+
 from benchmarks.common import RESULTS, ci95  # noqa: E402
 from benchmarks.sweep import EXPERIMENTS, SweepConfig, cell_key, grid_key, same_settings  # noqa: E402
 from reled_jax.methods import METHODS, VA_RELED  # noqa: E402
@@ -475,6 +477,33 @@ def section_agreement(agreements: dict[str, dict]) -> tuple[list[str], list[str]
     return lines, claims
 
 
+def agreement_lesson(agreements: dict[str, dict]) -> list[str]:
+    """Does ending close to the expert go with a high test reward, across methods, whether or not they were shown
+    demonstrations? Spearman rho between each trained method's argmax agreement and its greedy test reward, per
+    paper-budget agreement run of the plain sweep (no label)."""
+    parts, rhos, closer = [], [], []
+    for r in agreements.values():
+        trained = {m: row for m, row in r["methods"].items() if m != "initial"}
+        if r["budget"] != "paper" or r["label"] or len(trained) < 3:
+            continue
+        agree = {m: row["argmax_agreement"][0] for m, row in trained.items()}
+        rhos.append(stats.spearmanr(list(agree.values()), [row["test_reward"][0] for row in trained.values()]).statistic)
+        where = MAP_NAMES.get(r["scenario"], r["scenario"])
+        parts.append(f"{where} ρ = {rhos[-1]:.2f} over {len(trained)} methods")
+        if "reled" in agree:
+            untaught = [m for m in agree if not METHODS[m].uses_expert and agree[m] > agree["reled"]]
+            if untaught:
+                closer.append(f"{where}: " + ", ".join(f"{LABELS.get(m, m)} {agree[m]:.2f}" for m in untaught) + f" against RELED (full)'s {agree['reled']:.2f}")
+    if not parts:
+        return []
+    headline = ("Ending close to the expert goes with a high reward." if min(rhos) >= 0.5 else
+                "How closely agents follow the expert does not predict their reward everywhere.")
+    return [f"- **{headline}** At the paper's budget, Spearman ρ between how often a method's agents choose the planner expert's action "
+            f"(argmax agreement) and its greedy test reward, across methods: {'; '.join(parts)}."
+            + (f" Methods that never saw a demonstration agree with the expert more than RELED does ({'; '.join(closer)}): learning finds "
+               "the expert's routes on its own, and RELED's imitation term does not make its agents keep them." if closer else "")]
+
+
 def section_alpha_readings(folder: Path) -> list[str]:
     """The three readings of Eq. 30 side by side (paper-form RELED, one table4-style sweep and one agreement run
     per reading, in `alpha_schedule/`): which reading is the default and why, with the numbers."""
@@ -611,7 +640,7 @@ def section_table3_trained(folder: Path) -> list[str]:
     return lines + [""]
 
 
-def section_learned(sweeps: dict, probe: dict | None) -> list[str]:
+def section_learned(sweeps: dict, probe: dict | None, agreements: dict[str, dict]) -> list[str]:
     """What the measurements say about the paper's claims, in numbers taken from the results above."""
     paper = {k: v for k, v in sweeps.items() if v["budget"] == "paper" and v["experiment"] == "fig4"}
     small = {k: v for k, v in sweeps.items() if v["budget"] == "small" and v["experiment"] == "fig4" and "alpha_schedule" in v.get("budget_config", {})}
@@ -679,6 +708,7 @@ def section_learned(sweeps: dict, probe: dict | None) -> list[str]:
                      "restarting the lockstep environments apart (`--stagger-steps`), longer rollouts or one minibatch did not close the gap"
                      + (f", four times the demonstrations made it worse ({g(v['demos-4']):,.0f})" if "demos-4" in v else "")
                      + (f", and the literal Eq. 30, which starts without imitation, reached {g(v['eq30']):,.0f} on this seed." if "eq30" in v else "."))
+    notes += agreement_lesson(agreements)
     notes.append("- Where the small budget left verdicts unresolved, the paper-budget cells above decide some. Paper-budget cells tested so far (one that another "
                  f"experiment ran with the same settings counts): {paper_coverage(sweeps)}. The rest are not run yet ({min(minutes):.0f}–{max(minutes):.0f} minutes of "
                  "training per cell of 5 seeds so far on this 2-core CPU); `python -m benchmarks.sweep --experiment NAME --budget paper --plan` lists them with an "
@@ -832,14 +862,14 @@ def write_report(cfg: ReportConfig) -> Path:
                "A claim holds when RELED's 95 % confidence interval (over seeds) lies entirely above every compared method's; "
                "'does not hold' when some method's interval lies entirely above RELED's.", "",
                "| claim (paper Section V) | verdict | detail |", "|---|---|---|"] + claims + [""]
-    lines = lines[:4] + summary + section_learned(sweeps, probe) + setting(sweeps) + ["## Experiments", ""] + lines[4:] + [
+    lines = lines[:4] + summary + section_learned(sweeps, probe, agreements) + setting(sweeps) + ["## Experiments", ""] + lines[4:] + [
         "## Reproduce", "",
         "Small budget (fits a 2-core CPU, about 100 minutes for Fig. 4 and Table IV together):", "",
         "    python -m benchmarks.sweep --experiment fig4 --budget small --seeds 5",
         "    python -m benchmarks.sweep --experiment table4 --budget small --seeds 5",
         "    python -m benchmarks.sweep --experiment table4-va --budget small --seeds 5",
         "    python -m benchmarks.sweep --experiment fig8 --budget small --seeds 5 --tag gpu",
-        *(f"    {r['command']}" for r in agreements.values()),
+        *(f"    {r['command']}" for r in agreements.values() if r["budget"] != "paper"),
         "    python -m benchmarks.report", "",
         "Full scale (GPU or a long CPU run; seeds are vmapped and split over all visible devices):", "",
         "    python -m benchmarks.sweep --experiment fig4 --budget paper --seeds 5 --tag gpu",
@@ -847,6 +877,7 @@ def write_report(cfg: ReportConfig) -> Path:
         "    python -m benchmarks.sweep --experiment fig8 --budget paper --seeds 5 --tag gpu", "",
         "Measured at the paper's budget on this CPU so far (resumable; training times per cell are in the table of the paper-budget section):", "",
         *(f"    {c}" for s in sweeps.values() if s["budget"] == "paper" for c in s["command"].split("; ")),
+        *(f"    {r['command']}" for r in agreements.values() if r["budget"] == "paper"),
         *(["    python -m benchmarks.paper_preset"] if probe is not None else []), "",
     ]
     out = Path(cfg.out) if cfg.out else results_dir / "REPORT.md"

@@ -409,3 +409,23 @@ def test_the_flow_map_section_names_the_model_it_was_played_on_and_the_one_the_p
     assert f"simulator model: {now}; the policy trained on {describe_model(other)})" in text
     assert f"simulator model: {describe_model(None)})" in text  # a file from before the record
     assert len(claims) == 3 and all("| holds |" in c for c in claims)
+
+
+def test_the_agreement_lesson_ranks_methods_by_agreement_against_reward_and_names_untaught_ones_closer_to_the_expert():
+    def run(budget, label, rows):
+        methods = {"initial": {"argmax_agreement": [0.5, 0.01], "test_reward": [-2000.0, 10.0]}}
+        methods |= {m: {"argmax_agreement": [a, 0.01], "test_reward": [r, 10.0]} for m, (a, r) in rows.items()}
+        return {"budget": budget, "label": label, "scenario": "grid", "regime": "moderate", "methods": methods}
+
+    rows = {"reled": (0.70, -1000.0), "ippo": (0.80, -500.0), "qmix": (0.95, 700.0), "reled-va": (0.90, 500.0)}
+    [line] = report.agreement_lesson({"a": run("paper", "", rows)})
+    assert line.startswith("- **Ending close to the expert goes with a high reward.**") and "Grid (Orlando's stand-in) ρ = 1.00 over 4 methods" in line
+    # IPPO and QMIX never see a demonstration and agree more than RELED; RELED-Vᵃ does see them, so it is not named.
+    assert "(Grid (Orlando's stand-in): IPPO 0.80, QMIX 0.95 against RELED (full)'s 0.70)" in line
+    reversed_rows = {m: (a, -r) for m, (a, r) in rows.items()} | {"reled": (0.99, 1000.0)}
+    [line] = report.agreement_lesson({"a": run("paper", "", reversed_rows)})
+    assert "does not predict their reward" in line and "ρ = 0.20 over 4 methods" in line
+    assert "never saw a demonstration" not in line  # RELED now agrees most
+    # Only the plain paper-budget runs with at least three trained methods speak.
+    assert report.agreement_lesson({"a": run("small", "", rows), "b": run("paper", "a variant", rows),
+                                    "c": run("paper", "", {"reled": (0.7, 1.0), "ippo": (0.8, 2.0)})}) == []
