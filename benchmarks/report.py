@@ -194,7 +194,8 @@ def plot_agents(result: dict, path: Path, title: str, extra_cells: list[dict] = 
                 data.append(np.concatenate([t["episode_reward"] for t in match[0]["test"]]))
                 pos.append(i + (j - (len(methods) - 1) / 2) * width)
         if data:
-            bp = ax.boxplot(data, positions=pos, widths=width * 0.9, patch_artist=True, showfliers=False)
+            # fliers shown: with 5 seeds an outlier is often a whole seed that failed, which a reader must see
+            bp = ax.boxplot(data, positions=pos, widths=width * 0.9, patch_artist=True, flierprops={"markersize": 3})
             for box in bp["boxes"]:
                 box.set_facecolor(COLOURS.get(m, "gray"))
                 box.set_alpha(0.6)
