@@ -16,6 +16,8 @@ says how much of the simulator's speed training keeps (1.0: training costs nothi
     python -m benchmarks.train_throughput                                   # ippo, reled, qmix; 1 and 5 seeds
     python -m benchmarks.train_throughput --methods ippo --seeds 1 --epochs 50   # quick look
     python -m benchmarks.train_throughput --preset default                  # the default (make train) budget
+    python -m benchmarks.train_throughput --methods reled --seeds 5 --n-agents 100 200 --epochs 10 \
+        --out benchmarks/results/train_throughput_agents.json              # Fig. 8's large counts, projected
 
 One row per (method, device, seeds) in benchmarks/results/train_throughput.json (`_gpu.json` on a GPU).
 """
@@ -95,8 +97,9 @@ def rollout_seconds_per_epoch(cfg: TrainConfig, run_dir: Path, repeats: int = 3)
     return best
 
 
-def measure(method: str, seeds: int, preset: str, epochs: int | None, overrides: dict) -> dict:
-    cfg = TrainConfig.of(method=method, seeds=seeds, preset=preset)
+def measure(method: str, seeds: int, preset: str, epochs: int | None, overrides: dict, n_agents: int = 10) -> dict:
+    cfg = TrainConfig.of(method=method, seeds=seeds, preset=preset, n_agents=n_agents)
+    preset_epochs = cfg.resolved().ppo.epochs
     if epochs or overrides:  # the preset's budget with some fields changed
         cfg = cfg.resolved().set(preset="default", **overrides, **({"epochs": epochs} if epochs else {}))
     resolved = cfg.resolved()
@@ -110,8 +113,14 @@ def measure(method: str, seeds: int, preset: str, epochs: int | None, overrides:
     env_rate = bare_env_decisions_per_s(resolved)
     steps = summary["interaction_steps_per_seed"] * seeds
     rollout_s = rollout_epoch * resolved.ppo.epochs
+    # A shortened run (--epochs) projected to the preset's epochs: chunks, expert refreshes and checkpoints
+    # per epoch; the probe, compilation, set-up and closing test once. With --epochs a multiple of q (10)
+    # the short run holds RELED's expert refreshes in the same share as the full run.
+    per_epoch = timing["chunks_s"] + timing["expert_s"] + timing["checkpoint_s"]
+    projected = wall + per_epoch * (preset_epochs / resolved.ppo.epochs - 1)
     return {
         "method": method,
+        "n_agents": n_agents,
         "device": f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind}",
         "seeds": seeds,
         "budget": {k: resolved.get(k) for k in ("epochs", "n_envs", "rollout_steps", "update_epochs", "n_minibatches", "update_block", "lockstep", "carry_envs")},
@@ -119,6 +128,7 @@ def measure(method: str, seeds: int, preset: str, epochs: int | None, overrides:
         "update_rows_mean": summary.get("update_rows_mean"),
         "interaction_steps": int(steps),
         "paper_budget_seconds": round(wall, 2),
+        "projected_preset_seconds": round(projected, 1),
         "paper_budget_seconds_per_5e5_steps": round(wall * 5e5 / max(summary["interaction_steps_per_seed"], 1), 2),
         "interaction_steps_per_s": round(steps / timing["chunks_s"], 1),
         "interaction_steps_per_s_overall": round(steps / wall, 1),
@@ -144,6 +154,7 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 5])
     parser.add_argument("--preset", default="paper", choices=sorted(PRESETS))
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs (a shorter look)")
+    parser.add_argument("--n-agents", nargs="+", type=int, default=[10], help="agent counts to compare (Fig. 8's scale)")
     parser.add_argument("--n-envs", type=int, default=None)
     parser.add_argument("--rollout-steps", type=int, default=None)
     parser.add_argument("--update-block", nargs="+", type=int, default=[None], help="gradient accumulation block sizes to compare (0: capacity switch)")
@@ -158,11 +169,11 @@ def main() -> None:
         "command": "python -m benchmarks.train_throughput " + " ".join(sys.argv[1:]),
         "results": [],
     }
-    for method, seeds, block in [(m, s, b) for m in args.methods for s in args.seeds for b in args.update_block]:
+    for method, seeds, block, n_agents in [(m, s, b, n) for m in args.methods for s in args.seeds for b in args.update_block for n in args.n_agents]:
         overrides = base | ({} if block is None else {"update_block": block})
-        row = measure(method, seeds, args.preset, args.epochs, overrides)
+        row = measure(method, seeds, args.preset, args.epochs, overrides, n_agents)
         report["results"].append(row)
-        print(f"{method:6s} seeds={seeds} update_block={row['budget']['update_block']}: {row['paper_budget_seconds']:7.1f} s for {row['interaction_steps']:,} interaction steps; "
+        print(f"{method:6s} agents={n_agents} seeds={seeds} projected {row['projected_preset_seconds']:.0f} s; update_block={row['budget']['update_block']}: {row['paper_budget_seconds']:7.1f} s for {row['interaction_steps']:,} interaction steps; "
               f"{row['interaction_steps_per_s']:8.0f} steps/s in chunks vs bare env {row['env_decisions_per_s']:8.0f}/s "
               f"(ratio {row['train_over_env_ratio']:.2f}); split {row['time_split_s']}", flush=True)
         write_json(out, report)
