@@ -288,9 +288,9 @@ def plan(cfg: SweepConfig) -> dict:
     which training refuses) or "not started"; and the training time left.
 
     The estimate is rough: a partial cell's own seconds per epoch so far times the epochs left; a cell not
-    started, the mean training time of the tested cells of the same method in every sweep file of the same
-    settings in the results folder (else of all those cells; else unknown). Cells that shared the cores with other
-    work took longer, and agent counts differ."""
+    started, the mean training time of the tested cells of the same method at the nearest agent count in every
+    sweep file of the same settings in the results folder, scaled in proportion to the agents (else the mean of
+    all those cells; else unknown). Cells that shared the cores with other work took longer."""
     grid = cfg.grid()
     out = cfg.out_path
     disk = json.loads(out.read_text()) if out.exists() else {}
@@ -300,10 +300,10 @@ def plan(cfg: SweepConfig) -> dict:
     for path in sorted(out.parent.glob("sweep_*.json")):  # this budget's other experiments share its pace
         other = json.loads(path.read_text())
         runs |= {c["run_dir"]: c for c in other.get("cells", [])} if same_settings(other, settings) else {}
-    walls: dict[str, list[float]] = {}
+    walls: dict[str, list[tuple[int, float]]] = {}  # method -> (agents, training seconds) of its tested cells
     for c in runs.values():
-        walls.setdefault(c["method"], []).append(c["train_wall_s"])
-    every = [w for ws in walls.values() for w in ws]
+        walls.setdefault(c["method"], []).append((c["n_agents"], c["train_wall_s"]))
+    every = [w for ws in walls.values() for _, w in ws]
     rows = []
     for scenario, regime, n_agents, method in grid:
         key = grid_key(scenario, regime, n_agents, method)
@@ -326,7 +326,7 @@ def plan(cfg: SweepConfig) -> dict:
         else:
             row["state"] = "not started"
             if method in walls:
-                row |= {"left_s": float(np.mean(walls[method])), "basis": f"mean of {len(walls[method])} tested {method} cell(s) of this budget"}
+                row |= price_by_agents(walls[method], n_agents, method)
             elif every:
                 row |= {"left_s": float(np.mean(every)), "basis": f"mean of all {len(every)} tested cell(s) of this budget"}
         rows.append(row)
@@ -334,6 +334,16 @@ def plan(cfg: SweepConfig) -> dict:
     return {"out": str(out), "rows": rows, "tested": sum(r["state"] == "tested" for r in rows), "left_s": float(sum(known)),
             "unknown": sum(r["left_s"] is None for r in rows),
             "other_model": bool(disk) and disk.get("simulator") != simulator_model(), "file_model": disk.get("simulator")}
+
+
+def price_by_agents(walls: list[tuple[int, float]], n_agents: int, method: str) -> dict:
+    """A cell not started, priced from the tested cells of its method at the agent count nearest its own (by
+    ratio): their mean training time scaled in proportion to the agents, since an epoch's decisions and
+    per-agent updates grow with them (benchmarks/train_throughput.py --n-agents measures the larger counts)."""
+    nearest = min({n for n, _ in walls}, key=lambda n: (abs(np.log(n_agents / n)), -n))
+    near = [w for n, w in walls if n == nearest]
+    scaled = f", scaled x{n_agents / nearest:.3g} for the agents" if nearest != n_agents else ""
+    return {"left_s": float(np.mean(near)) * n_agents / nearest, "basis": f"mean of {len(near)} tested {method} cell(s) at {nearest} agents{scaled}"}
 
 
 def print_plan(cfg: SweepConfig, p: dict) -> None:

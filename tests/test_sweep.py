@@ -345,7 +345,8 @@ def test_the_setting_gives_a_range_of_interaction_steps_when_maps_differ():
 
 def test_the_plan_says_what_each_cell_has_and_estimates_the_training_left(tmp_path, capsys):
     """`--plan` trains nothing: tested cells from the results file, partial ones from their checkpoint's epoch and
-    pace, foreign checkpoints named, cells not started priced at the mean of this budget's tested cells of their method."""
+    pace, foreign checkpoints named, cells not started priced at the mean of this budget's tested cells of their method at
+    the nearest agent count, in proportion to the agents."""
     from benchmarks.sweep import budget_key, plan, print_plan
     from reled_jax import checkpoint
     from reled_jax.config import saved_config
@@ -357,8 +358,8 @@ def test_the_plan_says_what_each_cell_has_and_estimates_the_training_left(tmp_pa
                       regimes=("moderate",), n_agents=(4,), runs_dir=str(tmp_path / "runs"), out=str(results / "sweep_table4_small.json"), qmix_keep_buffer=True)
     assert cfg.train_config("oakland", "moderate", 4, "qmix").run.qmix_keep_buffer  # an interrupted QMIX cell can resume
 
-    def cell(method, wall, run):
-        return {"scenario": "oakland", "regime": "moderate", "n_agents": 4, "method": method, "train_wall_s": wall, "run_dir": run}
+    def cell(method, wall, run, n_agents=4):
+        return {"scenario": "oakland", "regime": "moderate", "n_agents": n_agents, "method": method, "train_wall_s": wall, "run_dir": run}
 
     def sweep_file(name, cells, seeds=2, simulator=simulator_model()):
         (results / name).write_text(json.dumps({"budget_config": budget_key(cfg), "seeds": seeds, "episodes": cfg.episodes, "simulator": simulator, "cells": cells}))
@@ -366,7 +367,7 @@ def test_the_plan_says_what_each_cell_has_and_estimates_the_training_left(tmp_pa
     sweep_file("sweep_table4_small.json", [cell("reled", 30.0, "r")])
     # ippo's pace comes from the other files of these settings; a run two files share counts once, another seed count not at all.
     sweep_file("sweep_fig4_small.json", [cell("ippo", 10.0, "a"), cell("ippo", 20.0, "b")])
-    sweep_file("sweep_fig8_small.json", [cell("ippo", 10.0, "a")])
+    sweep_file("sweep_fig8_small.json", [cell("ippo", 10.0, "a"), cell("ippo", 500.0, "d", n_agents=16)])  # 16 agents: not the nearest count
     sweep_file("sweep_fig4_small_x3.json", [cell("ippo", 1_000.0, "c")], seeds=3)
 
     def write_checkpoint(method, epoch, wall, **flags):
@@ -388,6 +389,11 @@ def test_the_plan_says_what_each_cell_has_and_estimates_the_training_left(tmp_pa
     printed = capsys.readouterr().out
     assert "1 of 4 cells tested" in printed and "trained to epoch 5 of 20" in printed and "1 cell(s) with no estimate" in printed
     # A file of another simulator model: the plan still reads it, and says this code will not add to it.
+    # A count with no tested cell of its own: the nearest count's mean, in proportion to the agents.
+    wider = dataclasses.replace(cfg, n_agents=(6, 32))
+    priced = {r["cell"]: r for r in plan(wider)["rows"] if r["cell"].endswith("/ippo")}
+    assert priced["oakland/moderate/a6/ippo"]["left_s"] == pytest.approx(15.0 * 6 / 4) and "at 4 agents, scaled x1.5" in priced["oakland/moderate/a6/ippo"]["basis"]
+    assert priced["oakland/moderate/a32/ippo"]["left_s"] == pytest.approx(500.0 * 32 / 16)
     sweep_file("sweep_table4_small.json", [cell("reled", 30.0, "r")], simulator=simulator_model() | {"storage": "one car per edge"})
     assert plan(cfg)["other_model"]
 
