@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import tempfile
 import time
@@ -158,7 +159,7 @@ def main() -> None:
     parser.add_argument("--n-envs", type=int, default=None)
     parser.add_argument("--rollout-steps", type=int, default=None)
     parser.add_argument("--update-block", nargs="+", type=int, default=[None], help="gradient accumulation block sizes to compare (0: capacity switch)")
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=None, help="a file named here keeps its rows that this run does not measure again")
     args = parser.parse_args()
     base = {k: v for k, v in (("n_envs", args.n_envs), ("rollout_steps", args.rollout_steps)) if v}
     gpu = jax.devices()[0].platform == "gpu"
@@ -169,6 +170,13 @@ def main() -> None:
         "command": "python -m benchmarks.train_throughput " + " ".join(sys.argv[1:]),
         "results": [],
     }
+    kept = []  # an earlier run's rows in the same file that this one does not measure again (one command per row set)
+    if out.exists() and args.out:
+        earlier = json.loads(out.read_text())
+        kept = [r for r in earlier.get("results", []) if (r["method"], r["seeds"], r.get("n_agents", 10)) not in
+                {(m, s, n) for m in args.methods for s in args.seeds for n in args.n_agents}]
+        if kept:
+            report["command"], report["results"] = f"{earlier['command']}; {report['command']}", kept
     for method, seeds, block, n_agents in [(m, s, b, n) for m in args.methods for s in args.seeds for b in args.update_block for n in args.n_agents]:
         overrides = base | ({} if block is None else {"update_block": block})
         row = measure(method, seeds, args.preset, args.epochs, overrides, n_agents)
