@@ -75,13 +75,15 @@ def bare_env_decisions_per_s(cfg: TrainConfig, repeats: int = 3) -> float:
 def rollout_seconds_per_epoch(cfg: TrainConfig, run_dir: Path, repeats: int = 3) -> float:
     """Seconds of one epoch's rollout alone (all seeds vmapped), from the run's final checkpoint state."""
     from reled_jax import checkpoint
+    from reled_jax.mappo import global_state_dim
     from reled_jax.networks import init_env_agents
     from reled_jax.reled import SEED_AXIS, init_state, make_epoch
 
     ck, arrays = checkpoint.read(run_dir / checkpoint.FILENAME)
     cfg = cfg.resolved().set(decision_share=config_from_dict(ck["config"]).ppo.decision_share)
     _, env, params = load_scenario(cfg.env.scenario, cfg.env.regime, n_agents=cfg.env.n_agents, seed=cfg.run.seed)
-    agents, policy, value = init_env_agents(jax.random.PRNGKey(0), env)
+    critic_extra = global_state_dim(env.n_agents, env.n_edges) if cfg.ppo_config().centralised_critic else 0  # MAPPO's critic, as train() builds it
+    agents, policy, value = init_env_agents(jax.random.PRNGKey(0), env, critic_extra)
     epoch = make_epoch(env, params, policy, value, cfg.ppo_config())
     run = jax.jit(jax.vmap(lambda st: epoch.rollout(st, SEED_AXIS)[0]["decided"].sum(), axis_name=SEED_AXIS))
     one = init_state(jax.random.PRNGKey(0), agents, cfg.ppo_config())
