@@ -121,10 +121,12 @@ class PlannerBackend(OfflineBackend):
 
     def _code(self, request: ExpertRequest, routes: dict, notes: dict, base: np.ndarray) -> str:
         lines = [f"# Offline planner, round {request.round}: live shortest time, waypoints where agents are spread or corrected."]
-        for n, agent in enumerate(request.agents):
+        for agent in request.agents:
             route = routes[agent]
             live = _route(self.network, base, self.origin[agent], self.dest[agent])
-            lines.append(f"{'if' if n == 0 else 'elif'} agent_id == {agent}:")
+            # One flat `if` per agent, not an elif chain: an elif nests one level deeper per agent, and the
+            # sandbox refuses code nested over 40 deep, so 40+ agents in a subset would all fall back.
+            lines.append(f"if agent_id == {agent}:")
             lines.append(f"    # {notes[agent]}")
             if route == live:
                 lines.append("    move_to_by_shortest_time(get_destination())")

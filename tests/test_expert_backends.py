@@ -40,6 +40,16 @@ def test_planner_spreads_agents_that_share_a_bottleneck(ladder_network):
     assert {a: p.instructions for a, p in again[0].plans.items()} == {a: p.instructions for a, p in plans.items()}
 
 
+def test_planner_plans_for_a_subset_of_a_hundred_agents_pass_the_sandbox(ladder_network):
+    """Fig. 8's 200 agents in m = 2 subsets: one plan program for 100 agents stays within the sandbox's limits
+    (an elif chain nested a level per agent and was refused past 40, so every agent fell back)."""
+    n = 100
+    svc = ExpertService(ladder_network, np.zeros(n, int), np.full(n, 7), config=ExpertConfig(backend="planner"))
+    (out,) = svc.plan([tuple(range(n))])
+    assert all(p.executed for p in out.plans.values()), next(p.error for p in out.plans.values() if not p.executed)
+    assert {out.compiled.instructions[a][-1].node for a in range(n)} == {7}
+
+
 def test_planner_uses_congestion_and_feedback(ladder_network):
     net = ladder_network
     edge = {(int(u), int(v)): e for e, (u, v) in enumerate(zip(net.edge_from, net.edge_to))}
