@@ -232,6 +232,13 @@ def compare(a: dict, b: dict, key: str = "reward", higher_better: bool = True, m
     return "tie"
 
 
+def expert_never_ran(cell: dict) -> bool:
+    """True when a cell's expert was asked for plans and not one of them ran in any seed (all fell back): such
+    a RELED cell trained without demonstrations, so it tests nothing about the expert (llm.service's counts)."""
+    stats = cell.get("expert") or []
+    return bool(stats) and all(e.get("plans_requested", 0) > 0 and e.get("plans_executed", 1) == 0 for e in stats)
+
+
 def verdict_best(cells: list[dict], method: str = "reled", mode: str = "test") -> tuple[str, str]:
     """Does `method` have the highest test reward among the paper's baselines in `cells`? (verdict, detail).
 
@@ -245,6 +252,9 @@ def verdict_best(cells: list[dict], method: str = "reled", mode: str = "test") -
         return "not run", ""
     if any(mode not in c for c in cells):
         return "not run", f"no {mode} returns in this sweep"
+    if expert_never_ran(mine[0]):
+        fell = sum(e["plans_requested"] for e in mine[0]["expert"])
+        return "not a test (no expert plan ran)", f"all {fell:,} expert plans fell back (refused), so {LABELS.get(method, method)} trained without demonstrations"
     results = {o["method"]: compare(mine[0], o, mode=mode) for o in others}
     best = max(cells, key=lambda c: test_stat(c, mode=mode)[0])
     detail = f"best mean: {LABELS.get(best['method'], best['method'])} ({test_stat(best, mode=mode)[0]:,.0f})"
