@@ -233,8 +233,8 @@ def compare(a: dict, b: dict, key: str = "reward", higher_better: bool = True, m
 
 
 def expert_never_ran(cell: dict) -> bool:
-    """True when a cell's expert was asked for plans and not one of them ran in any seed (all fell back): such
-    a RELED cell trained without demonstrations, so it tests nothing about the expert (llm.service's counts)."""
+    """True when a cell's expert was asked for plans and not one of them ran in any seed (llm.service's counts):
+    every agent followed the fallback plan (live shortest time), so the cell tests RELED with that expert only."""
     stats = cell.get("expert") or []
     return bool(stats) and all(e.get("plans_requested", 0) > 0 and e.get("plans_executed", 1) == 0 for e in stats)
 
@@ -252,10 +252,17 @@ def verdict_best(cells: list[dict], method: str = "reled", mode: str = "test") -
         return "not run", ""
     if any(mode not in c for c in cells):
         return "not run", f"no {mode} returns in this sweep"
-    if expert_never_ran(mine[0]):
+    verdict, detail = _verdict_best(mine[0], others, cells, method, mode)
+    if expert_never_ran(mine[0]):  # the verdict stands, but of RELED with the fallback expert, not the one asked
         fell = sum(e["plans_requested"] for e in mine[0]["expert"])
-        return "not a test (no expert plan ran)", f"all {fell:,} expert plans fell back (refused), so {LABELS.get(method, method)} trained without demonstrations"
-    results = {o["method"]: compare(mine[0], o, mode=mode) for o in others}
+        verdict += ", with the fallback expert only"
+        detail = (f"all {fell:,} expert plans were refused and fell back to live shortest time, so {LABELS.get(method, method)} imitated that "
+                  f"(no planning, no refinement); {detail}")
+    return verdict, detail
+
+
+def _verdict_best(mine: dict, others: list[dict], cells: list[dict], method: str, mode: str) -> tuple[str, str]:
+    results = {o["method"]: compare(mine, o, mode=mode) for o in others}
     best = max(cells, key=lambda c: test_stat(c, mode=mode)[0])
     detail = f"best mean: {LABELS.get(best['method'], best['method'])} ({test_stat(best, mode=mode)[0]:,.0f})"
     if all(r == "better" for r in results.values()):

@@ -125,7 +125,8 @@ class PlannerBackend(OfflineBackend):
             route = routes[agent]
             live = _route(self.network, base, self.origin[agent], self.dest[agent])
             # One flat `if` per agent, not an elif chain: an elif nests one level deeper per agent, and the
-            # sandbox refuses code nested over 40 deep, so 36+ agents in a subset all fell back.
+            # sandbox refuses code nested over 40 deep, so 36+ agents in a subset all fell back to
+            # live shortest time instead of the planned routes.
             lines.append(f"if agent_id == {agent}:")
             lines.append(f"    # {notes[agent]}")
             if route == live:

@@ -103,11 +103,11 @@ def test_verdicts_follow_the_confidence_intervals():
     # Other RELED forms are not baselines: a variant above RELED does not decide the claim.
     assert report.verdict_best([_cell("reled", tight_high), _cell("ippo", tight_low), _cell("reled-va", [2000.0] * 5)])[0] == "holds"
     assert report.verdict_best([_cell("reled-va", tight_high), _cell("ippo", tight_low), _cell("reled", tight_low)], method="reled-va")[0] == "holds"
-    # A RELED cell whose expert plans all fell back trained without demonstrations: it decides nothing.
-    refused = _cell("reled", tight_high) | {"expert": [{"plans_requested": 200, "plans_executed": 0}] * 2}
-    verdict, detail = report.verdict_best([refused, _cell("ippo", tight_low)])
-    assert verdict.startswith("not a test") and "all 400 expert plans" in detail
-    ran_once = refused | {"expert": [{"plans_requested": 200, "plans_executed": 0}, {"plans_requested": 200, "plans_executed": 3}]}
+    # A RELED cell whose expert plans all fell back imitated the fallback (live shortest time): the verdict says so.
+    refused = _cell("reled", tight_low) | {"expert": [{"plans_requested": 200, "plans_executed": 0}] * 2}
+    verdict, detail = report.verdict_best([refused, _cell("ippo", tight_high)])
+    assert verdict == "does not hold, with the fallback expert only" and "all 400 expert plans" in detail and "IPPO" in detail
+    ran_once = _cell("reled", tight_high) | {"expert": [{"plans_requested": 200, "plans_executed": 0}, {"plans_requested": 200, "plans_executed": 3}]}
     assert report.verdict_best([ran_once, _cell("ippo", tight_low)])[0] == "holds"
     # A higher mean alone is not enough when another method's CI overlaps.
     assert report.verdict_best([_cell("reled", tight_high), _cell("ippo", tight_low), _cell("mappo", wide)])[0].startswith("not resolved")
