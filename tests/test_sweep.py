@@ -394,12 +394,12 @@ def test_the_plan_says_what_each_cell_has_and_estimates_the_training_left(tmp_pa
     print_plan(cfg, p)
     printed = capsys.readouterr().out
     assert "1 of 4 cells tested" in printed and "trained to epoch 5 of 20" in printed and "1 cell(s) with no estimate" in printed
-    # A file of another simulator model: the plan still reads it, and says this code will not add to it.
     # A count with no tested cell of its own: the nearest count's mean, in proportion to the agents.
     wider = dataclasses.replace(cfg, n_agents=(6, 32))
     priced = {r["cell"]: r for r in plan(wider)["rows"] if r["cell"].endswith("/ippo")}
     assert priced["oakland/moderate/a6/ippo"]["left_s"] == pytest.approx(15.0 * 6 / 4) and "at 4 agents, scaled x1.5" in priced["oakland/moderate/a6/ippo"]["basis"]
     assert priced["oakland/moderate/a32/ippo"]["left_s"] == pytest.approx(500.0 * 32 / 16)
+    # A file of another simulator model: the plan still reads it, and says this code will not add to it.
     sweep_file("sweep_table4_small.json", [cell("reled", 30.0, "r")], simulator=simulator_model() | {"storage": "one car per edge"})
     assert plan(cfg)["other_model"]
 
