@@ -600,20 +600,28 @@ def section_flow_maps(folder: Path) -> tuple[list[str], list[str]]:
     return lines, claims
 
 
+def seed_mean_curve(cell_curves: dict, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """Seed-mean interaction steps and seed-mean of a per-epoch metric; None for a metric the method never logs (QMIX has no policy entropy)."""
+    values = np.array(cell_curves.get(key, []), float)
+    if not values.size or np.isnan(values).all():
+        return None
+    return np.nanmean(np.array(cell_curves["interaction_steps"], float), axis=0), np.nanmean(values, axis=0)
+
+
 def curve_at(cell_curves: dict, key: str, steps: float) -> float:
     """Seed-mean of a per-epoch metric at the epoch where the seed-mean interaction steps first reach `steps`."""
-    if key not in cell_curves:
+    if (curve := seed_mean_curve(cell_curves, key)) is None:
         return float("nan")
-    x = np.nanmean(np.array(cell_curves["interaction_steps"], float), axis=0)
-    y = np.nanmean(np.array(cell_curves[key], float), axis=0)
+    x, y = curve
     i = int(np.searchsorted(x, steps))
     return float(y[min(i, y.size - 1)])
 
 
 def curve_mean(cell_curves: dict, key: str, until_steps: float) -> float:
     """Mean over seeds and epochs of a per-epoch metric while the seed-mean interaction steps stay below `until_steps`."""
-    x = np.nanmean(np.array(cell_curves["interaction_steps"], float), axis=0)
-    y = np.nanmean(np.array(cell_curves[key], float), axis=0)
+    if (curve := seed_mean_curve(cell_curves, key)) is None:
+        return float("nan")
+    x, y = curve
     return float(np.nanmean(y[x < until_steps])) if (x < until_steps).any() else float("nan")
 
 
@@ -727,6 +735,8 @@ def section_learned(sweeps: dict, probe: dict | None, agreements: dict[str, dict
                      + (f", four times the demonstrations made it worse ({g(v['demos-4']):,.0f})" if "demos-4" in v else "")
                      + (f", and the literal Eq. 30, which starts without imitation, reached {g(v['eq30']):,.0f} on this seed." if "eq30" in v else "."))
     notes += agreement_lesson(agreements)
+    # Every paper-budget experiment's cells, not only Fig. 4's: Fig. 8's larger counts train longest.
+    minutes = [c["train_wall_s"] / 60 for v in sweeps.values() if v["budget"] == "paper" for c in v["cells"]]
     notes.append("- Where the small budget left verdicts unresolved, the paper-budget cells above decide some. Paper-budget cells tested so far (one that another "
                  f"experiment ran with the same settings counts): {paper_coverage(sweeps)}. The rest are not run yet ({min(minutes):.0f}–{max(minutes):.0f} minutes of "
                  "training per cell of 5 seeds so far on this 2-core CPU); `python -m benchmarks.sweep --experiment NAME --budget paper --plan` lists them with an "

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -118,6 +119,18 @@ def test_forward_fill_carries_the_last_finished_episode():
     np.testing.assert_array_equal(filled[0, 1:], [1.0, 1.0, 3.0])
     assert np.isnan(filled[0, 0])
     np.testing.assert_array_equal(filled[1], [2.0, 2.0, 2.0, 2.0])
+
+
+def test_curves_read_at_a_step_count_average_seeds_and_skip_a_metric_never_logged():
+    curves = {"interaction_steps": [[100, 200, 300], [100, 200, 300]], "entropy": [[1.0, 0.5, 0.2], [0.8, np.nan, 0.4]],
+              "qmix_entropy": [[np.nan] * 3, [np.nan] * 3]}
+    assert report.curve_at(curves, "entropy", 150) == 0.5  # the first epoch at or past 150 steps; a NaN seed is skipped
+    assert report.curve_at(curves, "entropy", 300) == pytest.approx(0.3)
+    assert report.curve_mean(curves, "entropy", 250) == pytest.approx((0.9 + 0.5) / 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an all-NaN metric gives NaN without numpy's empty-slice warning
+        assert np.isnan(report.curve_at(curves, "qmix_entropy", 150)) and np.isnan(report.curve_mean(curves, "qmix_entropy", 250))
+    assert np.isnan(report.curve_at(curves, "absent", 150))
 
 
 def test_report_tables_every_cell_and_draws_the_figures(tmp_path):
