@@ -199,6 +199,9 @@ def plot_agents(result: dict, path: Path, title: str, extra_cells: list[dict] = 
             for box in bp["boxes"]:
                 box.set_facecolor(COLOURS.get(m, "gray"))
                 box.set_alpha(0.6)
+            # a method whose seeds all score alike draws a box too thin to fill: its median line carries the colour
+            for median in bp["medians"]:
+                median.set(color=COLOURS.get(m, "gray"), linewidth=2.5)
             ax.plot([], [], color=COLOURS.get(m, "gray"), lw=8, alpha=0.6, label=LABELS.get(m, m))
     for i, n in enumerate(ns):
         ref = result["references"].get(f"{cells[0]['scenario']}/{cells[0]['regime']}/a{n}", {}).get("shortest")
