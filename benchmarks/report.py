@@ -691,7 +691,6 @@ def section_learned(sweeps: dict, probe: dict | None, agreements: dict[str, dict
                 rows.append((scenario, regime, name, m_small, m_paper, test_stat(c, mode="test_sampled"), ref, ent, c["train_wall_s"], c["curves"]))
     paper_cells = [c for result in paper.values() for c in result["cells"]]
     steps = [c["interaction_steps_per_seed"] for c in paper_cells]
-    minutes = [c["train_wall_s"] / 60 for c in paper_cells]
     lines += ["Test reward per agent (greedy, mean ± 95 % CI over seeds) at the small budget (~5 × 10⁴ interaction steps) and at the paper's "
               f"(500 epochs, {min(steps) / 1e5:.1f}–{max(steps) / 1e5:.1f} × 10⁵ steps: a policy that loops makes more decisions), with the policy's entropy early in training and the training wall-clock (expert time included; cells that shared the two cores with other runs took longer):", "",
               "| map – regime | method | small budget | paper budget | paper, sampled | shortest-time | entropy at 50 k / 100 k steps | train s (5 seeds) |",
