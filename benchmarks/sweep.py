@@ -287,7 +287,7 @@ def plan(cfg: SweepConfig) -> dict:
     reached the last and only the test episodes are left), "foreign" (a checkpoint of another configuration,
     which training refuses) or "not started"; and the training time left.
 
-    The estimate is rough: a partial cell's own seconds per epoch so far times the epochs left; a cell not
+    The estimate is rough: a partial cell's recent seconds per epoch (`recent_pace`) times the epochs left; a cell not
     started, the mean training time of the tested cells of the same method at the nearest agent count in every
     sweep file of the same settings in the results folder, scaled in proportion to the agents (else the mean of
     all those cells; else unknown). Cells that shared the cores with other work took longer."""
@@ -320,9 +320,10 @@ def plan(cfg: SweepConfig) -> dict:
             if theirs != ours:
                 row |= {"state": "foreign", "basis": f"{ckpt} was written by another configuration: move it away or use another --runs-dir"}
             else:
-                epoch, wall = meta["epoch"], meta["wall"]
+                epoch = meta["epoch"]
+                pace, basis = recent_pace(meta.get("rows", []), epoch, meta["wall"])
                 row |= {"state": "trained" if epoch >= tcfg.ppo.epochs else "partial", "epoch": epoch,
-                        "left_s": wall / max(epoch, 1) * (tcfg.ppo.epochs - epoch), "basis": "its own pace"}
+                        "left_s": pace * (tcfg.ppo.epochs - epoch), "basis": basis}
         else:
             row["state"] = "not started"
             if method in walls:
@@ -334,6 +335,22 @@ def plan(cfg: SweepConfig) -> dict:
     return {"out": str(out), "rows": rows, "tested": sum(r["state"] == "tested" for r in rows), "left_s": float(sum(known)),
             "unknown": sum(r["left_s"] is None for r in rows),
             "other_model": bool(disk) and disk.get("simulator") != simulator_model(), "file_model": disk.get("simulator")}
+
+
+RECENT_EPOCHS = 50
+
+
+def recent_pace(rows: list[dict], epoch: int, wall: float) -> tuple[float, str]:
+    """A partial cell's seconds per epoch over its last `RECENT_EPOCHS` epochs (from the metrics rows its checkpoint
+    holds), else over the whole run. An epoch's cost moves as the agents learn: a step ticks the traffic until the
+    next decision, so once agents arrive sooner and decide less, an epoch simulates more time (IPPO with 100 agents
+    went from 8 s an epoch to 22 s as its decisions per epoch fell from ~15,000 to ~1,200), and the latest stretch
+    predicts the rest better than the average."""
+    walls = {0: 0.0} | {r["epoch"]: r["wall_s"] for r in rows}
+    start = max(0, epoch - RECENT_EPOCHS)
+    if epoch > start and epoch in walls and start in walls:
+        return (walls[epoch] - walls[start]) / (epoch - start), f"its pace over epochs {start + 1}-{epoch}"
+    return wall / max(epoch, 1), "its own pace"
 
 
 def price_by_agents(walls: list[tuple[int, float]], n_agents: int, method: str) -> dict:

@@ -362,10 +362,23 @@ def test_the_setting_gives_a_range_of_interaction_steps_when_maps_differ():
     assert "≈650,000 interaction steps with 10 agents, 130% of the paper's" in one_map
 
 
-def test_the_plan_says_what_each_cell_has_and_estimates_the_training_left(tmp_path, capsys):
+def test_a_partial_cells_pace_is_its_latest_stretch_else_its_average():
+    from benchmarks.sweep import RECENT_EPOCHS, recent_pace
+
+    # 30 epochs at 1 s, then 50 at 3 s: the agents learned and each epoch simulates more traffic.
+    rows = [{"epoch": e, "wall_s": float(min(e, 30) + 3 * max(e - 30, 0))} for e in range(1, 81)]
+    assert RECENT_EPOCHS == 50
+    pace, basis = recent_pace(rows, 80, rows[-1]["wall_s"])
+    assert pace == pytest.approx(3.0) and basis == "its pace over epochs 31-80"
+    assert recent_pace(rows[:20], 20, 20.0)[0] == pytest.approx(1.0)  # fewer epochs than the window: from the start
+    assert recent_pace([], 80, 180.0) == (pytest.approx(180.0 / 80), "its own pace")  # an old checkpoint without rows
+
+
+def test_the_plan_says_what_each_cell_has_and_estimates_the_training_left(tmp_path, capsys, monkeypatch):
     """`--plan` trains nothing: tested cells from the results file, partial ones from their checkpoint's epoch and
-    pace, foreign checkpoints named, cells not started priced at the mean of this budget's tested cells of their method at
+    recent pace, foreign checkpoints named, cells not started priced at the mean of this budget's tested cells of their method at
     the nearest agent count, in proportion to the agents."""
+    from benchmarks import sweep as sweep_module
     from benchmarks.sweep import budget_key, plan, print_plan
     from reled_jax import checkpoint
     from reled_jax.config import saved_config
@@ -389,21 +402,23 @@ def test_the_plan_says_what_each_cell_has_and_estimates_the_training_left(tmp_pa
     sweep_file("sweep_fig8_small.json", [cell("ippo", 10.0, "a"), cell("ippo", 500.0, "d", n_agents=16)])  # 16 agents: not the nearest count
     sweep_file("sweep_fig4_small_x3.json", [cell("ippo", 1_000.0, "c")], seeds=3)
 
-    def write_checkpoint(method, epoch, wall, **flags):
+    def write_checkpoint(method, epoch, wall, rows=(), **flags):
         tcfg = cfg.train_config("oakland", "moderate", 4, method).resolved()
         saved = tcfg.set(**flags)  # as train() saves it: the measured decision share filled in
         tcfg.out_dir.mkdir(parents=True)
-        checkpoint.write(tcfg.out_dir / checkpoint.FILENAME, {"config": saved_config(saved), "epoch": epoch, "wall": wall}, {})
+        checkpoint.write(tcfg.out_dir / checkpoint.FILENAME, {"config": saved_config(saved), "epoch": epoch, "wall": wall, "rows": list(rows)}, {})
 
-    write_checkpoint("reled-logit", 5, 10.0, decision_share=0.3)
+    # The partial cell slowed down: 1 s an epoch, then 3.5; its last two epochs price the 15 left.
+    write_checkpoint("reled-logit", 5, 10.0, rows=[{"epoch": e, "wall_s": w} for e, w in enumerate((1.0, 2.0, 3.0, 6.5, 10.0), 1)], decision_share=0.3)
+    monkeypatch.setattr(sweep_module, "RECENT_EPOCHS", 2)
     write_checkpoint("mappo", 5, 10.0, lr=1e-3)
     p = plan(cfg)
     rows = {r["cell"].split("/")[-1]: r for r in p["rows"]}
     assert {m: r["state"] for m, r in rows.items()} == {"reled": "tested", "reled-logit": "partial", "ippo": "not started", "mappo": "foreign"}
-    assert rows["reled-logit"]["epoch"] == 5 and rows["reled-logit"]["left_s"] == pytest.approx(10.0 / 5 * (20 - 5))
+    assert rows["reled-logit"]["epoch"] == 5 and rows["reled-logit"]["left_s"] == pytest.approx(3.5 * (20 - 5))
     assert rows["ippo"]["left_s"] == pytest.approx(15.0)
     assert rows["mappo"]["left_s"] is None and "another configuration" in rows["mappo"]["basis"]
-    assert p["tested"] == 1 and p["unknown"] == 1 and p["left_s"] == pytest.approx(30.0 + 15.0) and not p["other_model"]
+    assert p["tested"] == 1 and p["unknown"] == 1 and p["left_s"] == pytest.approx(52.5 + 15.0) and not p["other_model"]
     print_plan(cfg, p)
     printed = capsys.readouterr().out
     assert "1 of 4 cells tested" in printed and "trained to epoch 5 of 20" in printed and "1 cell(s) with no estimate" in printed
