@@ -344,7 +344,7 @@ def recent_pace(rows: list[dict], epoch: int, wall: float) -> tuple[float, str]:
     """A partial cell's seconds per epoch over its last `RECENT_EPOCHS` epochs (from the metrics rows its checkpoint
     holds), else over the whole run. An epoch's cost moves as the agents learn: a step ticks the traffic until the
     next decision, so once agents arrive sooner and decide less, an epoch simulates more time (IPPO with 100 agents
-    went from 8 s an epoch to 22 s as its decisions per epoch fell from ~15,000 to ~1,200), and the latest stretch
+    went from 8 s an epoch to 17–22 s as its decisions per epoch fell from ~15,000 to ~1,200), and the latest stretch
     predicts the rest better than the average."""
     walls = {0: 0.0} | {r["epoch"]: r["wall_s"] for r in rows}
     start = max(0, epoch - RECENT_EPOCHS)
