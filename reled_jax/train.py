@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -174,12 +175,18 @@ def train(cfg: TrainConfig) -> dict:
         timing["expert_s"] += t1 - t0
         if jax.process_count() > 1:  # ahead-of-time compilation hangs across processes (jax 0.10.2): compile on call
             compiled.setdefault(length, lambda *args, n=length: run_chunk(*args, n))
-        elif length not in compiled:
-            compiled[length] = run_chunk.lower(state, expert, expert_nodes, length).compile()
-        t2 = time.perf_counter()
-        timing["compile_s"] += t2 - t1
-        state, metrics = compiled[length](state, expert, expert_nodes)
-        metrics = to_host(metrics)  # [length, seeds]
+        try:  # a configuration too big for this machine's memory is refused in words, not a traceback
+            if length not in compiled:
+                compiled[length] = run_chunk.lower(state, expert, expert_nodes, length).compile()
+            t2 = time.perf_counter()
+            timing["compile_s"] += t2 - t1
+            state, metrics = compiled[length](state, expert, expert_nodes)
+            metrics = to_host(metrics)  # [length, seeds] (an error inside the chunk surfaces here)
+        except jax.errors.JaxRuntimeError as err:
+            if "RESOURCE_EXHAUSTED" not in str(err):
+                raise
+            bar.close()
+            raise SystemExit(out_of_memory(cfg, len(seeds), epoch, out if epoch > 0 else None, err)) from None
         if not per_epoch_bar:
             epoch_done(epoch + length, {k: metrics[k][-1] for k in BAR_METRICS})
         t3 = time.perf_counter()
@@ -225,6 +232,17 @@ def train(cfg: TrainConfig) -> dict:
 
 
 BAR_METRICS = ("episode_reward", "travel_time", "alpha")
+
+
+def out_of_memory(cfg: TrainConfig, n_seeds: int, epoch: int, saved: Path | None, err: Exception) -> str:
+    """The refusal of a training chunk that ran out of device memory: what was asked for, how to make it fit, and
+    what is kept (`saved`: the run directory holding the checkpoint of `epoch`; None when nothing was saved)."""
+    asked = re.search(r"allocating (\d+) bytes", str(err))
+    size = f" ({int(asked.group(1)) / 2**30:.1f} GiB in one allocation)" if asked else ""
+    kept = f"{saved} keeps its epoch-{epoch} checkpoint: continue it with --resume" if saved else "nothing was trained"
+    return (f"{cfg.method} with {cfg.env.n_agents} agents, {n_seeds} seed(s) and {cfg.ppo.n_envs} environments each ran out of "
+            f"{jax.default_backend()} memory at epoch {epoch}{size}: train fewer --seeds at once, fewer --n-envs or --n-agents, "
+            f"or on a machine with more memory; {kept}")
 
 
 def make_run_chunk(batched_epoch, on_epoch=None):

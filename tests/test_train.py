@@ -161,6 +161,49 @@ def test_progress_callback_runs_after_every_epoch_inside_a_compiled_chunk():
     assert silent.total.tolist() == out.total.tolist() and silent_metrics["alpha"].tolist() == metrics["alpha"].tolist()
 
 
+def test_a_chunk_that_runs_out_of_memory_is_refused_in_words_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    """A configuration too big for the machine (MAPPO with 200 agents asked for 61 GiB in one allocation here) ends
+    in a one-line refusal that says how much was asked, how to make it fit and what is kept, not a traceback; any
+    other runtime error is not dressed up as one. The chunk's error surfaces when its metrics are fetched."""
+    import jax
+
+    from reled_jax import train as train_module
+    from reled_jax.checkpoint import read
+
+    cfg = TrainConfig.of(**{**SMALL, "n_envs": 2, "rollout_steps": 32, "q": 1, "decision_share": 1.0}, method="ippo", epochs=3)
+    fetch = train_module.to_host
+    oom = "RESOURCE_EXHAUSTED: Out of memory allocating 65613176240 bytes."
+
+    def fails_at_chunk(n, message):
+        chunks = []
+
+        def fetch_or_fail(tree):
+            if isinstance(tree, dict) and "interaction_steps" in tree:  # a chunk's metrics
+                chunks.append(1)
+                if len(chunks) == n:
+                    raise jax.errors.JaxRuntimeError(message)
+            return fetch(tree)
+
+        return fetch_or_fail
+
+    monkeypatch.setattr(train_module, "to_host", fails_at_chunk(2, oom))
+    with pytest.raises(SystemExit) as refused:
+        train(cfg.set(out=str(tmp_path / "late")))
+    message = str(refused.value)
+    assert "ippo with 4 agents, 1 seed(s) and 2 environments each ran out of cpu memory at epoch 1 (61.1 GiB" in message
+    assert "fewer --seeds" in message and f"{tmp_path / 'late'} keeps its epoch-1 checkpoint: continue it with --resume" in message
+    assert read(tmp_path / "late" / "checkpoint.npz", with_arrays=False)[0]["epoch"] == 1
+
+    monkeypatch.setattr(train_module, "to_host", fails_at_chunk(1, oom))
+    with pytest.raises(SystemExit, match="at epoch 0 .*nothing was trained"):
+        train(cfg.set(out=str(tmp_path / "first")))
+    assert not (tmp_path / "first" / "checkpoint.npz").exists()
+
+    monkeypatch.setattr(train_module, "to_host", fails_at_chunk(1, "INTERNAL: a compiler bug"))
+    with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL"):
+        train(cfg.set(out=str(tmp_path / "other")))
+
+
 def test_bad_configuration_is_a_clear_error(monkeypatch):
     from llm.service import ExpertConfig
 
