@@ -76,7 +76,7 @@ def probe(cfg: PresetProbeConfig) -> dict:
         tcfg = TrainConfig.of(scenario=cfg.scenario, regime=cfg.regime, method=cfg.method, seed=0, seeds=cfg.seeds, resume=True, test_episodes=0,
                               out=str(Path(cfg.runs_dir) / name), **flags)
         t0 = time.perf_counter()
-        cell = evaluate_cell(sweep_cfg, tcfg, train(tcfg), t0)
+        cell = evaluate_cell(sweep_cfg, [(tcfg, train(tcfg))], t0)
         result["variants"][name] = {"what": what, "flags": flags, "command": f"python -m benchmarks.paper_preset --variants {name}" + ("" if cfg.seeds == 1 else f" --seeds {cfg.seeds}"),
                                     **{k: cell[k] for k in ("train_wall_s", "interaction_steps_per_seed", "curves", "test", "test_sampled")}}
         write_json(out, result)

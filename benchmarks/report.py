@@ -450,13 +450,16 @@ def section_fig8(result: dict, name: str, extra: list[dict]) -> list[str]:
             if c:
                 eps = np.concatenate([t["episode_reward"] for t in c[0]["test"]])
                 row.append(f"{np.median(eps):,.0f} ({np.mean([t['arrival_rate'] for t in c[0]['test']]):.0%})")
-                walls.append(f"{c[0]['train_wall_s']:.0f}")
+                walls.append(f"{c[0]['train_wall_s']:.0f}" + ("†" if c[0].get("seed_runs") == "separate" else ""))
             else:
                 row.append("–")
                 walls.append("–")
         ref = result["references"].get(f"{cells[0]['scenario']}/{cells[0]['regime']}/a{n}", {}).get("shortest")
         row += [f"{ref['reward']:,.0f}" if ref else "–", " / ".join(walls)]
         lines.append("| " + " | ".join(row) + " |")
+    if any(c.get("seed_runs") == "separate" for c in cells):
+        lines += ["", "† its seeds trained one at a time, each in a run of its own (`--seed-runs separate`, as they did not fit memory "
+                  "together): the wall-clock is their sum, and each seed's update pads to its own row count, not the largest of its cell's seeds."]
     lines.append("")
     return lines
 

@@ -7,7 +7,8 @@
 
 Every cell is one `reled_jax.train` run with all its seeds vmapped in one
 compiled program (and split across devices when several are visible, on one
-host or on several with `--cluster.enabled`: see `reled_jax.cluster.seed_placement`), followed by 20 test episodes per
+host or on several with `--cluster.enabled`: see `reled_jax.cluster.seed_placement`); with `--seed-runs separate`, one
+run per seed, one after another, for cells whose seeds do not fit memory together. Then 20 test episodes per
 seed, greedy and sampled on the same keys (`reled_jax.evaluate.evaluate_seeds_modes`) and, once per environment, the
 shortest-time and random reference policies on the same test keys.
 
@@ -97,6 +98,13 @@ class SweepConfig:
     # QMIX checkpoints hold the replay buffer (~150 MB per seed at the default size), so an interrupted QMIX cell
     # resumes mid-run to the same result; without it a QMIX cell restarts from epoch 0.
     qmix_keep_buffer: bool = False
+    # joint: a cell's seeds train vmapped in one run (one program, the fastest). separate: each seed in a run of its
+    # own, one after another, on the cell's scenario (`--scenario-seed 0`), for cells whose seeds do not fit memory
+    # together (MAPPO with 200 agents asks 61 GiB in one allocation for 5 seeds, 11.4 GB at most for one). The same
+    # training, keys and tests, with one difference (docs/experiments.md): a joint run pads every seed's update to
+    # the largest row count among its seeds (`batched_epoch`), a separate run to its own, which changes which rows
+    # share a minibatch. A cell trained separately says so ("seed_runs"); a finished cell is reused either way.
+    seed_runs: str = "joint"  # joint | separate
     # Say where the sweep stands and train nothing: each cell tested, trained to some epoch, or not started, with
     # an estimate of the training left (`plan`).
     plan: bool = False
@@ -115,6 +123,8 @@ class SweepConfig:
             raise SystemExit(f"unknown method(s) {unknown}; choose from {tuple(METHODS)}")
         if self.seeds < 2:
             raise SystemExit("a sweep needs --seeds >= 2 for its confidence intervals (5 or more recommended)")
+        if self.seed_runs not in SEED_RUNS:
+            raise SystemExit(f"unknown --seed-runs {self.seed_runs!r}; choose one of {SEED_RUNS}")
         return [
             (scenario, regime, n, method)
             for scenario in (self.scenarios or spec["scenarios"])
@@ -129,36 +139,64 @@ class SweepConfig:
         return Path(self.out) if self.out else RESULTS / f"{name}.json"
 
     def train_config(self, scenario: str, regime: str, n_agents: int, method: str) -> TrainConfig:
+        """The cell's joint run: all its seeds vmapped in one."""
         name = ScenarioChoice(scenario).scenario_name  # a scenario file's or extract's name, not its path
         run = Path(self.runs_dir) / self.budget / f"{name}-{regime}-a{n_agents}-{method}-x{self.seeds}"
         return dataclasses.replace(TrainConfig.of(scenario=scenario, regime=regime, method=method, n_agents=n_agents, seeds=self.seeds, seed=0, out=str(run), resume=True,
                                                   alpha_schedule=self.alpha_schedule, qmix_keep_buffer=self.qmix_keep_buffer,
                                                   **BUDGETS[self.budget]), cluster=self.cluster)
 
+    def seed_configs(self, scenario: str, regime: str, n_agents: int, method: str) -> list[TrainConfig]:
+        """The cell's runs as `--seed-runs` says: the joint run, or one run per seed (seed k alone on the joint
+        run's scenario, in <the joint run's directory>-separate/seed<k>)."""
+        joint = self.train_config(scenario, regime, n_agents, method)
+        if self.seed_runs == "joint":
+            return [joint]
+        base = Path(f"{joint.out_dir}-separate")
+        return [dataclasses.replace(joint, run=dataclasses.replace(joint.run, seed=k, seeds=1, scenario_seed=0, out=str(base / f"seed{k}")))
+                for k in range(self.seeds)]
+
+
+SEED_RUNS = ("joint", "separate")
 
 CURVE_KEYS = ("interaction_steps", "wall_s", "episode_reward", "travel_time", "arrival_rate", "dtw_m", "alpha", "expert_reward", "execution_rate", "entropy", "expert_share")
 
 
-def curves(run_dir: Path, seeds: int) -> dict[str, list[list[float]]]:
-    """Per-epoch training metrics as [seed][epoch] lists (NaN where a metric is absent or undefined)."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+def curves(run_dirs: list[Path], seeds: int) -> dict[str, list[list[float]]]:
+    """Per-epoch training metrics of a cell's run(s) as [seed][epoch] lists (NaN where a metric is absent or undefined)."""
+    rows = [json.loads(line) for d in run_dirs for line in (d / "metrics.jsonl").read_text().splitlines()]
     by_seed = [[r for r in rows if r["seed"] == s] for s in range(seeds)]
     return {k: [[float(r.get(k, float("nan"))) for r in rs] for rs in by_seed] for k in CURVE_KEYS}
 
 
-def evaluate_cell(cfg: SweepConfig, tcfg: TrainConfig, summary: dict, t0: float) -> dict:
-    """A trained cell's curves and greedy test episodes (process 0 only: it holds the run directory)."""
+def cell_run_dirs(c: dict) -> list[Path]:
+    """The run directories a results file's cell was trained in: its run_dir, or one per seed below it."""
+    if c.get("seed_runs", "joint") == "joint":
+        return [Path(c["run_dir"])]
+    return [Path(c["run_dir"]) / f"seed{k}" for k in range(c["seeds"])]
+
+
+def evaluate_cell(cfg: SweepConfig, runs: list[tuple[TrainConfig, dict]], t0: float) -> dict:
+    """A trained cell's curves and greedy and sampled test episodes (process 0 only: it holds the run directories).
+    `runs`: (configuration, `train`'s summary) of its joint run, or of each seed's run in seed order."""
+    tcfg = runs[0][0]
     scenario, regime, n_agents, method = tcfg.env.scenario, tcfg.env.regime, tcfg.env.n_agents, tcfg.method
-    run_dir = tcfg.out_dir
-    ck = read_checkpoint(run_dir / "checkpoint.npz")
+    separate = len(runs) > 1
+    run_dirs = [t.out_dir for t, _ in runs]
+    # Every seed's policy on a leading seed axis, as the joint run's checkpoint holds them.
+    policies = [read_checkpoint(d / "checkpoint.npz")["policy"] for d in run_dirs]
+    policy = jax.tree.map(lambda *z: np.concatenate(z), *policies)
     _, env, params = load_scenario(scenario, regime, n_agents=n_agents, seed=0)
-    tests, sampled = evaluate_seeds_modes(env, params, ck["policy"], cfg.episodes, cfg.eval_seed, cfg.max_steps, (False, True))
+    tests, sampled = evaluate_seeds_modes(env, params, policy, cfg.episodes, cfg.eval_seed, cfg.max_steps, (False, True))
     return {
         "method": method, "scenario": scenario, "regime": regime, "n_agents": n_agents, "seeds": cfg.seeds,
-        "run_dir": str(run_dir), "train_wall_s": summary["wall_s"], "cell_wall_s": round(time.perf_counter() - t0, 1),
-        "interaction_steps_per_seed": summary["interaction_steps_per_seed"],
-        "expert": summary.get("expert", []),
-        "curves": curves(run_dir, cfg.seeds),
+        "run_dir": str(run_dirs[0].parent if separate else run_dirs[0]),
+        **({"seed_runs": "separate", "train_wall_s_per_seed": [s["wall_s"] for _, s in runs]} if separate else {}),
+        # Separate runs trained one after another: the cell's training time is their sum.
+        "train_wall_s": float(sum(s["wall_s"] for _, s in runs)), "cell_wall_s": round(time.perf_counter() - t0, 1),
+        "interaction_steps_per_seed": int(np.mean([s["interaction_steps_per_seed"] for _, s in runs])),
+        "expert": [e for _, s in runs for e in s.get("expert", [])],
+        "curves": curves(run_dirs, cfg.seeds),
         # Per seed: mean over the test episodes of the per-agent reward / travel time, and the raw episode means;
         # greedy ("test") and sampled ("test_sampled") actions on the same keys.
         "test": [_test_row(t) for t in tests],
@@ -204,8 +242,8 @@ def sweep(cfg: SweepConfig) -> dict:
         result = merged(json.loads(out.read_text()), result, out)
     if cfg.refresh_curves:
         for c in result["cells"]:
-            if (Path(c["run_dir"]) / "metrics.jsonl").exists():
-                c["curves"] = curves(Path(c["run_dir"]), c["seeds"])
+            if all((d / "metrics.jsonl").exists() for d in cell_run_dirs(c)):
+                c["curves"] = curves(cell_run_dirs(c), c["seeds"])
     done = {cell_key(c) for c in result["cells"]}
     writer = jax.process_index() == 0  # other processes of a cluster only train their share of each cell's seeds
     t_start = time.perf_counter()
@@ -216,10 +254,10 @@ def sweep(cfg: SweepConfig) -> dict:
         if writer and env_key not in result["references"]:
             result["references"][env_key] = references(cfg, scenario, regime, n_agents)
         if key not in done:
-            tcfg, t0 = cfg.train_config(scenario, regime, n_agents, method), time.perf_counter()
-            summary = train(tcfg)
+            t0 = time.perf_counter()
+            runs = [(tcfg, train(tcfg)) for tcfg in cfg.seed_configs(scenario, regime, n_agents, method)]
             if writer:
-                result["cells"].append(evaluate_cell(cfg, tcfg, summary, t0))
+                result["cells"].append(evaluate_cell(cfg, runs, t0))
             done.add(key)
         if writer:
             result = write_merged(out, result)
@@ -307,34 +345,62 @@ def plan(cfg: SweepConfig) -> dict:
     rows = []
     for scenario, regime, n_agents, method in grid:
         key = grid_key(scenario, regime, n_agents, method)
-        tcfg = cfg.train_config(scenario, regime, n_agents, method).resolved()
-        row = {"cell": key, "epochs": tcfg.ppo.epochs, "epoch": 0, "left_s": None, "basis": ""}
-        ckpt = tcfg.out_dir / checkpoint.FILENAME
+        tcfgs = [t.resolved() for t in cfg.seed_configs(scenario, regime, n_agents, method)]
+        row = {"cell": key, "epochs": tcfgs[0].ppo.epochs, "epoch": 0, "left_s": None, "basis": ""}
         if key in tested:
-            row |= {"state": "tested", "epoch": tcfg.ppo.epochs, "left_s": 0.0, "train_wall_s": tested[key]["train_wall_s"]}
-        elif ckpt.exists():
-            meta, _ = checkpoint.read(ckpt, with_arrays=False)
-            theirs, ours = comparable(meta["config"]), comparable(tcfg)
-            if not tcfg.ppo.decision_share:  # measured when training starts (reled_jax.train), so a checkpoint holds the measured share
-                theirs.pop("decision_share", None), ours.pop("decision_share", None)
-            if theirs != ours:
-                row |= {"state": "foreign", "basis": f"{ckpt} was written by another configuration: move it away or use another --runs-dir"}
-            else:
-                epoch = meta["epoch"]
-                pace, basis = recent_pace(meta.get("rows", []), epoch, meta["wall"])
-                row |= {"state": "trained" if epoch >= tcfg.ppo.epochs else "partial", "epoch": epoch,
-                        "left_s": pace * (tcfg.ppo.epochs - epoch), "basis": basis}
+            row |= {"state": "tested", "epoch": tcfgs[0].ppo.epochs, "left_s": 0.0, "train_wall_s": tested[key]["train_wall_s"]}
         else:
-            row["state"] = "not started"
-            if method in walls:
-                row |= price_by_agents(walls[method], n_agents, method)
-            elif every:
-                row |= {"left_s": float(np.mean(every)), "basis": f"mean of all {len(every)} tested cell(s) of this budget"}
+            runs = [run_state(t) for t in tcfgs]
+            if any(r["state"] == "foreign" for r in runs):
+                row |= next(r for r in runs if r["state"] == "foreign")
+            elif len(runs) == 1 and runs[0]["state"] != "not started":
+                row |= runs[0]
+            elif len(runs) > 1 and any(r["state"] != "not started" for r in runs):
+                row |= separate_state(runs)
+            else:
+                row["state"] = "not started"
+                if method in walls:
+                    row |= price_by_agents(walls[method], n_agents, method)
+                elif every:
+                    row |= {"left_s": float(np.mean(every)), "basis": f"mean of all {len(every)} tested cell(s) of this budget"}
+                if len(runs) > 1 and row["left_s"] is not None:
+                    row["basis"] += ": the time of all its seeds trained together, a lower bound for them one after another"
         rows.append(row)
     known = [r["left_s"] for r in rows if r["left_s"] is not None]
     return {"out": str(out), "rows": rows, "tested": sum(r["state"] == "tested" for r in rows), "left_s": float(sum(known)),
             "unknown": sum(r["left_s"] is None for r in rows),
             "other_model": bool(disk) and disk.get("simulator") != simulator_model(), "file_model": disk.get("simulator")}
+
+
+def run_state(tcfg: TrainConfig) -> dict:
+    """One run directory's state for `plan`: "not started", "foreign", or "partial"/"trained" with its epoch and
+    the seconds left at its recent pace."""
+    ckpt = tcfg.out_dir / checkpoint.FILENAME
+    if not ckpt.exists():
+        return {"state": "not started", "epoch": 0}
+    meta, _ = checkpoint.read(ckpt, with_arrays=False)
+    theirs, ours = comparable(meta["config"]), comparable(tcfg)
+    if not tcfg.ppo.decision_share:  # measured when training starts (reled_jax.train), so a checkpoint holds the measured share
+        theirs.pop("decision_share", None), ours.pop("decision_share", None)
+    if theirs != ours:
+        return {"state": "foreign", "basis": f"{ckpt} was written by another configuration: move it away or use another --runs-dir"}
+    epoch = meta["epoch"]
+    pace, basis = recent_pace(meta.get("rows", []), epoch, meta["wall"])
+    return {"state": "trained" if epoch >= tcfg.ppo.epochs else "partial", "epoch": epoch,
+            "left_s": pace * (tcfg.ppo.epochs - epoch), "basis": basis, "wall": meta["wall"]}
+
+
+def separate_state(runs: list[dict]) -> dict:
+    """A cell trained one seed at a time, some of whose seeds have started (`run_state` of each, in seed order):
+    the started seeds' time left, and each seed not started priced at the mean time of the started ones
+    projected to their last epoch (their wall so far plus their time left)."""
+    started = [r for r in runs if r["state"] != "not started"]
+    per_seed = float(np.mean([r["wall"] + r["left_s"] for r in started]))
+    waiting = len(runs) - len(started)
+    at = ", ".join(f"seed {k} {'trained' if r['state'] == 'trained' else 'at epoch ' + str(r['epoch'])}" for k, r in enumerate(runs) if r["state"] != "not started")
+    return {"state": "trained" if all(r["state"] == "trained" for r in runs) else "partial", "epoch": min(r["epoch"] for r in runs),
+            "seeds_at": at, "left_s": sum(r["left_s"] for r in started) + waiting * per_seed,
+            "basis": f"separate seed runs: {at}" + (f"; {waiting} not started, at the started seeds' mean of {per_seed:,.0f} s each" if waiting else "")}
 
 
 RECENT_EPOCHS = 50
@@ -367,7 +433,8 @@ def print_plan(cfg: SweepConfig, p: dict) -> None:
     print(f"[sweep {cfg.experiment}/{cfg.budget}] {p['out']}: {p['tested']} of {len(p['rows'])} cells tested")
     width = max(len(r["cell"]) for r in p["rows"])
     for r in p["rows"]:
-        state = {"tested": f"tested (trained in {r.get('train_wall_s', 0):,.0f} s)", "partial": f"trained to epoch {r['epoch']} of {r['epochs']}",
+        partial = "seeds in part trained, separately" if "seeds_at" in r else f"trained to epoch {r['epoch']} of {r['epochs']}"
+        state = {"tested": f"tested (trained in {r.get('train_wall_s', 0):,.0f} s)", "partial": partial,
                  "trained": "trained, not tested", "foreign": "another configuration's checkpoint", "not started": "not started"}[r["state"]]
         left = "" if r["state"] in ("tested", "foreign") else ("unknown" if r["left_s"] is None else f"~{r['left_s']:,.0f} s")
         basis = f"  ({r['basis']})" if r["basis"] and r["state"] != "foreign" else ""
@@ -397,6 +464,8 @@ def _cli_args(cfg: SweepConfig) -> str:
         args.append("--refresh-curves")
     if cfg.qmix_keep_buffer:
         args.append("--qmix-keep-buffer")
+    if cfg.seed_runs != SweepConfig.seed_runs:
+        args.append(f"--seed-runs {cfg.seed_runs}")
     return " ".join(args)
 
 

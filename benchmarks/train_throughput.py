@@ -46,7 +46,7 @@ from sim.scenarios import load_scenario
 
 def bare_env_decisions_per_s(cfg: TrainConfig, repeats: int = 3) -> float:
     """Decisions/s of the environment alone at cfg's n_envs and step mode, random policy, one seed."""
-    _, env, params = load_scenario(cfg.env.scenario, cfg.env.regime, n_agents=cfg.env.n_agents, seed=cfg.run.seed)
+    _, env, params = load_scenario(cfg.env.scenario, cfg.env.regime, n_agents=cfg.env.n_agents, seed=cfg.scenario_seed)
     n_envs, n_steps = cfg.ppo.n_envs, cfg.ppo.rollout_steps
     step = env.step_batch if cfg.ppo.lockstep else jax.vmap(env.step, in_axes=(0, 0, 0, None))
 
@@ -81,7 +81,7 @@ def rollout_seconds_per_epoch(cfg: TrainConfig, run_dir: Path, repeats: int = 3)
 
     ck, arrays = checkpoint.read(run_dir / checkpoint.FILENAME)
     cfg = cfg.resolved().set(decision_share=config_from_dict(ck["config"]).ppo.decision_share)
-    _, env, params = load_scenario(cfg.env.scenario, cfg.env.regime, n_agents=cfg.env.n_agents, seed=cfg.run.seed)
+    _, env, params = load_scenario(cfg.env.scenario, cfg.env.regime, n_agents=cfg.env.n_agents, seed=cfg.scenario_seed)
     critic_extra = global_state_dim(env.n_agents, env.n_edges) if cfg.ppo_config().centralised_critic else 0  # MAPPO's critic, as train() builds it
     agents, policy, value = init_env_agents(jax.random.PRNGKey(0), env, critic_extra)
     epoch = make_epoch(env, params, policy, value, cfg.ppo_config())

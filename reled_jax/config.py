@@ -68,6 +68,10 @@ class RunConfig:
 
     seed: int = 0
     seeds: int = 1  # seeds seed, seed+1, ... vmapped in one program
+    # The scenario's own seed (its origin-destination pairs) and the decision-share probe's; unset: --seed. Set it
+    # to train one seed of a group on the group's scenario: `--seed 3 --seeds 1 --scenario-seed 0` is seed 3 of
+    # `--seed 0 --seeds 5` in a run of its own (the sweep's --seed-runs separate).
+    scenario_seed: int | None = None
     preset: str = "default"  # default | paper | paper-1env | smoke (sets the budget fields you leave unset)
     out: str = ""  # default runs/<scenario's name>-<regime>-<method>-s<seed>
     resume: bool = False
@@ -190,6 +194,11 @@ class TrainConfig:
     def spec(self):
         """What the method is (reled_jax/methods.py)."""
         return method(self.method)
+
+    @property
+    def scenario_seed(self) -> int:
+        """The seed the scenario is built with (`load_scenario`): --scenario-seed, else --seed."""
+        return self.run.seed if self.run.scenario_seed is None else self.run.scenario_seed
 
     @property
     def out_dir(self) -> Path:

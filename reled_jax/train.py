@@ -55,14 +55,14 @@ def train(cfg: TrainConfig) -> dict:
         raise SystemExit(f"{cfg.out_dir} holds a pickle checkpoint from before issue 18, which is never loaded (it could run code); use another --out")
     if not cfg.run.resume and (cfg.out_dir / checkpoint.FILENAME).exists():
         raise SystemExit(f"{cfg.out_dir} already holds a run; pass --resume to continue it or --out to start elsewhere")
-    network, env, env_params = load_scenario(cfg.env.scenario, cfg.env.regime, n_agents=cfg.env.n_agents, seed=cfg.run.seed)
+    network, env, env_params = load_scenario(cfg.env.scenario, cfg.env.regime, n_agents=cfg.env.n_agents, seed=cfg.scenario_seed)
     probe_s = time.perf_counter()
     if cfg.spec.trainer != "qmix" and not cfg.ppo.decision_share and not cfg.ppo.update_block:
         # The row capacity of the update's usual branch (HybridPPOConfig.decision_share): 1.5 times what a
         # random policy's rollout needs, one rollout after the reset when environments carry over. An
         # epoch that needs more (the first epoch's burst of departures) runs the all-rows branch.
         steps = min(cfg.ppo.rollout_steps, 256)
-        measured = measure_decision_share(env, env_params, cfg.ppo.n_envs, steps, cfg.ppo.lockstep, jax.random.PRNGKey(cfg.run.seed), skip=steps if cfg.ppo.carry_envs else 0)
+        measured = measure_decision_share(env, env_params, cfg.ppo.n_envs, steps, cfg.ppo.lockstep, jax.random.PRNGKey(cfg.scenario_seed), skip=steps if cfg.ppo.carry_envs else 0)
         cfg = dataclasses.replace(cfg, ppo=dataclasses.replace(cfg.ppo, decision_share=round(min(1.0, 1.5 * measured + 0.01), 4)))
     probe_s = time.perf_counter() - probe_s
     hpo = cfg.ppo_config()
@@ -291,7 +291,7 @@ def final_tests(cfg: TrainConfig) -> dict[str, dict]:
     mean over seeds) and the shortest-time and random references (`reled_jax.evaluate`)."""
     cfg = cfg.resolved()
     ck = checkpoint.read_checkpoint(cfg.out_dir / checkpoint.FILENAME)
-    _, env, params = load_scenario(cfg.env.scenario, cfg.env.regime, n_agents=cfg.env.n_agents, seed=cfg.run.seed)
+    _, env, params = load_scenario(cfg.env.scenario, cfg.env.regime, n_agents=cfg.env.n_agents, seed=cfg.scenario_seed)
     greedy, sampled = evaluate_seeds_modes(env, params, ck["policy"], cfg.run.test_episodes, cfg.run.test_seed, MAX_TEST_STEPS, (False, True))
     refs = evaluate_policies(env, params, reference_policies(params), cfg.run.test_episodes, cfg.run.test_seed, MAX_TEST_STEPS)
 

@@ -199,7 +199,7 @@ def test_report_tables_every_cell_and_draws_the_figures(tmp_path):
 
     fig8 = {**sweep_json, "experiment": "fig8", "references": {}}
     (tmp_path / "sweep_fig8_smoke.json").write_text(json.dumps({**fig8, "cells": [agents_cell("reled", 5, 700.0), agents_cell("ippo", 5, 600.0)]}))
-    (tmp_path / "sweep_fig8_smoke_gpu.json").write_text(json.dumps({**fig8, "cells": [agents_cell("reled", 20, 300.0), agents_cell("ippo", 20, 200.0)]}))
+    (tmp_path / "sweep_fig8_smoke_gpu.json").write_text(json.dumps({**fig8, "cells": [agents_cell("reled", 20, 300.0), {**agents_cell("ippo", 20, 200.0), "seed_runs": "separate"}]}))
     (tmp_path / "sweep_fig8_other.json").write_text(json.dumps({**fig8, "budget": "other", "cells": [agents_cell("reled", 50, -9.0)]}))
     text = report.write_report(report.ReportConfig(results=str(tmp_path))).read_text()
     cpu_section = text[text.index("### Fig. 8: agent counts (`sweep_fig8_smoke`)"):]
@@ -208,6 +208,8 @@ def test_report_tables_every_cell_and_draws_the_figures(tmp_path):
     assert "| 10 (`sweep_fig4_smoke`) | 900 (100%) | 400 (100%) |" in cpu_section
     assert "| 20 (`sweep_fig8_smoke_gpu`) | 300 (100%) | 200 (100%) |" in cpu_section
     assert "\n| 50" not in cpu_section and "| -9 " not in cpu_section
+    # A cell whose seeds trained one at a time is marked, and the mark explained.
+    assert "| 50 / 50† |" in cpu_section and "| 50 / 50 |" in cpu_section and "† its seeds trained one at a time" in cpu_section
     assert "| Fig. 8: RELED has the highest reward with 5 agents | holds |" in text
 
 
@@ -427,6 +429,20 @@ def test_the_plan_says_what_each_cell_has_and_estimates_the_training_left(tmp_pa
     priced = {r["cell"]: r for r in plan(wider)["rows"] if r["cell"].endswith("/ippo")}
     assert priced["oakland/moderate/a6/ippo"]["left_s"] == pytest.approx(15.0 * 6 / 4) and "at 4 agents, scaled x1.5" in priced["oakland/moderate/a6/ippo"]["basis"]
     assert priced["oakland/moderate/a32/ippo"]["left_s"] == pytest.approx(500.0 * 32 / 16)
+    # A cell trained one seed at a time: the started seeds' time left, and a seed not started at their mean.
+    apart = dataclasses.replace(cfg, seed_runs="separate", methods=("ippo",))
+    seed0, seed1 = (t.resolved() for t in apart.seed_configs("oakland", "moderate", 4, "ippo"))
+    for tcfg, epoch, wall in ((seed0, 20, 40.0), (seed1, 10, 30.0)):
+        tcfg.out_dir.mkdir(parents=True)
+        rows = [{"epoch": e, "wall_s": wall * e / epoch} for e in range(1, epoch + 1)]
+        checkpoint.write(tcfg.out_dir / checkpoint.FILENAME, {"config": saved_config(tcfg.set(decision_share=0.3)), "epoch": epoch, "wall": wall, "rows": rows}, {})
+        if tcfg is seed0:
+            (row,) = plan(apart)["rows"]
+            assert row["state"] == "partial" and row["left_s"] == pytest.approx(40.0) and "seed 0 trained; 1 not started" in row["basis"]
+    (row,) = plan(apart)["rows"]
+    assert row["state"] == "partial" and row["epoch"] == 10 and row["left_s"] == pytest.approx(3.0 * 10) and "seed 1 at epoch 10" in row["basis"]
+    print_plan(apart, plan(apart))
+    assert "seeds in part trained, separately" in capsys.readouterr().out
     # A file of another simulator model: the plan still reads it, and says this code will not add to it.
     sweep_file("sweep_table4_small.json", [cell("reled", 30.0, "r")], simulator=simulator_model() | {"storage": "one car per edge"})
     assert plan(cfg)["other_model"]
@@ -469,3 +485,35 @@ def test_the_agreement_lesson_ranks_methods_by_agreement_against_reward_and_name
     # Only the plain paper-budget runs with at least three trained methods speak.
     assert report.agreement_lesson({"a": run("small", "", rows), "b": run("paper", "a variant", rows),
                                     "c": run("paper", "", {"reled": (0.7, 1.0), "ippo": (0.8, 2.0)})}) == []
+
+
+@pytest.mark.slow
+def test_a_cell_trained_one_seed_at_a_time_matches_its_seeds_trained_together(tmp_path):
+    """--seed-runs separate: each seed in a run of its own on the cell's scenario, one after another, for cells whose
+    seeds do not fit memory together. With the update's row count fixed (the smoke preset's one branch) the seeds
+    learn what they learn vmapped together, to float rounding, and the cell is tested the same way."""
+    from benchmarks.sweep import plan
+
+    cfg = SweepConfig(experiment="fig8", budget="smoke", seeds=2, methods=("ippo",), scenarios=("oakland",), regimes=("moderate",), n_agents=(4,),
+                      episodes=3, max_steps=300, runs_dir=str(tmp_path / "runs"), out=str(tmp_path / "joint.json"))
+    joint = sweep(cfg)["cells"][0]
+    apart = dataclasses.replace(cfg, seed_runs="separate", out=str(tmp_path / "separate.json"))
+    result = sweep(apart)
+    cell = result["cells"][0]
+    base = tmp_path / "runs" / "smoke" / "oakland-moderate-a4-ippo-x2-separate"
+    assert cell["seed_runs"] == "separate" and cell["run_dir"] == str(base) and "--seed-runs separate" in result["command"]
+    for k in range(2):  # seed k alone, on the scenario of seed 0 (the cell's), not seed k's own
+        saved = json.loads((base / f"seed{k}" / "config.json").read_text())["run"]
+        assert (saved["seed"], saved["seeds"], saved["scenario_seed"]) == (k, 1, 0)
+    assert cell["train_wall_s"] == pytest.approx(sum(cell["train_wall_s_per_seed"])) and len(cell["train_wall_s_per_seed"]) == 2
+    assert cell["interaction_steps_per_seed"] == joint["interaction_steps_per_seed"]
+    for name in ("episode_reward", "travel_time", "entropy", "interaction_steps"):
+        np.testing.assert_allclose(cell["curves"][name], joint["curves"][name], rtol=1e-3, err_msg=name)
+    for mode in ("test", "test_sampled"):
+        np.testing.assert_allclose([t["reward"] for t in cell[mode]], [t["reward"] for t in joint[mode]], rtol=1e-3, err_msg=mode)
+    assert len({t["reward"] for t in cell["test"]}) == 2  # two seeds, two policies: not one seed's twice
+    # Finished, the cell is reused: nothing retrains, and the plan counts it tested.
+    mtime = (base / "seed1" / "checkpoint.npz").stat().st_mtime_ns
+    assert json.dumps(sweep(apart)["cells"]) == json.dumps(result["cells"])
+    assert (base / "seed1" / "checkpoint.npz").stat().st_mtime_ns == mtime
+    assert [r["state"] for r in plan(apart)["rows"]] == ["tested"]
