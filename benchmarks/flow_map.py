@@ -132,7 +132,7 @@ def main(args: FlowArgs) -> dict:
         raise SystemExit(f"--episodes and --steps must be at least 1 (got {args.episodes}, {args.steps})")
     ck = read_checkpoint(args.checkpoint)
     run, config = ck["run"], ck["config"]
-    network, env, env_params = load_scenario(run["scenario"], run["regime"], n_agents=run["n_agents"], seed=run["seed"])
+    network, env, env_params = load_scenario(run["scenario"], run["regime"], n_agents=run["n_agents"], seed=run["scenario_seed"])
     backend = config.get("expert", {}).get("backend", "planner")
     if backend not in ("planner", "logit"):
         print(f"note: the run's expert is {backend!r}; the demonstrations here are the offline planner's", file=sys.stderr)

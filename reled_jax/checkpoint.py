@@ -216,7 +216,8 @@ def read_checkpoint(path: str | Path) -> dict:
 
 def run_identity(config: dict) -> dict:
     """What a checkpoint's policies were trained for, from its saved configuration (reled_jax.config's tree, or
-    the flat layout before it): scenario, regime, n_agents, method, seed (the first) and seeds."""
+    the flat layout before it): scenario, regime, n_agents, method, seed (the first), seeds, and scenario_seed (the
+    seed its scenario was built with: `--scenario-seed`, else the first seed)."""
     env, run = config.get("env", config), config.get("run", config)
     return {"scenario": env["scenario"], "regime": env["regime"], "n_agents": env["n_agents"], "method": config["method"],
-            "seed": run["seed"], "seeds": run["seeds"]}
+            "seed": run["seed"], "seeds": run["seeds"], "scenario_seed": run["seed"] if run.get("scenario_seed") is None else run["scenario_seed"]}

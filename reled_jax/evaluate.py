@@ -205,7 +205,7 @@ def main(cfg: EvalConfig) -> dict:
         ck = read_checkpoint(path)
         run = ck["run"]
         scenario, regime, n_agents = cfg.environment(run)
-        _, env, params = load_scenario(scenario, regime, n_agents=n_agents, seed=run["seed"])
+        _, env, params = load_scenario(scenario, regime, n_agents=n_agents, seed=run["scenario_seed"])
         policies.update(checkpoint_policies(ck, env, cfg.stochastic))
         other = "greedy" if cfg.stochastic else "sampled"
         policies.update({f"{other}: {name}": p for name, p in checkpoint_policies(ck, env, not cfg.stochastic).items()})

@@ -223,7 +223,7 @@ def main(cfg: ValidateConfig) -> dict:
         path = Path(cfg.checkpoint)
         run, arrays = checkpoint_arrays(read_checkpoint(path), cfg.seed_index)
         scenario, regime = run["scenario"], run["regime"]
-        network, env, params = load_scenario(scenario, regime, n_agents=run["n_agents"], seed=run["seed"])
+        network, env, params = load_scenario(scenario, regime, n_agents=run["n_agents"], seed=run["scenario_seed"])
         policies[f"{run['method']} (epoch {run['epoch']})"] = trained_pair(arrays, env.n_nodes, env.m_out)
         out = Path(cfg.out) if cfg.out else path.parent
     else:

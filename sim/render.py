@@ -197,7 +197,7 @@ def main(args: RenderArgs) -> Path:
 
         ck = read_checkpoint(args.checkpoint)
         run = ck["run"]
-        network, env, params = load_scenario(run["scenario"], run["regime"], n_agents=run["n_agents"], seed=run["seed"])
+        network, env, params = load_scenario(run["scenario"], run["regime"], n_agents=run["n_agents"], seed=run["scenario_seed"])
         name, policy = next(iter(checkpoint_policies(ck, env).items()))
         out = Path(args.out or Path(args.checkpoint).parent / "episode.gif")
         title = f"{name} on {network.name}/{run['regime']}"

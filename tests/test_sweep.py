@@ -512,6 +512,11 @@ def test_a_cell_trained_one_seed_at_a_time_matches_its_seeds_trained_together(tm
     for mode in ("test", "test_sampled"):
         np.testing.assert_allclose([t["reward"] for t in cell[mode]], [t["reward"] for t in joint[mode]], rtol=1e-3, err_msg=mode)
     assert len({t["reward"] for t in cell["test"]}) == 2  # two seeds, two policies: not one seed's twice
+    # A seed's run read on its own (evaluate, and the flow map, render and SUMO validation through run_identity)
+    # plays the scenario it trained on, the cell's, not that of its own seed.
+    alone = evaluate(EvalConfig(checkpoint=str(base / "seed1" / "checkpoint.npz"), episodes=3, max_steps=300, seed=cfg.eval_seed))
+    (trained,) = [v for k, v in alone.items() if k.startswith("ippo")]
+    assert trained["reward_per_agent"][0] == pytest.approx(cell["test"][1]["reward"], rel=1e-5)
     # Finished, the cell is reused: nothing retrains, and the plan counts it tested.
     mtime = (base / "seed1" / "checkpoint.npz").stat().st_mtime_ns
     assert json.dumps(sweep(apart)["cells"]) == json.dumps(result["cells"])
