@@ -153,7 +153,7 @@ class SweepConfig:
         if self.seed_runs == "joint":
             return [joint]
         base = Path(f"{joint.out_dir}-separate")
-        return [dataclasses.replace(joint, run=dataclasses.replace(joint.run, seed=k, seeds=1, scenario_seed=0, out=str(base / f"seed{k}")))
+        return [dataclasses.replace(joint, run=dataclasses.replace(joint.run, seed=k, seeds=1, scenario_seed=0, out=str(seed_run_dir(base, k))))
                 for k in range(self.seeds)]
 
 
@@ -169,11 +169,16 @@ def curves(run_dirs: list[Path], seeds: int) -> dict[str, list[list[float]]]:
     return {k: [[float(r.get(k, float("nan"))) for r in rs] for rs in by_seed] for k in CURVE_KEYS}
 
 
+def seed_run_dir(separate_dir: Path | str, k: int) -> Path:
+    """Where seed k of a cell trained one seed at a time runs: below the cell's `-separate` directory."""
+    return Path(separate_dir) / f"seed{k}"
+
+
 def cell_run_dirs(c: dict) -> list[Path]:
     """The run directories a results file's cell was trained in: its run_dir, or one per seed below it."""
     if c.get("seed_runs", "joint") == "joint":
         return [Path(c["run_dir"])]
-    return [Path(c["run_dir"]) / f"seed{k}" for k in range(c["seeds"])]
+    return [seed_run_dir(c["run_dir"], k) for k in range(c["seeds"])]
 
 
 def evaluate_cell(cfg: SweepConfig, runs: list[tuple[TrainConfig, dict]], t0: float) -> dict:
@@ -354,7 +359,7 @@ def plan(cfg: SweepConfig) -> dict:
             if any(r["state"] == "foreign" for r in runs):
                 row |= next(r for r in runs if r["state"] == "foreign")
             elif len(runs) == 1 and runs[0]["state"] != "not started":
-                row |= runs[0]
+                row |= {k: v for k, v in runs[0].items() if k != "wall"}  # a row's times are what is left
             elif len(runs) > 1 and any(r["state"] != "not started" for r in runs):
                 row |= separate_state(runs)
             else:

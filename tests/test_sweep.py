@@ -418,6 +418,7 @@ def test_the_plan_says_what_each_cell_has_and_estimates_the_training_left(tmp_pa
     rows = {r["cell"].split("/")[-1]: r for r in p["rows"]}
     assert {m: r["state"] for m, r in rows.items()} == {"reled": "tested", "reled-logit": "partial", "ippo": "not started", "mappo": "foreign"}
     assert rows["reled-logit"]["epoch"] == 5 and rows["reled-logit"]["left_s"] == pytest.approx(3.5 * (20 - 5))
+    assert "wall" not in rows["reled-logit"]  # a row's times are the time left, not the time spent
     assert rows["ippo"]["left_s"] == pytest.approx(15.0)
     assert rows["mappo"]["left_s"] is None and "another configuration" in rows["mappo"]["basis"]
     assert p["tested"] == 1 and p["unknown"] == 1 and p["left_s"] == pytest.approx(52.5 + 15.0) and not p["other_model"]
@@ -432,6 +433,7 @@ def test_the_plan_says_what_each_cell_has_and_estimates_the_training_left(tmp_pa
     # A cell trained one seed at a time: the started seeds' time left, and a seed not started at their mean.
     apart = dataclasses.replace(cfg, seed_runs="separate", methods=("ippo",))
     seed0, seed1 = (t.resolved() for t in apart.seed_configs("oakland", "moderate", 4, "ippo"))
+    assert seed1.out_dir == tmp_path / "runs" / "small" / "oakland-moderate-a4-ippo-x2-separate" / "seed1" and seed1.run.seeds == 1
     for tcfg, epoch, wall in ((seed0, 20, 40.0), (seed1, 10, 30.0)):
         tcfg.out_dir.mkdir(parents=True)
         rows = [{"epoch": e, "wall_s": wall * e / epoch} for e in range(1, epoch + 1)]
