@@ -528,6 +528,36 @@ def agreement_lesson(agreements: dict[str, dict]) -> list[str]:
                "the expert's routes on its own, and RELED's imitation term does not make its agents keep them." if closer else "")]
 
 
+def qmix_window_lesson(sweeps: dict, window: dict | None) -> list[str]:
+    """Does QMIX's rollout, a fixed number of interaction steps from a fresh reset, see less of an episode the more
+    agents there are, beside its paper-budget Fig. 8 cells' test arrival? `window` is `qmix_window.json`
+    (benchmarks/qmix_window.py): per agent count, how far into an episode a random and a shortest-time policy get."""
+    cells = {c["n_agents"]: c for s in sweeps.values() if s["budget"] == "paper" and s["experiment"] == "fig8" for c in s["cells"] if c["method"] == "qmix"}
+    if window is None or not cells:
+        return []
+    random = {c["n_agents"]: c for c in window["cells"] if c["policy"] == "random"}
+    shortest = [c for c in window["cells"] if c["policy"] == "shortest"]
+    t_max = window["cells"][0]["t_max"]
+    whole = [n for n in sorted(random) if random[n]["ended_share"] == 1.0]
+    cut = [f"{random[n]['clock_mean_s']:,.0f} s at {n}" for n in sorted(random) if n not in whole]
+    and_join = lambda xs: ", ".join(xs[:-1]) + " and " + xs[-1] if len(xs) > 1 else "".join(xs)  # noqa: E731
+    reach = (f"reaches the episode's end within those steps at {and_join([str(n) for n in whole])} agents" if whole else "ends no episode within those steps") + (
+        f"; it reaches {and_join(cut)}" if cut else "")
+    short_all = all(c["ended_share"] == 1.0 for c in shortest)
+    per_count = []
+    for n in sorted(cells):
+        arrival = [t["arrival_rate"] for t in cells[n]["test"]]
+        low, high = round(100 * min(arrival)), round(100 * max(arrival))
+        per_count.append(f"{n}: {test_stat(cells[n])[0]:,.0f} at {low if low == high else f'{low}–{high}'} % arrival")
+    return [f"- **QMIX's rollout sees less of an episode the more agents there are.** Its paper budget rolls out one environment × "
+            f"{window['rollout_steps']:,} interaction steps from a fresh reset every epoch, where IPPO, MAPPO and RELED carry theirs across epochs, "
+            f"and an interaction step ends at any agent's next decision. A random policy (QMIX's ε starts at 1) {reach} of T_max = {t_max:,} s; "
+            f"the shortest-time policy ends {'every' if short_all else 'not every'} episode inside the rollout (`qmix_window.json`, current model). "
+            f"QMIX's greedy test reward and arrival by agent count: {'; '.join(per_count)}. Where the rollout stops short of T_max and QMIX's policy "
+            "does not bring every agent home, it never trains on an episode's end; whether that is why its reward falls is untested "
+            "(retraining such a cell with longer rollouts would test it)."]
+
+
 def section_alpha_readings(folder: Path) -> list[str]:
     """The three readings of Eq. 30 side by side (paper-form RELED, one table4-style sweep and one agreement run
     per reading, in `alpha_schedule/`): which reading is the default and why, with the numbers."""
@@ -672,7 +702,7 @@ def section_table3_trained(folder: Path) -> list[str]:
     return lines + [""]
 
 
-def section_learned(sweeps: dict, probe: dict | None, agreements: dict[str, dict]) -> list[str]:
+def section_learned(sweeps: dict, probe: dict | None, agreements: dict[str, dict], window: dict | None = None) -> list[str]:
     """What the measurements say about the paper's claims, in numbers taken from the results above."""
     paper = {k: v for k, v in sweeps.items() if v["budget"] == "paper" and v["experiment"] == "fig4"}
     small = {k: v for k, v in sweeps.items() if v["budget"] == "small" and v["experiment"] == "fig4" and "alpha_schedule" in v.get("budget_config", {})}
@@ -739,7 +769,7 @@ def section_learned(sweeps: dict, probe: dict | None, agreements: dict[str, dict
                      "restarting the lockstep environments apart (`--stagger-steps`), longer rollouts or one minibatch did not close the gap"
                      + (f", four times the demonstrations made it worse ({g(v['demos-4']):,.0f})" if "demos-4" in v else "")
                      + (f", and the literal Eq. 30, which starts without imitation, reached {g(v['eq30']):,.0f} on this seed." if "eq30" in v else "."))
-    notes += agreement_lesson(agreements)
+    notes += agreement_lesson(agreements) + qmix_window_lesson(sweeps, window)
     # Every paper-budget experiment's cells, not only Fig. 4's: Fig. 8's larger counts train longest.
     minutes = [c["train_wall_s"] / 60 for v in sweeps.values() if v["budget"] == "paper" for c in v["cells"]]
     notes.append("- Where the small budget left verdicts unresolved, the paper-budget cells above decide some. Paper-budget cells tested so far (one that another "
@@ -890,12 +920,13 @@ def write_report(cfg: ReportConfig) -> Path:
     lines += agreement_lines + section_alpha_readings(results_dir / "alpha_schedule") + section_superseded(results_dir / "pre_issue17", sweeps)
     claims += agreement_claims
     probe_lines, probe = section_paper_preset(results_dir)
+    window = json.loads((results_dir / "qmix_window.json").read_text()) if (results_dir / "qmix_window.json").exists() else None
     lines += probe_lines + section_table3_trained(results_dir)
     summary = ["## Do the paper's claims hold here?", "",
                "A claim holds when RELED's 95 % confidence interval (over seeds) lies entirely above every compared method's; "
                "'does not hold' when some method's interval lies entirely above RELED's.", "",
                "| claim (paper Section V) | verdict | detail |", "|---|---|---|"] + claims + [""]
-    lines = lines[:4] + summary + section_learned(sweeps, probe, agreements) + setting(sweeps) + ["## Experiments", ""] + lines[4:] + [
+    lines = lines[:4] + summary + section_learned(sweeps, probe, agreements, window) + setting(sweeps) + ["## Experiments", ""] + lines[4:] + [
         "## Reproduce", "",
         "Small budget (fits a 2-core CPU, about 100 minutes for Fig. 4 and Table IV together):", "",
         "    python -m benchmarks.sweep --experiment fig4 --budget small --seeds 5",

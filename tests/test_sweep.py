@@ -489,6 +489,30 @@ def test_the_agreement_lesson_ranks_methods_by_agreement_against_reward_and_name
                                     "c": run("paper", "", {"reled": (0.7, 1.0), "ippo": (0.8, 2.0)})}) == []
 
 
+def test_the_qmix_window_lesson_sets_each_counts_reach_beside_qmixs_test_arrival():
+    def qmix(n, rewards, arrivals):
+        return {"method": "qmix", "n_agents": n, "test": [{"reward": r, "arrival_rate": a} for r, a in zip(rewards, arrivals)]}
+
+    fig8 = {"budget": "paper", "experiment": "fig8", "cells": [qmix(100, [30.0, 40.0], [0.61, 0.68]), qmix(10, [1000.0, 1000.0], [1.0, 1.0]),
+                                                              {"method": "ippo", "n_agents": 20, "test": [{"reward": 5.0, "arrival_rate": 0.5}] * 2}]}
+    small = {"budget": "small", "experiment": "fig8", "cells": [qmix(20, [1.0, 1.0], [0.3, 0.3])]}
+    window = {"rollout_steps": 864, "cells": [
+        {"n_agents": 10, "policy": "random", "t_max": 2400, "ended_share": 1.0, "clock_mean_s": 2400.0},
+        {"n_agents": 10, "policy": "shortest", "t_max": 2400, "ended_share": 1.0, "clock_mean_s": 420.0},
+        {"n_agents": 100, "policy": "random", "t_max": 2400, "ended_share": 0.0, "clock_mean_s": 881.4},
+        {"n_agents": 100, "policy": "shortest", "t_max": 2400, "ended_share": 1.0, "clock_mean_s": 707.0}]}
+    [line] = report.qmix_window_lesson({"sweep_fig8_paper": fig8, "sweep_fig8_small": small}, window)
+    assert "one environment × 864 interaction steps" in line
+    assert "reaches the episode's end within those steps at 10 agents; it reaches 881 s at 100 of T_max = 2,400 s" in line
+    assert "the shortest-time policy ends every episode" in line
+    # QMIX's paper-budget cells only, by agent count: the greedy mean and the seeds' arrival range.
+    assert "agent count: 10: 1,000 at 100 % arrival; 100: 35 at 61–68 % arrival." in line
+    window["cells"][3]["ended_share"] = 0.8
+    assert "ends not every episode" in report.qmix_window_lesson({"a": fig8}, window)[0]
+    # Nothing to say without the window measurement or a paper-budget QMIX cell.
+    assert report.qmix_window_lesson({"a": fig8}, None) == [] and report.qmix_window_lesson({"b": small}, window) == []
+
+
 @pytest.mark.slow
 def test_a_cell_trained_one_seed_at_a_time_matches_its_seeds_trained_together(tmp_path):
     """--seed-runs separate: each seed in a run of its own on the cell's scenario, one after another, for cells whose
