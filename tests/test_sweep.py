@@ -548,3 +548,29 @@ def test_a_cell_trained_one_seed_at_a_time_matches_its_seeds_trained_together(tm
     assert json.dumps(sweep(apart)["cells"]) == json.dumps(result["cells"])
     assert (base / "seed1" / "checkpoint.npz").stat().st_mtime_ns == mtime
     assert [r["state"] for r in plan(apart)["rows"]] == ["tested"]
+
+
+def test_the_old_model_patch_applies_to_its_base_commit(tmp_path):
+    """docs/experiments.md trains the paper-budget cells whose seeds do not fit memory together on the old model:
+    99de60a plus benchmarks/old_model_separate_seeds.patch (the planner fix and `--seed-runs separate` backported).
+    A clone carries no branch of that checkout, so the patch is the record: it must apply to 99de60a and give it the
+    option and `train --scenario-seed`."""
+    import subprocess
+    import tarfile
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    patch = repo / "benchmarks" / "old_model_separate_seeds.patch"
+    if subprocess.run(["git", "-C", str(repo), "cat-file", "-e", "99de60a^{commit}"], capture_output=True).returncode != 0:
+        pytest.skip("no git history here (a shallow clone or a source archive)")
+    touched = sorted({line.split(" b/")[1] for line in patch.read_text().splitlines() if line.startswith("diff --git ")})
+    tar = tmp_path / "base.tar"
+    subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", "-o", str(tar), "99de60a", "--", *touched], check=True)
+    base = tmp_path / "base"
+    with tarfile.open(tar) as t:
+        t.extractall(base, filter="data")
+    assert "seed_runs" not in (base / "benchmarks" / "sweep.py").read_text()
+    applied = subprocess.run(["git", "apply", str(patch)], cwd=base, capture_output=True, text=True)
+    assert applied.returncode == 0, applied.stderr
+    sweep_py, config_py = (base / "benchmarks" / "sweep.py").read_text(), (base / "reled_jax" / "config.py").read_text()
+    assert 'seed_runs: str = "joint"' in sweep_py and "def seed_configs" in sweep_py and "scenario_seed" in config_py
