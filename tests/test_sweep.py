@@ -9,7 +9,7 @@ import pytest
 
 from benchmarks import report
 from benchmarks.expert_agreement import AgreementConfig, agreement
-from benchmarks.sweep import SweepConfig, sweep
+from benchmarks.sweep import SweepConfig, grid_key, sweep
 from reled_jax.evaluate import EvalConfig
 from reled_jax.evaluate import main as evaluate
 
@@ -302,6 +302,15 @@ def test_what_we_learned_sets_the_paper_budget_beside_the_small_one_and_each_rea
     assert "(500 epochs, 3.0–9.0 × 10⁵ steps" in learned and "(2–50 minutes of training per cell" in learned
     # Coverage counts today's RELED's paper-budget cells against each experiment's grid, whichever file holds them (not eq30's).
     assert "counts): fig4 2 of 20, table4 2 of 12, table4-va 1 of 12, fig8 2 of 28." in learned
+    # An experiment missing only a few cells names them (in grid order); one missing more, or none, does not.
+    table4 = SweepConfig(experiment="table4").grid()
+    cells = [{"scenario": sc, "regime": rg, "n_agents": n, "method": m} for sc, rg, n, m in table4[2:]]
+    coverage = report.paper_coverage({"t": {"budget": "paper", "budget_config": form, "cells": cells}})
+    first, second = (grid_key(*c) for c in table4[:2])
+    assert f"table4 10 of 12 (not {first}, {second})," in coverage and coverage.count("(not") == 1
+    every = [{"scenario": sc, "regime": rg, "n_agents": n, "method": m} for sc, rg, n, m in table4]
+    full = report.paper_coverage({"t": {"budget": "paper", "budget_config": form, "cells": every}})
+    assert "table4 12 of 12," in full and "(not" not in full
 
 
 def test_two_sweeps_writing_one_file_keep_each_others_cells(tmp_path):
