@@ -2,7 +2,10 @@
 
 import dataclasses
 import json
+import subprocess
+import tarfile
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -304,11 +307,10 @@ def test_what_we_learned_sets_the_paper_budget_beside_the_small_one_and_each_rea
     assert "counts): fig4 2 of 20, table4 2 of 12, table4-va 1 of 12, fig8 2 of 28." in learned
     # An experiment missing only a few cells names them (in grid order); one missing more, or none, does not.
     table4 = SweepConfig(experiment="table4").grid()
-    cells = [{"scenario": sc, "regime": rg, "n_agents": n, "method": m} for sc, rg, n, m in table4[2:]]
-    coverage = report.paper_coverage({"t": {"budget": "paper", "budget_config": form, "cells": cells}})
+    every = [{"scenario": sc, "regime": rg, "n_agents": n, "method": m} for sc, rg, n, m in table4]
+    coverage = report.paper_coverage({"t": {"budget": "paper", "budget_config": form, "cells": every[2:]}})
     first, second = (grid_key(*c) for c in table4[:2])
     assert f"table4 10 of 12 (not {first}, {second})," in coverage and coverage.count("(not") == 1
-    every = [{"scenario": sc, "regime": rg, "n_agents": n, "method": m} for sc, rg, n, m in table4]
     full = report.paper_coverage({"t": {"budget": "paper", "budget_config": form, "cells": every}})
     assert "table4 12 of 12," in full and "(not" not in full
 
@@ -564,10 +566,6 @@ def test_the_old_model_patch_applies_to_its_base_commit(tmp_path):
     99de60a plus benchmarks/old_model_separate_seeds.patch (the planner fix and `--seed-runs separate` backported).
     A clone carries no branch of that checkout, so the patch is the record: it must apply to 99de60a and give it the
     option and `train --scenario-seed`."""
-    import subprocess
-    import tarfile
-    from pathlib import Path
-
     repo = Path(__file__).resolve().parents[1]
     patch = repo / "benchmarks" / "old_model_separate_seeds.patch"
     if subprocess.run(["git", "-C", str(repo), "cat-file", "-e", "99de60a^{commit}"], capture_output=True).returncode != 0:
